@@ -1,0 +1,1 @@
+"""Hydra structured configs: one typed tree for a whole experiment (see :mod:`asr_kd.conf.schema`)."""

@@ -1,0 +1,246 @@
+"""The headline output: the paper's tables, filled from what the stages measured, as Markdown + JSON + PNG.
+
+Nothing here computes a result: every number is read from the ``summary.json`` a stage wrote
+(:func:`asr_kd.runner.read_summary`) or from a model's ``metrics.json``. The same Markdown body goes to
+``exp/report/report.md`` and, with the command/machine/date header Kaldi's RESULTS files carry, to the
+recipe's ``RESULTS.md`` (``results.json`` beside it).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
+
+from asr_kd.distill import gain_kept  # noqa: E402
+from asr_kd.runner import git_commit, machine_description, read_summary  # noqa: E402
+from asr_kd.stages import STAGES  # noqa: E402
+from asr_kd.workspace import Workspace  # noqa: E402
+from features.atomic import write_text_atomic  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+PAPER_TABLE1 = {"baseline": (58.9, 10.9), "ensemble": (61.1, 10.7), "distilled": (60.8, 10.7)}
+PAPER_SMALL = {"baseline_full": (63.4, 58.9), "small_hard": (67.3, 44.5), "small_soft": (65.4, 57.0)}
+
+
+def _fmt(value: Any, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _get(d: dict | None, *keys: str) -> Any:
+    for k in keys:
+        if not isinstance(d, dict) or k not in d:
+            return None
+        d = d[k]
+    return d
+
+
+def collect(ws: Workspace) -> dict:
+    """Everything the report shows, gathered from the stages' summaries (missing stages stay missing)."""
+    summaries = {name: read_summary(ws, name) for name in STAGES}
+    s = {name: (rec or {}).get("summary") for name, rec in summaries.items()}
+    decode = s.get("decode") or {}
+    ens = s.get("ensemble") or {}
+    distill = s.get("distill") or {}
+    acc = {"baseline": s.get("baseline"), "ensemble": _get(ens, "ensemble"), "distilled": _get(distill, "distilled")}
+    table1 = {}
+    for system, frame_acc in acc.items():
+        table1[system] = {
+            "dev_frame_acc": _get(frame_acc, "dev", "all"),
+            "test_frame_acc": _get(frame_acc, "test", "all"),
+            "test_frame_acc_seen": _get(frame_acc, "test", "seen"),
+            "test_frame_acc_unseen": _get(frame_acc, "test", "unseen"),
+            "dev_wer": _get(decode, system, "dev", "all"),
+            "test_wer": _get(decode, system, "test", "all"),
+            "test_wer_seen": _get(decode, system, "test", "seen"),
+            "test_wer_unseen": _get(decode, system, "test", "unseen"),
+        }
+    kept = {}
+    for key in ("dev_frame_acc", "test_frame_acc", "test_frame_acc_unseen"):
+        b, e, d = (table1[k][key] for k in ("baseline", "ensemble", "distilled"))
+        if None not in (b, e, d) and e != b:
+            kept[key] = round(gain_kept(b, e, d), 3)
+    return {
+        "table1": table1,
+        "gain_kept": kept,
+        "gmm": _get(s.get("graph"), "gmm"),
+        "ensemble_members": _get(ens, "members"),
+        "temperature_sweep": {str(t): v for t, v in (_get(distill, "sweep") or {}).items()},
+        "best_temperature": _get(distill, "best_temperature"),
+        "small_data": s.get("small_data"),
+        "small_data_wer": {k: decode.get(k) for k in ("small_hard", "small_soft") if k in decode},
+        "soft_targets": s.get("soft_targets"),
+        "lang": s.get("lang"),
+        "alignment": {k: v for k, v in (s.get("tri") or {}).items() if k.startswith("boundaries")},
+        "tree": _get(s.get("tri"), "train"),
+        "graph": _get(s.get("graph"), "graph"),
+        "decode_rtf": {k: v.get("rtf") for k, v in decode.items()},
+        "corpus": s.get("corpus"),
+        "stage_seconds": {name: rec["seconds"] for name, rec in summaries.items() if rec},
+    }
+
+
+def _table1_md(r: dict) -> list[str]:
+    lines = ["## Table 1 analogue: frame accuracy and WER (%)", "",
+             "| system | dev frame acc | test frame acc | test acc seen / unseen voice | dev WER | test WER "
+             "| test WER seen / unseen | paper: frame acc / WER |",
+             "|---|---|---|---|---|---|---|---|"]
+    names = {"baseline": "baseline single model", "ensemble": "ensemble", "distilled": "distilled single model"}
+    for key, label in names.items():
+        row = r["table1"][key]
+        paper = PAPER_TABLE1[key]
+        lines.append(f"| {label} | {_fmt(row['dev_frame_acc'])} | {_fmt(row['test_frame_acc'])} | "
+                     f"{_fmt(row['test_frame_acc_seen'])} / {_fmt(row['test_frame_acc_unseen'])} | "
+                     f"{_fmt(row['dev_wer'])} | {_fmt(row['test_wer'])} | "
+                     f"{_fmt(row['test_wer_seen'])} / {_fmt(row['test_wer_unseen'])} | {paper[0]} / {paper[1]} |")
+    if r["gain_kept"]:
+        kept = ", ".join(f"{k.replace('_frame_acc', '')}: {100 * v:.0f}%" for k, v in r["gain_kept"].items())
+        lines += ["", f"Share of the ensemble's frame-accuracy gain kept by the distilled model: {kept} "
+                      "(paper: more than 80%)."]
+    if r["gmm"]:
+        lines += ["", f"GMM-HMM (tri1) baseline: dev WER {_fmt(r['gmm']['dev']['all'])}%, "
+                      f"test WER {_fmt(r['gmm']['test']['all'])}%."]
+    return lines
+
+
+def _small_md(r: dict) -> list[str]:
+    small = r.get("small_data")
+    if not small:
+        return []
+    lines = ["## Soft targets as a regularizer (the 3% experiment): frame accuracy (%)", "",
+             f"Training subset: {_fmt(_get(small, 'fraction_percent'))}% of the training utterances "
+             f"({_get(small, 'num_utts')} utterances); soft-target teacher: {_get(small, 'teacher')}.", "",
+             "| system and training set | train frame acc | dev frame acc | test frame acc | test WER | paper: train / test |",
+             "|---|---|---|---|---|---|"]
+    labels = {"baseline_full": "baseline, 100%", "small_hard": "baseline, 3% (hard targets, early stopping)",
+              "small_soft": "soft targets, 3% (no early stopping)"}
+    for key, label in labels.items():
+        row = _get(small, "systems", key) or {}
+        wer = _get(r["small_data_wer"], key, "test", "all") if key != "baseline_full" else \
+            r["table1"]["baseline"]["test_wer"]
+        lines.append(f"| {label} | {_fmt(row.get('train'))} | {_fmt(row.get('dev'))} | {_fmt(row.get('test'))} | "
+                     f"{_fmt(wer)} | {PAPER_SMALL[key][0]} / {PAPER_SMALL[key][1]} |")
+    return lines
+
+
+def _details_md(r: dict) -> list[str]:
+    lines = []
+    if r["temperature_sweep"]:
+        lines += ["## Temperature sweep (distilled student, frame accuracy %)", "",
+                  "| T | dev | test |", "|---|---|---|"]
+        for t, v in r["temperature_sweep"].items():
+            lines.append(f"| {t} | {_fmt(_get(v, 'dev', 'all'))} | {_fmt(_get(v, 'test', 'all'))} |")
+        lines += ["", f"Chosen on dev: T = {r['best_temperature']}.", "", "![temperature sweep](temperature_sweep.png)"]
+    members = r.get("ensemble_members")
+    if members:
+        lines += ["", "## Ensemble members", "", "```", json.dumps(members, indent=1), "```"]
+    if r["alignment"]:
+        lines += ["", "## Forced-alignment quality (phone boundaries vs the synthesizer's own timings)", "",
+                  "```", json.dumps(r["alignment"], indent=1), "```"]
+    if r["lang"]:
+        lines += ["", "## Lexicon and language model", "", "```", json.dumps(r["lang"], indent=1, default=str), "```"]
+    lines += ["", "## Time per stage (s)", "", "| stage | seconds |", "|---|---|"]
+    lines += [f"| {k} | {v:.0f} |" for k, v in r["stage_seconds"].items()]
+    lines += ["", "![training curves](training_curves.png)"]
+    return lines
+
+
+def _plot_curves(ws: Workspace, out: Path) -> None:
+    """Dev frame accuracy per epoch of every trained network (baseline, members, students)."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for metrics in sorted((ws.root / "exp" / "dnn").glob("**/metrics.json")):
+        epochs = json.loads(metrics.read_text()).get("epochs", [])
+        accs = [e.get("dev_acc") for e in epochs if e.get("dev_acc") is not None]
+        if not accs:
+            continue
+        name = str(metrics.parent.relative_to(ws.root / "exp" / "dnn"))
+        member = name.startswith("ensemble/")
+        ax.plot(range(1, len(accs) + 1), [100 * a if a <= 1 else a for a in accs], color="0.7" if member else None,
+                label=None if member else name, linewidth=1 if member else 2)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("dev frame accuracy (%)")
+    ax.set_title("Training curves (grey: ensemble members)")
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+
+
+def _plot_sweep(r: dict, out: Path) -> None:
+    sweep = r["temperature_sweep"]
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    if sweep:
+        temps = [float(t) for t in sweep]
+        ax.plot(temps, [_get(v, "dev", "all") for v in sweep.values()], "o-", label="distilled (dev)")
+        for key, style in (("baseline", "--"), ("ensemble", ":")):
+            value = r["table1"][key]["dev_frame_acc"]
+            if value is not None:
+                ax.axhline(value, linestyle=style, color="0.4", label=f"{key} (dev)")
+        ax.set_xscale("log")
+        ax.set_xticks(temps, [f"{t:g}" for t in temps])
+        ax.legend(fontsize=8)
+    ax.set_xlabel("temperature T")
+    ax.set_ylabel("dev frame accuracy (%)")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+
+
+def _plot_table1(r: dict, out: Path) -> None:
+    systems = list(r["table1"])
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    for ax, (key, title) in zip(axes, (("test_frame_acc", "test frame accuracy (%)"), ("test_wer", "test WER (%)"))):
+        values = [r["table1"][s][key] or 0.0 for s in systems]
+        ax.bar(systems, values, color=["#888", "#47a", "#a74"])
+        for i, v in enumerate(values):
+            ax.text(i, v, f"{v:.1f}", ha="center", va="bottom", fontsize=8)
+        ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+
+
+def write_report(cfg: DictConfig, ws: Workspace) -> dict:
+    """Write exp/report/{report.md, report.json, *.png} and the recipe's RESULTS.md + results.json."""
+    r = collect(ws)
+    out = ws.report
+    out.mkdir(parents=True, exist_ok=True)
+    _plot_curves(ws, out / "training_curves.png")
+    _plot_sweep(r, out / "temperature_sweep.png")
+    _plot_table1(r, out / "table1.png")
+    meta = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "git_commit": git_commit(Path(__file__).resolve().parent.parent),
+        "machine": machine_description(),
+        "command": " ".join(sys.argv),
+        "total_seconds": round(sum(r["stage_seconds"].values()), 1),
+    }
+    r["meta"] = meta
+    r["config"] = OmegaConf.to_container(cfg, resolve=True)
+    body = _table1_md(r) + [""] + ["![table 1](table1.png)", ""] + _small_md(r) + [""] + _details_md(r)
+    header = ["# asr-kd report", "",
+              f"- date: {meta['date']}", f"- git commit: {meta['git_commit']}",
+              f"- machine: {meta['machine']['cpus']} CPUs ({meta['machine']['cpu']}), GPU: {meta['machine']['gpu']}, "
+              f"torch {meta['machine']['torch']}",
+              f"- total time of all stages: {meta['total_seconds']:.0f} s", ""]
+    write_text_atomic(out / "report.md", "\n".join(header + body) + "\n")
+    write_text_atomic(out / "report.json", json.dumps(r, indent=2, default=str) + "\n")
+    results_header = ["# RESULTS (generated by asr_kd.report from a real run; do not edit by hand)", "",
+                      "Command (from the recipe dir):", "", "```", meta["command"], "```", ""]
+    write_text_atomic(ws.root / "RESULTS.md",
+                      "\n".join(results_header + header[2:] + [l.replace("](", "](exp/report/") for l in body]) + "\n")
+    write_text_atomic(ws.root / "results.json", json.dumps({k: v for k, v in r.items() if k != "config"},
+                                                           indent=2, default=str) + "\n")
+    return {"report": str(out / "report.md"), "total_seconds": meta["total_seconds"]}

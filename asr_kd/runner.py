@@ -1,0 +1,104 @@
+"""The mechanics every recipe stage shares: skip when done, log to a file, save the resolved config, time it.
+
+A stage is a plain function ``fn(cfg, ws) -> dict``. :func:`run_stage` wraps it the way Kaldi/icefall recipes
+behave: a stage whose ``.done`` marker exists is skipped (idempotent re-runs), the marker is written only after
+the stage returned (a killed stage re-runs; long stages resume from their own checkpoints), the log and the
+resolved config sit next to the stage's summary, and nothing is written half way (summaries go through
+``atomic_write``).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import subprocess
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+from omegaconf import DictConfig, OmegaConf
+
+from features.atomic import write_text_atomic
+from asr_kd.workspace import Workspace
+
+log = logging.getLogger(__name__)
+
+StageFn = Callable[[Any, Workspace], dict]
+
+
+def git_commit(repo_dir: Path) -> str:
+    """The commit the code ran from (with '+dirty' when the tree had changes), for the report."""
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo_dir, capture_output=True,
+                             text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo_dir,
+                               capture_output=True, text=True, check=True).stdout.strip()
+        return rev + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def machine_description() -> dict:
+    """What the numbers were measured on: CPU count, GPU name (if any), Python and torch versions."""
+    import os
+
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {
+        "host": platform.node(),
+        "cpus": os.cpu_count(),
+        "cpu": platform.processor() or platform.machine(),
+        "gpu": gpu,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
+
+
+def _attach_log_file(path: Path) -> logging.Handler:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, mode="a", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(handler)
+    return handler
+
+
+def run_stage(name: str, fn: StageFn, cfg: DictConfig, ws: Workspace, force: bool = False) -> dict | None:
+    """Run one stage unless its ``.done`` marker exists; returns its summary (None when skipped)."""
+    stage_dir = ws.stage(name)
+    done = stage_dir / ".done"
+    if done.exists() and not force:
+        log.info("stage %s: already done (%s); pass force=true to redo it", name, done)
+        return None
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    done.unlink(missing_ok=True)
+    write_text_atomic(stage_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    handler = _attach_log_file(stage_dir / "log.txt")
+    started = time.time()
+    log.info("stage %s: start", name)
+    try:
+        summary = fn(cfg, ws) or {}
+    except BaseException:
+        log.exception("stage %s: failed after %.1f s", name, time.time() - started)
+        raise
+    finally:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+    seconds = time.time() - started
+    record = {
+        "stage": name,
+        "seconds": round(seconds, 2),
+        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "summary": summary,
+    }
+    write_text_atomic(stage_dir / "summary.json", json.dumps(record, indent=2, default=str) + "\n")
+    write_text_atomic(done, record["finished"] + "\n")
+    log.info("stage %s: done in %.1f s", name, seconds)
+    return summary
+
+
+def read_summary(ws: Workspace, name: str) -> dict | None:
+    """The saved record of a finished stage (``{"stage", "seconds", "finished", "summary"}``), or None."""
+    path = ws.stage(name) / "summary.json"
+    return json.loads(path.read_text()) if path.exists() else None

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Installs everything asr-kd needs on a fresh Debian/Ubuntu machine, idempotently:
+#   - Debian packages: text-to-speech engines and sox for the built-in corpus, sctk (NIST sclite) for the
+#     scoring test, wordnet-base for real English sentences;
+#   - a virtual environment (.venv at the repo root, or $ASR_KD_VENV) with the pinned Python packages.
+# Re-running it is cheap: each part is skipped when already in place.
+# Usage: recipes/tools/install.sh [--test]     (--test also installs the test extras)
+set -euo pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+venv=${ASR_KD_VENV:-$repo/.venv}
+extras=""
+[ "${1:-}" = "--test" ] && extras="[test]"
+
+die() { echo "install.sh: ERROR: $*" >&2; exit 1; }
+
+# --- Debian packages -------------------------------------------------------------------------------
+apt_pkgs=(flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts espeak-ng sox libsox-fmt-all
+          sctk wordnet-base libsndfile1)
+missing=()
+for p in "${apt_pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  command -v apt-get >/dev/null || die "Debian packages missing (${missing[*]}) and no apt-get here: install them by hand."
+  sudo=""
+  if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null || die "Debian packages missing (${missing[*]}): run as root or install sudo."
+    sudo="sudo"
+  fi
+  echo "install.sh: apt-get install ${missing[*]}"
+  $sudo apt-get update -qq || die "apt-get update failed (no network to the Debian archive?)"
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null \
+    || die "apt-get install ${missing[*]} failed"
+fi
+
+# --- Python environment ----------------------------------------------------------------------------
+py=${PYTHON:-python3}
+command -v "$py" >/dev/null || die "$py not found: install Python 3.11 or 3.12 (apt-get install python3 python3-venv)."
+"$py" -c 'import sys; sys.exit(0 if (3, 11) <= sys.version_info[:2] < (3, 14) else 1)' \
+  || die "Python 3.11-3.13 needed, found $("$py" --version)"
+if [ ! -x "$venv/bin/python" ]; then
+  echo "install.sh: creating $venv"
+  "$py" -m venv "$venv" || die "python3 -m venv failed (apt-get install python3-venv)"
+fi
+stamp="$venv/.asr-kd-installed$extras"
+want=$(cat "$repo/pyproject.toml" | sha256sum | cut -c1-16)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  echo "install.sh: pip install -e .$extras (torch is a large download the first time)"
+  "$venv/bin/python" -m pip install -q --upgrade pip || die "pip upgrade failed"
+  "$venv/bin/python" -m pip install -q -e "$repo$extras" || die "pip install failed; see the messages above"
+  echo "$want" > "$stamp"
+fi
+KALDI_ROOT=/tmp "$venv/bin/python" - <<'PY' || die "the installed packages do not import together (see above)"
+import torch, torchaudio, kaldi_hmm_gmm, kaldifst, kaldi_decoder, kaldilm, kaldi_native_fbank, kaldi_io, hydra, jiwer
+import features, decoding, asr_kd
+PY
+echo "install.sh: ready ($venv)"
