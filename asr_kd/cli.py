@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from pathlib import Path
 
 os.environ.setdefault("KALDI_ROOT", "/tmp")  # kaldi-io prints a banner at import without it
@@ -47,9 +46,6 @@ def _hydra_main(cfg: DictConfig) -> None:
 def main() -> None:
     """Entry point (``asr-kd`` console script and ``python -m asr_kd.cli``)."""
     logging.getLogger("matplotlib").setLevel(logging.WARNING)
-    # Keep hydra's own run dirs out of the recipe's top level.
-    if not any(a.startswith("hydra.run.dir=") for a in sys.argv[1:]):
-        sys.argv.append("hydra.run.dir=exp/hydra/${now:%Y-%m-%d_%H-%M-%S}")
     _hydra_main()
 
 

@@ -60,7 +60,10 @@ def _attach_log_file(path: Path) -> logging.Handler:
     path.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(path, mode="a", encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.getLogger().addHandler(handler)
+    root = logging.getLogger()
+    if root.getEffectiveLevel() > logging.INFO:  # per-iteration progress belongs in the stage log
+        root.setLevel(logging.INFO)
+    root.addHandler(handler)
     return handler
 
 

@@ -38,6 +38,7 @@ from decoding.lm import make_lang_test, perplexity, train_lm
 from decoding.score import compute_wer, read_text, write_scoring_files
 from features.atomic import write_text_atomic
 from features.extract import make_feats
+from features.kaldi_io import read_vector
 
 log = logging.getLogger(__name__)
 
@@ -98,13 +99,27 @@ def stage_features(cfg: DictConfig, ws: Workspace) -> dict:
     return summary
 
 
+def _lm_extra_text(cfg: DictConfig, ws: Workspace) -> list[Path]:
+    """The part of the corpus's extra LM text this experiment uses (it sets the vocabulary and the HCLG size)."""
+    extra = ws.local / "lm_extra.txt"
+    if not extra.exists() or cfg.lm_extra_sentences == 0:
+        return []
+    if cfg.lm_extra_sentences < 0:
+        return [extra]
+    used = ws.local / "lm_extra.used.txt"
+    with extra.open(encoding="utf-8") as f:
+        lines = [line for _, line in zip(range(cfg.lm_extra_sentences), f)]
+    write_text_atomic(used, "".join(lines))
+    return [used]
+
+
 def stage_lang(cfg: DictConfig, ws: Workspace) -> dict:
     """Stage 2: lexicon, L.fst, a trigram LM on training text only, G.fst, dev/test perplexity."""
-    extra = ws.local / "lm_extra.txt"
-    texts = [ws.data(s) / "text" for s in SPLITS] + ([extra] if extra.exists() else [])
+    extra = _lm_extra_text(cfg, ws)
+    texts = [ws.data(s) / "text" for s in SPLITS] + extra
     oov = prepare_dict(texts, ws.dict_dir, obj(cfg.dict))
     prepare_lang(ws.dict_dir, ws.lang, obj(cfg.lang))
-    lm_texts = [ws.data("train") / "text"] + ([extra] if extra.exists() else [])
+    lm_texts = [ws.data("train") / "text"] + extra
     arpa = train_lm(lm_texts, ws.local / "lm", obj(cfg.lm))
     make_lang_test(ws.lang, arpa, ws.lang_test)
     ppl = {split: perplexity(arpa, ws.data(split) / "text") for split in ("dev", "test")}
@@ -295,7 +310,7 @@ def _dnn_systems(cfg: DictConfig, ws: Workspace) -> dict[str, System]:
 def stage_decode(cfg: DictConfig, ws: Workspace) -> dict:
     """Stage 11: hybrid decoding of every DNN system: (log posterior - log prior) x scale -> HCLG -> WER."""
     device = device_of(cfg)
-    prior = log_priors(np.loadtxt(ws.ali("train") / "pdf_counts"))
+    prior = log_priors(read_vector(ws.ali("train") / "pdf_counts"))
     sets = {split: _frameset(ws, split, device) for split in ("dev", "test")}
     summary = {}
     for name, system in _dnn_systems(cfg, ws).items():

@@ -22,7 +22,8 @@ from asr_kd.train import TrainConfig
 from decoding.decode import DecodeConfig
 from decoding.gmm import MonoConfig, TriConfig
 from decoding.graph import GraphConfig
-from decoding.lang import DictConfig, LangConfig
+from decoding.lang import DictConfig as LexiconConfig
+from decoding.lang import LangConfig
 from decoding.lm import LmConfig
 from features.extract import FeatureConfig
 
@@ -59,7 +60,8 @@ class ExperimentConfig:
     corpus: CorpusConfig = field(default_factory=CorpusConfig)
     fbank: FeatureConfig = field(default_factory=lambda: FeatureConfig(kind="fbank"))
     mfcc: FeatureConfig = field(default_factory=lambda: FeatureConfig(kind="mfcc"))
-    dict: DictConfig = field(default_factory=DictConfig)
+    lm_extra_sentences: int = -1  # sentences of the corpus's extra LM text used beside train text (-1: all, 0: none)
+    dict: LexiconConfig = field(default_factory=LexiconConfig)
     lang: LangConfig = field(default_factory=LangConfig)
     lm: LmConfig = field(default_factory=LmConfig)
     mono: MonoConfig = field(default_factory=MonoConfig)

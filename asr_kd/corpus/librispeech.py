@@ -1,0 +1,87 @@
+"""LibriSpeech (or anything in its layout) as Kaldi data dirs.
+
+Layout: ``<part>/<speaker>/<chapter>/<speaker>-<chapter>-<nnnn>.flac`` plus one
+``<speaker>-<chapter>.trans.txt`` per chapter with lines ``<utt-id> TRANSCRIPT``. As in Kaldi's recipe, the
+Kaldi speaker is ``<speaker>-<chapter>``: recording conditions change from chapter to chapter, and per-speaker
+CMVN should follow them. LibriSpeech utterance ids already start with that prefix, so sorting is consistent.
+
+16 kHz mono flac files are referenced where they are (no copy of a 100-hour corpus); audio at any other rate is
+resampled into ``<dst>/<part>/wav`` (see :func:`asr_kd.corpus.kaldi_dir.write_clean_dir`).
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Sequence
+
+from features.atomic import atomic_dir
+from features.errors import InputError
+
+from .kaldi_dir import IMPORT_MARKER, ValidationReport, refuse_foreign_dir, validate_data_dir, write_clean_dir
+
+logger = logging.getLogger(__name__)
+
+AUDIO_SUFFIXES = (".flac", ".wav")
+
+
+def _read_part(part_dir: Path) -> tuple[dict[str, str], dict[str, str], dict[str, str], dict[str, tuple[Path, int]]]:
+    """Collect (wav, text, utt2spk, where) for one part; every transcript line must have its audio and back."""
+    wav: dict[str, str] = {}
+    text: dict[str, str] = {}
+    utt2spk: dict[str, str] = {}
+    where: dict[str, tuple[Path, int]] = {}
+    trans_files = sorted(part_dir.glob("*/*/*.trans.txt"))
+    if not trans_files:
+        raise InputError("no <speaker>/<chapter>/*.trans.txt files: not a LibriSpeech part", part_dir)
+    for trans in trans_files:
+        chapter_dir = trans.parent
+        speaker = f"{chapter_dir.parent.name}-{chapter_dir.name}"
+        audio = {p.stem: p for p in chapter_dir.iterdir() if p.suffix in AUDIO_SUFFIXES}
+        with open(trans, encoding="utf-8") as f:
+            for lineno, line in enumerate(f, start=1):
+                parts = line.split(maxsplit=1)
+                if not parts:
+                    raise InputError("empty line", trans, lineno)
+                utt = parts[0]
+                if len(parts) < 2 or not parts[1].strip():
+                    raise InputError(f"empty transcript for utterance {utt!r}", trans, lineno)
+                if not utt.startswith(speaker + "-"):
+                    raise InputError(f"utterance {utt!r} does not belong to chapter {speaker}", trans, lineno)
+                if utt in text:
+                    raise InputError(f"duplicate utterance {utt!r}", trans, lineno)
+                if utt not in audio:
+                    raise InputError(f"no audio {utt}.flac for this transcript line", trans, lineno)
+                wav[utt] = str(audio.pop(utt).resolve())
+                text[utt] = " ".join(parts[1].split())
+                utt2spk[utt] = speaker
+                where[utt] = (trans, lineno)
+        if audio:
+            orphan = sorted(audio)[0]
+            raise InputError(f"audio {audio[orphan].name} has no transcript line ({len(audio)} such files)", trans)
+    return wav, text, utt2spk, where
+
+
+def prepare_librispeech(src_dir: Path, dst_dir: Path, parts: Sequence[str],
+                        sample_rate: int = 16000) -> dict[str, ValidationReport]:
+    """One Kaldi data dir per part: ``dst_dir/<part with '-' as '_'>`` (``dev-clean`` -> ``dev_clean``).
+
+    Each dir is written atomically and validated; ``src_dir`` is only read. A destination that exists and is
+    not an earlier import is left alone (InputError).
+    """
+    src_dir, dst_dir = Path(src_dir).resolve(), Path(dst_dir).resolve()
+    reports: dict[str, ValidationReport] = {}
+    for part in parts:
+        part_dir = src_dir / part
+        if not part_dir.is_dir():
+            raise InputError(f"part {part!r} not found", part_dir)
+        dst = dst_dir / part.replace("-", "_")
+        refuse_foreign_dir(dst)
+        wav, text, utt2spk, where = _read_part(part_dir)
+        with atomic_dir(dst) as staging:
+            converted = write_clean_dir(staging, dst, wav, text, utt2spk, sample_rate, where)
+            (staging / IMPORT_MARKER).write_text(f"imported from {part_dir}\n")
+        report = validate_data_dir(dst, check_audio=False)
+        report.converted = converted
+        reports[part] = report
+        logger.info("%s (%d files resampled)", report.summary(), converted)
+    return reports

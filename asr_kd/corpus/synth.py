@@ -1,0 +1,320 @@
+"""The built-in corpus: real English sentences spoken by offline TTS voices, as Kaldi data dirs with timings.
+
+Why synthetic: the paper's effects (ensembles beat single models, distillation keeps most of the gain, soft
+targets regularize a 3%-data student) need a corpus anyone can build in minutes without a licence or network.
+What makes it informative rather than trivial:
+
+* many voices (flite, festival, espeak-ng accents and variants), one speaker id each;
+* an UNSEEN voice that appears only in test, where generalization (and so the ensemble/distillation gap) is
+  real; test also has the same sentences spoken by seen voices, so seen/unseen differ only in the voice;
+* sentences disjoint between train, dev and test; LM extra text that never contains a dev/test sentence;
+* optional augmentation (speed, pitch, reverb, telephone band, noise/babble at 5-25 dB) drawn per utterance
+  from the seed, making difficulty a dial;
+* the synthesizer's own phone and word timings (``phones.ctm``/``words.ctm``, scaled by the speed factor),
+  against which forced alignments can be graded.
+
+Everything is a function of (config, seed): the manifest lists a sha256 for every written file, and two builds
+with the same config produce the same checksums regardless of ``nj``.
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import dataclasses
+import hashlib
+import json
+import logging
+import multiprocessing
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+from tqdm import tqdm
+
+from features.atomic import write_text_atomic
+from features.errors import InputError
+
+from .augment import AugmentConfig, apply_augmentation, draw_augmentation, utterance_rng
+from .kaldi_dir import c_sorted, write_data_dir, write_table
+from .sentences import Sentence, cmu_lexicon, load_sentences
+from .voices import ALL_VOICES, SAMPLE_RATE, Segment, Synthesized, Voice, synthesize, tile_phones, voice_by_speaker
+
+logger = logging.getLogger(__name__)
+
+# size -> (train hours, dev utterances, test utterances)
+PRESETS: dict[str, tuple[float, int, int]] = {
+    "ci": (0.025, 12, 16),
+    "tiny": (1.0, 120, 150),
+    "small": (10.0, 300, 300),
+    "large": (50.0, 500, 500),
+}
+# Seconds per utterance estimated from its phone count, fitted on the default voices (used only to decide how
+# many sentences make the requested hours; the manifest reports the real durations).
+_SECONDS_PER_PHONE = 0.072
+_SECONDS_PER_UTT = 0.45
+SPLITS = ("train", "dev", "test")
+
+
+@dataclass
+class SynthConfig:
+    """What to build. ``size`` picks a preset; the explicit fields override it."""
+
+    size: str = "tiny"  # "ci" (~40 train utts, seconds), "tiny" (~1 h), "small" (~10 h), "large" (~50 h)
+    train_hours: float | None = None
+    dev_utts: int | None = None
+    test_utts: int | None = None  # half by seen voices, half by the unseen voice, on the same sentences
+    seed: int = 0
+    nj: int = 2
+    augment: bool = True
+    augment_cfg: AugmentConfig = field(default_factory=AugmentConfig)
+    unseen_voice: str = "festival_ked"  # speaker id of the test-only voice
+    seen_voices: tuple[str, ...] | None = None  # None = every other known voice
+    min_words: int = 4
+    max_words: int = 30
+    chunk_size: int = 40  # utterances per synthesis job (one festival process / flite voice per job)
+    babble_bank_utts: int = 12  # clean utterances (from LM-extra sentences) mixed into babble noise
+
+    def resolved(self) -> tuple[float, int, int]:
+        if self.size not in PRESETS:
+            raise ValueError(f"unknown size {self.size!r}; choose one of {sorted(PRESETS)}")
+        hours, dev, test = PRESETS[self.size]
+        return (
+            hours if self.train_hours is None else self.train_hours,
+            dev if self.dev_utts is None else self.dev_utts,
+            test if self.test_utts is None else self.test_utts,
+        )
+
+
+@dataclass(frozen=True)
+class _Utt:
+    utt_id: str
+    split: str
+    speaker: str
+    sentence: Sentence
+    subset: str  # "seen" | "unseen"
+
+
+def estimated_seconds(sentence: Sentence) -> float:
+    lexicon = cmu_lexicon()
+    return _SECONDS_PER_UTT + _SECONDS_PER_PHONE * sum(len(lexicon[w][0]) for w in sentence.words)
+
+
+def _voices(cfg: SynthConfig) -> tuple[list[Voice], Voice]:
+    unseen = voice_by_speaker(cfg.unseen_voice)
+    names = cfg.seen_voices or tuple(v.speaker for v in ALL_VOICES if v.speaker != unseen.speaker)
+    seen = [voice_by_speaker(n) for n in names]
+    if unseen in seen:
+        raise ValueError(f"the unseen voice {unseen.speaker} is also listed as seen")
+    return seen, unseen
+
+
+def plan_corpus(cfg: SynthConfig, sentences: list[Sentence]) -> tuple[list[_Utt], list[Sentence]]:
+    """Assign sentences to splits and voices; return the utterances and the LM-extra sentences.
+
+    Sentences are drawn from a seeded permutation: test first, then dev, then train until the estimated hours
+    are reached. LM extra = every sentence not in dev or test and not used for train. If train needs more than
+    the pool, sentences are reused with a different voice on each pass (never the same voice twice).
+    """
+    hours, n_dev, n_test = cfg.resolved()
+    seen, unseen = _voices(cfg)
+    rng = np.random.default_rng(cfg.seed)
+    order = rng.permutation(len(sentences))
+    n_test_sent = (n_test + 1) // 2
+    if n_test_sent + n_dev >= len(order):
+        raise ValueError(f"only {len(order)} sentences: too few for {n_dev} dev and {n_test} test utterances")
+    test_ids = order[:n_test_sent]
+    dev_ids = order[n_test_sent:n_test_sent + n_dev]
+    pool = order[n_test_sent + n_dev:]
+
+    def utt(split: str, voice: Voice, sid: int, subset: str = "seen") -> _Utt:
+        return _Utt(f"{voice.speaker}-{sid:05d}", split, voice.speaker, sentences[sid], subset)
+
+    utts: list[_Utt] = []
+    for k, sid in enumerate(test_ids):
+        utts.append(utt("test", seen[k % len(seen)], int(sid)))
+        if k < n_test - n_test_sent:
+            utts.append(utt("test", unseen, int(sid), "unseen"))
+    utts.extend(utt("dev", seen[k % len(seen)], int(sid)) for k, sid in enumerate(dev_ids))
+
+    target, total, k = hours * 3600.0, 0.0, 0
+    used: set[int] = set()
+    while total < target:
+        passes, pos = divmod(k, len(pool))
+        if passes >= len(seen):
+            raise ValueError(f"{hours} h needs more than {len(seen)} voices x {len(pool)} sentences")
+        sid = int(pool[pos])
+        utts.append(utt("train", seen[(k + passes) % len(seen)], sid))
+        used.add(sid)
+        total += estimated_seconds(sentences[sid])
+        k += 1
+    lm_extra = [sentences[int(s)] for s in pool if int(s) not in used]
+    return utts, lm_extra
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Worker side (runs in a pool process)
+_BANK: list[np.ndarray] = []
+
+
+def _init_worker(bank: list[np.ndarray]) -> None:
+    global _BANK
+    _BANK = bank
+    import torch  # noqa: PLC0415  (each worker must stay on one thread: nj workers share the cores)
+
+    torch.set_num_threads(1)
+
+
+def _scale(segments: list[Segment], factor: float) -> list[Segment]:
+    return [(s / factor, e / factor, label) for s, e, label in segments]
+
+
+def _write_wav(path: Path, audio: np.ndarray) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    sf.write(tmp, np.clip(audio, -1.0, 1.0), SAMPLE_RATE, subtype="PCM_16", format="WAV")
+    os.replace(tmp, path)
+
+
+def _synth_job(speaker: str, utts: list[_Utt], wav_root: str, seed: int, augment: AugmentConfig | None) -> list[dict]:
+    """Synthesize (and augment) one voice's chunk; write the wavs; return durations, timings, augmentation."""
+    voice = voice_by_speaker(speaker)
+    results = synthesize(voice, [u.sentence for u in utts])
+    out = []
+    for u, res in zip(utts, results):
+        audio, phones, words, aug_desc = res.audio, res.phones, res.words, "none"
+        if augment is not None:
+            rng = utterance_rng(seed, u.utt_id)
+            aug = draw_augmentation(rng, augment)
+            audio = apply_augmentation(audio, aug, rng, augment, _BANK)
+            duration = len(audio) / SAMPLE_RATE
+            phones = tile_phones(_scale(phones, aug.speed), duration) if phones else []
+            words = [(s, min(e, duration), w) for s, e, w in _scale(words, aug.speed)]
+            aug_desc = aug.describe()
+        path = Path(wav_root) / u.split / f"{u.utt_id}.wav"
+        _write_wav(path, audio)
+        out.append({
+            "utt": u.utt_id, "wav": str(path), "dur": len(audio) / SAMPLE_RATE,
+            "phones": phones, "words": words, "aug": aug_desc,
+        })
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+def _babble_bank(cfg: SynthConfig, lm_extra: list[Sentence], seen: list[Voice]) -> list[np.ndarray]:
+    """Clean utterances of LM-extra sentences by seen voices (never dev/test text) for babble noise."""
+    fast = [v for v in seen if v.engine != "festival"] or seen
+    bank: list[np.ndarray] = []
+    for k in range(min(cfg.babble_bank_utts, len(lm_extra))):
+        res: Synthesized = synthesize(fast[k % len(fast)], [lm_extra[k]])[0]
+        bank.append(res.audio)
+    return bank
+
+
+def _ctm_lines(utt: str, segments: list[Segment]) -> str:
+    lines = []
+    for start, end, label in segments:
+        s, e = round(start, 3), round(end, 3)
+        if e > s:
+            lines.append(f"{utt} 1 {s:.3f} {e - s:.3f} {label}\n")
+    return "".join(lines)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _config_json(cfg: SynthConfig) -> dict:
+    d = dataclasses.asdict(cfg)
+    d.pop("nj")  # how many workers built it does not change what was built
+    return d
+
+
+def prepare_synth(out_dir: Path, cfg: SynthConfig) -> dict:
+    """Build the corpus under ``out_dir`` (a recipe's ``data/``); return a summary (also in manifest.json).
+
+    A complete build (manifest with the same config) is reused. Refuses to write into a directory that holds
+    a data dir it did not build, so a user's prepared data is never overwritten.
+    """
+    out_dir = Path(out_dir).resolve()
+    manifest_path = out_dir / "manifest.json"
+    if manifest_path.exists():
+        manifest = json.loads(manifest_path.read_text())
+        if manifest.get("config") == json.loads(json.dumps(_config_json(cfg))):
+            logger.info("corpus in %s is already built with this config", out_dir)
+            return manifest["summary"]
+    elif any((out_dir / s).exists() for s in SPLITS):
+        raise InputError("holds data dirs that prepare_synth did not build (no manifest.json); "
+                         "choose another output directory", out_dir)
+    t0 = time.time()
+    sentences = load_sentences(cfg.min_words, cfg.max_words)
+    utts, lm_extra = plan_corpus(cfg, sentences)
+    seen, _ = _voices(cfg)
+    bank = _babble_bank(cfg, lm_extra, seen) if cfg.augment else []
+    for split in SPLITS:
+        (out_dir / "wav" / split).mkdir(parents=True, exist_ok=True)
+
+    jobs: list[tuple[str, list[_Utt]]] = []
+    by_speaker: dict[str, list[_Utt]] = {}
+    for u in utts:
+        by_speaker.setdefault(u.speaker, []).append(u)
+    for speaker in c_sorted(by_speaker):
+        group = by_speaker[speaker]
+        jobs.extend((speaker, group[i:i + cfg.chunk_size]) for i in range(0, len(group), cfg.chunk_size))
+    # Slow engines first, so the pool does not end waiting on one long festival job.
+    jobs.sort(key=lambda j: (voice_by_speaker(j[0]).engine != "festival", j[0]))
+
+    results: dict[str, dict] = {}
+    augment = cfg.augment_cfg if cfg.augment else None
+    ctx = multiprocessing.get_context("spawn")
+    with cf.ProcessPoolExecutor(max_workers=max(1, cfg.nj), mp_context=ctx, initializer=_init_worker,
+                                initargs=(bank,)) as pool:
+        futures = [pool.submit(_synth_job, spk, group, str(out_dir / "wav"), cfg.seed, augment)
+                   for spk, group in jobs]
+        with tqdm(total=len(utts), desc="synthesizing", unit="utt") as bar:
+            for fut in cf.as_completed(futures):
+                for r in fut.result():
+                    results[r["utt"]] = r
+                    bar.update(1)
+
+    summary: dict = {"splits": {}}
+    for split in SPLITS:
+        mine = [u for u in utts if u.split == split]
+        d = out_dir / split
+        write_data_dir(
+            d,
+            wav_scp={u.utt_id: results[u.utt_id]["wav"] for u in mine},
+            text={u.utt_id: u.sentence.transcript for u in mine},
+            utt2spk={u.utt_id: u.speaker for u in mine},
+            utt2dur={u.utt_id: results[u.utt_id]["dur"] for u in mine},
+        )
+        ids = c_sorted(u.utt_id for u in mine)
+        write_text_atomic(d / "phones.ctm", "".join(_ctm_lines(i, results[i]["phones"]) for i in ids))
+        write_text_atomic(d / "words.ctm", "".join(_ctm_lines(i, results[i]["words"]) for i in ids))
+        write_table(d / "utt2aug", {u.utt_id: results[u.utt_id]["aug"] for u in mine})
+        if split == "test":
+            write_table(d / "utt2subset", {u.utt_id: u.subset for u in mine})
+        summary["splits"][split] = {
+            "utts": len(mine),
+            "hours": round(sum(results[u.utt_id]["dur"] for u in mine) / 3600.0, 4),
+            "speakers": len({u.speaker for u in mine}),
+            "sentences": len({u.sentence.transcript for u in mine}),
+            "utts_with_phone_timings": sum(bool(results[u.utt_id]["phones"]) for u in mine),
+            "utts_with_word_timings": sum(bool(results[u.utt_id]["words"]) for u in mine),
+        }
+    write_text_atomic(out_dir / "local" / "lm_extra.txt", "".join(s.transcript + "\n" for s in lm_extra))
+    summary["lm_extra_sentences"] = len(lm_extra)
+    summary["seconds"] = round(time.time() - t0, 1)
+
+    # Only what this build wrote (a rebuild with another config may leave older wavs beside them).
+    written = [Path(r["wav"]) for r in results.values()] + [out_dir / "local" / "lm_extra.txt"]
+    written += [p for split in SPLITS for p in (out_dir / split).iterdir() if not p.name.startswith(".")]
+    checksums = {str(p.relative_to(out_dir)): _sha256(p) for p in sorted(written)}
+    manifest = {"config": _config_json(cfg), "summary": summary, "sha256": checksums}
+    write_text_atomic(manifest_path, json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    logger.info("built %s in %.1f s: %s", out_dir, summary["seconds"], summary["splits"])
+    return summary

@@ -1,0 +1,366 @@
+"""Distillation (paper sections 2 and 4) and the small-data experiment (section 6).
+
+The student is trained on  T^2 * CE(teacher soft targets at T, softmax(z/T)) + w_hard * CE(labels, softmax(z)).
+The T^2 keeps the soft term's gradient on the same scale whatever T is (its gradient shrinks as 1/T^2), so the
+relative weight of the two terms means the same thing at T=1 and T=10. After training the student runs at T=1.
+
+Soft targets come either from storage (:mod:`asr_kd.soft_targets`, top-k per frame, computed once: the student
+trains at baseline speed) or from the teacher running inside every student step ("online": no storage, but the
+teacher's forward pass costs several student steps). Both feed :func:`asr_kd.train.train` through its
+``loss_fn`` hook, so checkpoints, resume, early stopping and metrics are the baseline's.
+
+Top-k targets leave out the teacher's tail; by default that tail mass is kept as one extra "any other class"
+outcome (``DistillConfig.tail``), so a small k does not make the targets sharper than the teacher at high T.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from asr_kd.frames import FrameSet
+from asr_kd.model import DNN, ModelConfig, StackedDNN
+from asr_kd.soft_targets import (
+    SoftTargetConfig,
+    SoftTargets,
+    compute_soft_targets,
+    describe_teacher,
+    teacher_log_probs,
+    top_k_targets,
+)
+from asr_kd.subset import select_subset
+from asr_kd.train import LossFn, TrainConfig, TrainResult, frame_accuracy, load_model, train
+from features.atomic import write_text_atomic
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "DistillConfig",
+    "SmallDataConfig",
+    "distill",
+    "distillation_loss",
+    "gain_kept",
+    "make_online_loss",
+    "make_stored_loss",
+    "run_small_data",
+    "select_subset",
+    "temperature_sweep",
+]
+
+SOFT_WEIGHT_SCALES = ("T^2", "1")
+MODES = ("stored", "online")
+TAILS = ("bucket", "renormalize")
+
+
+@dataclass
+class DistillConfig:
+    """The distillation objective and where its soft targets come from.
+
+    top_k: classes of the teacher posterior the student sees per frame (None = all); with stored targets it
+    caps the stored k (the stored top classes are then cut).
+    tail: what happens to the teacher probability outside the top-k. "bucket" (default) keeps it as one extra
+    "any other class" target, matched by the student's total probability outside the top-k; "renormalize"
+    drops it and rescales the top-k to sum to 1. At high T the tail is large (a top-20 of 120 classes held only
+    75% of the mass at T=5 in a synthetic test), and renormalizing it away cost 1.7 points of dev accuracy
+    there while the bucket came within 0.2 of using all classes; at T=2 both matched all classes.
+    combine: how an ensemble teacher's members are averaged in online mode (stored targets carry their own).
+    """
+
+    temperature: float = 2.0
+    hard_weight: float = 0.5
+    soft_weight_scale: str = "T^2"
+    top_k: int | None = 20
+    tail: str = "bucket"
+    mode: str = "stored"
+    combine: str = "arith"
+    temperatures_sweep: list[float] = field(default_factory=lambda: [1.0, 2.0, 5.0, 10.0])
+
+    def __post_init__(self) -> None:
+        if self.soft_weight_scale not in SOFT_WEIGHT_SCALES:
+            raise ValueError(f"soft_weight_scale must be one of {SOFT_WEIGHT_SCALES}, got {self.soft_weight_scale!r}")
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.tail not in TAILS:
+            raise ValueError(f"tail must be one of {TAILS}, got {self.tail!r}")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if self.hard_weight < 0:
+            raise ValueError(f"hard_weight must be >= 0, got {self.hard_weight}")
+        if self.top_k is not None and self.top_k < 1:
+            raise ValueError(f"top_k must be >= 1 or None, got {self.top_k}")
+
+    @property
+    def soft_weight(self) -> float:
+        """Weight of the soft cross-entropy: T^2 (the paper) or 1 (for ablations)."""
+        return self.temperature ** 2 if self.soft_weight_scale == "T^2" else 1.0
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def distillation_loss(
+    student_logits: torch.Tensor,
+    soft_idx: torch.Tensor,
+    soft_probs: torch.Tensor,
+    hard_targets: torch.Tensor,
+    temperature: float,
+    hard_weight: float,
+    soft_weight: float | None = None,
+    mass_kept: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Batch-mean distillation loss from sparse soft targets.
+
+    student_logits [B, C]; soft_idx [B, k] int64 class ids; soft_probs [B, k] teacher probabilities at T,
+    renormalized over the k; hard_targets [B] aligned states. The soft term gathers log softmax(z/T) at the k
+    target classes only, so no dense [B, C] target is built. soft_weight defaults to T^2; the hard term is
+    always at T=1.
+
+    With ``mass_kept`` [B] (the teacher mass the k classes held) the soft term is the cross-entropy over k+1
+    outcomes, the k classes (weights mass_kept x soft_probs) and "the rest" (weight 1 - mass_kept, student
+    probability 1 - sum of its top-k probabilities): the "bucket" tail of :class:`DistillConfig`.
+    """
+    z = student_logits.float()
+    z_t = z / temperature
+    log_q_t = torch.log_softmax(z_t, dim=-1)
+    kept = (soft_probs.float() * log_q_t.gather(1, soft_idx)).sum(dim=1)
+    if mass_kept is None or soft_idx.shape[1] >= z.shape[1]:
+        soft_ce = -kept.mean()
+    else:
+        m = mass_kept.float().clamp(0.0, 1.0)
+        # log of the student's probability outside the k classes, as a logsumexp over the other logits
+        # (log1p(-sum q_k) would lose all precision when the student puts nearly everything on the k classes).
+        log_rest = torch.logsumexp(z_t.scatter(1, soft_idx, float("-inf")), dim=1) - torch.logsumexp(z_t, dim=1)
+        soft_ce = -(m * kept + (1.0 - m) * log_rest).mean()
+    w_soft = temperature ** 2 if soft_weight is None else soft_weight
+    loss = w_soft * soft_ce
+    if hard_weight > 0:
+        log_q_1 = log_q_t if temperature == 1 else torch.log_softmax(z, dim=-1)
+        loss = loss + hard_weight * F.nll_loss(log_q_1, hard_targets)
+    return loss
+
+
+def _truncate(ind: torch.Tensor, prob: torch.Tensor, mass: torch.Tensor, k: int | None
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Keep the k most probable of sorted stored targets: renormalized probs and the mass they hold."""
+    if k is None or k >= ind.shape[1]:
+        return ind, prob, mass
+    prob = prob[:, :k]
+    total = prob.sum(dim=1, keepdim=True)
+    return ind[:, :k], prob / total, mass * total[:, 0]
+
+
+def make_stored_loss(soft: SoftTargets, cfg: DistillConfig) -> LossFn:
+    """Loss over stored soft targets; ``frame_idx`` indexes the training FrameSet the targets were computed on.
+
+    ``cfg.top_k`` caps the stored k (a smaller k cuts and renormalizes the stored rows; None uses all stored).
+    On a GPU pass ``soft.to(device)``: a CPU-side gather would make every step wait for the host.
+    """
+    if abs(soft.temperature - cfg.temperature) > 1e-6:
+        raise ValueError(
+            f"soft targets were computed at T={soft.temperature:g} but the student would train at "
+            f"T={cfg.temperature:g}: the student must match the teacher's temperature"
+        )
+
+    def loss_fn(logits: torch.Tensor, frame_idx: torch.Tensor, hard_targets: torch.Tensor) -> torch.Tensor:
+        ind, prob, mass = _truncate(*soft.batch(frame_idx, logits.device), cfg.top_k)
+        return distillation_loss(logits, ind, prob, hard_targets, cfg.temperature, cfg.hard_weight, cfg.soft_weight,
+                                 mass if cfg.tail == "bucket" else None)
+
+    return loss_fn
+
+
+def make_online_loss(teachers: Sequence[DNN], train_set: FrameSet, cfg: DistillConfig) -> LossFn:
+    """Loss whose soft targets come from running ``teachers`` on the batch's windows inside the step."""
+    if not teachers:
+        raise ValueError("online distillation needs at least one teacher model")
+    teacher = StackedDNN.from_members(list(teachers)).eval().requires_grad_(False)
+    device = next(teacher.parameters()).device
+
+    def loss_fn(logits: torch.Tensor, frame_idx: torch.Tensor, hard_targets: torch.Tensor) -> torch.Tensor:
+        windows = train_set.windows(frame_idx.to(train_set.device)).to(device, torch.float32)
+        lp = teacher_log_probs(teacher, windows, cfg.temperature, cfg.combine)
+        ind, prob, mass = (t.to(logits.device) for t in top_k_targets(lp, cfg.top_k))
+        return distillation_loss(logits, ind, prob, hard_targets, cfg.temperature, cfg.hard_weight, cfg.soft_weight,
+                                 mass if cfg.tail == "bucket" else None)
+
+    return loss_fn
+
+
+def distill(
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    dcfg: DistillConfig,
+    train_set: FrameSet,
+    dev_set: FrameSet,
+    soft: SoftTargets | None,
+    teachers: Sequence[DNN] | None,
+    out_dir: Path,
+    num_classes: int,
+) -> TrainResult:
+    """Train a student (same shape as a member) on the distillation loss; it is evaluated at T=1 (argmax).
+
+    ``soft`` (stored mode) must cover ``train_set`` frame for frame; ``teachers`` are used in online mode.
+    Writes ``distill.json`` (the objective) next to the baseline trainer's outputs.
+    """
+    out_dir = Path(out_dir)
+    if dcfg.mode == "stored":
+        if soft is None:
+            raise ValueError("stored-mode distillation needs soft targets")
+        if soft.num_frames != train_set.num_frames:
+            raise ValueError(
+                f"soft targets cover {soft.num_frames} frames, the training set has {train_set.num_frames}")
+        if soft.num_classes != num_classes:
+            raise ValueError(f"soft targets have {soft.num_classes} classes, the student {num_classes}")
+        loss_fn = make_stored_loss(soft, dcfg)
+        teacher_desc = f"{soft.teacher} (stored at T={soft.temperature:g}, k={soft.k})"
+    else:
+        if not teachers:
+            raise ValueError("online-mode distillation needs teacher models")
+        loss_fn = make_online_loss(teachers, train_set, dcfg)
+        teacher_desc = describe_teacher(len(teachers), dcfg.combine)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    objective = {**dcfg.to_dict(), "teacher": teacher_desc}
+    write_text_atomic(out_dir / "distill.json", json.dumps(objective, indent=2) + "\n")
+    logger.info("distilling (%s, T=%g, hard weight %g, k=%s) into %s", dcfg.mode, dcfg.temperature,
+                dcfg.hard_weight, dcfg.top_k, out_dir)
+    return train(model_cfg, train_cfg, train_set, dev_set, out_dir, num_classes, loss_fn=loss_fn)
+
+
+def temperature_sweep(
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    dcfg: DistillConfig,
+    train_set: FrameSet,
+    dev_set: FrameSet,
+    teachers: Sequence[DNN],
+    out_dir: Path,
+    num_classes: int,
+    combine: str = "arith",
+) -> dict:
+    """Distil one student per temperature in ``dcfg.temperatures_sweep`` with stored targets; dev accuracy (%) per T.
+
+    Soft targets of each T are kept under ``out_dir/soft_T<T>`` and students under ``out_dir/T<T>``, so an
+    interrupted sweep resumes (targets are reused, students resume from their checkpoints). Writes sweep.json.
+    """
+    out_dir = Path(out_dir)
+    results: dict[str, dict] = {}
+    for t in dcfg.temperatures_sweep:
+        tag = f"T{t:g}"
+        soft_dir = out_dir / f"soft_{tag}"
+        if (soft_dir / "meta.json").exists():
+            soft = SoftTargets.load(soft_dir)
+        else:
+            st_cfg = SoftTargetConfig(temperature=t, top_k=dcfg.top_k, combine=combine)
+            soft = compute_soft_targets(teachers, train_set, st_cfg)
+            soft.save(soft_dir)
+        res = distill(model_cfg, train_cfg, dataclasses.replace(dcfg, temperature=t, mode="stored"),
+                      train_set, dev_set, soft, None, out_dir / tag, num_classes)
+        acc = 100.0 * frame_accuracy(load_model(res.model_path, dev_set.device), dev_set)
+        results[f"{t:g}"] = {"dev_frame_accuracy": round(acc, 2), "epochs_run": res.epochs_run,
+                             "mean_mass_kept": round(float(soft.mass_kept.float().mean()), 4)}
+        logger.info("T=%g: dev frame accuracy %.2f%%", t, acc)
+    best = max(results, key=lambda k: results[k]["dev_frame_accuracy"])
+    summary = {"hard_weight": dcfg.hard_weight, "top_k": dcfg.top_k, "tail": dcfg.tail, "per_temperature": results,
+               "best_temperature": float(best)}
+    write_text_atomic(out_dir / "sweep.json", json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def gain_kept(baseline_acc: float, ensemble_acc: float, distilled_acc: float) -> float:
+    """Fraction of the ensemble's gain over the baseline that the distilled model keeps (paper: > 0.8)."""
+    gain = ensemble_acc - baseline_acc
+    if gain == 0:
+        raise ValueError("the ensemble is no better than the baseline: the kept fraction is undefined")
+    return (distilled_acc - baseline_acc) / gain
+
+
+@dataclass
+class SmallDataConfig:
+    """The 3% experiment: hard targets with early stopping vs soft targets from a full-data teacher without."""
+
+    fraction: float = 0.03
+    seed: int = 0
+    teacher: str = "baseline"  # "baseline" | "ensemble" | "both"
+    hard_early_stopping: bool = True
+    soft_early_stopping: bool = False
+    epochs: int = 40
+
+    def __post_init__(self) -> None:
+        if self.teacher not in ("baseline", "ensemble", "both"):
+            raise ValueError(f"teacher must be baseline, ensemble or both, got {self.teacher!r}")
+
+    def teacher_names(self) -> list[str]:
+        return ["baseline", "ensemble"] if self.teacher == "both" else [self.teacher]
+
+
+def _as_models(models: Sequence[Path | DNN], device: torch.device) -> list[DNN]:
+    return [m if isinstance(m, DNN) else load_model(Path(m), device) for m in models]
+
+
+def run_small_data(
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    scfg: SmallDataConfig,
+    dcfg: DistillConfig,
+    sets: Mapping[str, FrameSet],
+    utt2spk: Mapping[str, str],
+    teachers: Mapping[str, Sequence[Path | DNN]],
+    out_dir: Path,
+    num_classes: int,
+) -> dict:
+    """Train the small-data hard-target and soft-target models and compare them with the full-data baseline.
+
+    ``sets`` holds "train", "dev" and optionally "test". ``teachers`` maps "baseline" (required: it is also the
+    full-data reference) and "ensemble" to models (or model.pt paths) trained on ALL the training data; the
+    soft targets are theirs on the subset's frames. Models go to ``out_dir/small_hard`` and ``out_dir/small_soft``
+    (the first teacher of ``scfg.teacher``; with "both" the ensemble-taught one is ``small_soft_ensemble``).
+    Frame accuracy (%) on the data each model trained on ("train"), dev and test (``systems``) is written with the
+    settings to ``out_dir/small_data.json`` and returned.
+    """
+    out_dir = Path(out_dir)
+    train_set, dev_set = sets["train"], sets["dev"]
+    eval_sets = {name: sets[name] for name in ("dev", "test") if name in sets}
+    train_utts = set(train_set.utt_ids)
+    subset_ids = select_subset({u: s for u, s in utt2spk.items() if u in train_utts}, scfg.fraction, scfg.seed)
+    small = train_set.subset(subset_ids)
+    write_text_atomic(out_dir / "small_data_subset.txt", "".join(f"{u}\n" for u in subset_ids))
+    logger.info("small-data subset: %d of %d utterances, %d of %d frames", len(subset_ids), len(train_set.utt_ids),
+                small.num_frames, train_set.num_frames)
+    if "baseline" not in teachers:
+        raise ValueError("run_small_data needs the full-data baseline (teachers['baseline'])")
+    device = train_set.device
+    full_baseline = _as_models(teachers["baseline"], device)[0]
+
+    def accuracies(model: DNN, own_train: FrameSet) -> dict[str, float]:
+        return {name: round(100.0 * frame_accuracy(model, fs), 2)
+                for name, fs in {"train": own_train, **eval_sets}.items()}
+
+    systems: dict[str, dict] = {"baseline_full": accuracies(full_baseline, train_set)}
+    hard_cfg = dataclasses.replace(train_cfg, epochs=scfg.epochs, early_stopping=scfg.hard_early_stopping)
+    hard = train(model_cfg, hard_cfg, small, dev_set, out_dir / "small_hard", num_classes)
+    systems["small_hard"] = accuracies(load_model(hard.model_path, device), small)
+    soft_cfg = dataclasses.replace(train_cfg, epochs=scfg.epochs, early_stopping=scfg.soft_early_stopping)
+    for i, name in enumerate(scfg.teacher_names()):
+        if name not in teachers:
+            raise ValueError(f"no {name!r} teacher given (have {sorted(teachers)})")
+        st_cfg = SoftTargetConfig(temperature=dcfg.temperature, top_k=dcfg.top_k, combine=dcfg.combine)
+        soft = compute_soft_targets(_as_models(teachers[name], device), small, st_cfg)
+        system = "small_soft" if i == 0 else f"small_soft_{name}"
+        res = distill(model_cfg, soft_cfg, dataclasses.replace(dcfg, mode="stored"), small, dev_set, soft, None,
+                      out_dir / system, num_classes)
+        systems[system] = {"teacher": name, **accuracies(load_model(res.model_path, device), small)}
+    summary = {
+        "fraction_percent": round(100 * scfg.fraction, 3), "seed": scfg.seed, "num_utts": len(subset_ids),
+        "num_frames": small.num_frames, "teacher": scfg.teacher, "temperature": dcfg.temperature,
+        "hard_weight": dcfg.hard_weight, "top_k": dcfg.top_k, "epochs": scfg.epochs,
+        "hard_early_stopping": scfg.hard_early_stopping, "soft_early_stopping": scfg.soft_early_stopping,
+        "systems": systems,
+    }
+    write_text_atomic(out_dir / "small_data.json", json.dumps(summary, indent=2) + "\n")
+    return summary

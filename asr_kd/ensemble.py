@@ -1,0 +1,213 @@
+"""The teacher: N members with the baseline's architecture and recipe, differing only in their random seed.
+
+Member m (directory ``member{m:02d}``) uses seed ``base_seed + m`` for its initialisation and its batch order,
+as in the paper (different initialisations; data subsets "did not significantly change" results).
+
+Two ways to train them, chosen by :class:`EnsembleConfig` ``mode``:
+
+* ``sequential``: one :func:`asr_kd.train.train_one` per member; every member dir has its own checkpoint.pt.
+* ``stacked``: up to ``max_stack`` members as one :class:`asr_kd.model.StackedDNN` (one ``baddbmm`` per layer,
+  each member its own shuffled batch, learning rate and early stopping). With dropout 0 a stacked member follows
+  the same trajectory as its sequential twin (same init, same batches, per-member newbob rates; only float
+  rounding of bmm vs mm differs, tested in tests/test_ensemble.py). It pays on a GPU when one member's batch is
+  too small to fill it (x1.7-2.4 at 1024 frames per member on an H100, ~x1 at 4096; notes/gpu-figures.md).
+  The group checkpoint is out_dir/stacked_<members>.pt, removed once the members' model.pt are written.
+* ``auto``: stacked when the per-member batch is at most 2048 frames, sequential otherwise. On the 2-core CPU,
+  ten ``small`` members at batch 256 (2000 outputs, one thread) trained at 1770 member-frames/s stacked vs 1440
+  sequential (``python -m asr_kd.bench ensemble --threads 1``, shared machine).
+
+A member whose model.pt exists is finished and skipped, so an interrupted ensemble resumes member by member.
+
+Several GPUs: launch the same script on every GPU; each rank trains the members ``m`` with ``m % world == rank``
+(:func:`members_for_rank`) on ``cuda:LOCAL_RANK``, with no communication between ranks::
+
+    torchrun --standalone --nproc-per-node=4 <script or `-m module` that calls train_ensemble(...)>
+
+and evaluate (``evaluate_ensemble``) after all ranks have returned.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from asr_kd.frames import FrameSet
+from asr_kd.model import DNN, ModelConfig, StackedDNN
+from asr_kd.train import (
+    TrainConfig,
+    Trainee,
+    build_members,
+    check_targets,
+    fit,
+    load_model,
+    on_device,
+    resolve_device,
+    train_one,
+    write_member_outputs,
+)
+
+logger = logging.getLogger(__name__)
+
+MODES = ("sequential", "stacked", "auto")
+COMBINES = ("arith", "geo")
+
+
+@dataclass
+class EnsembleConfig:
+    """How many members, their seeds, how to train them, and how to average their predictions."""
+
+    num_members: int = 10
+    base_seed: int = 1
+    mode: str = "auto"
+    combine: str = "arith"
+    max_stack: int = 10
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.combine not in COMBINES:
+            raise ValueError(f"combine must be one of {COMBINES}, got {self.combine!r}")
+        if self.num_members < 1 or self.max_stack < 1:
+            raise ValueError("num_members and max_stack must be positive")
+
+
+def member_dir(out_dir: Path, m: int) -> Path:
+    return Path(out_dir) / f"member{m:02d}"
+
+
+def members_for_rank(num_members: int, rank: int, world: int) -> list[int]:
+    """Members trained by ``rank`` of ``world``: round robin, so shares differ by at most one member."""
+    if not 0 <= rank < world:
+        raise ValueError(f"rank {rank} outside world of {world}")
+    return list(range(rank, num_members, world))
+
+
+def _resolve_mode(ens_cfg: EnsembleConfig, train_cfg: TrainConfig) -> str:
+    if ens_cfg.mode != "auto":
+        return ens_cfg.mode
+    return "stacked" if train_cfg.batch_size <= 2048 else "sequential"
+
+
+def train_ensemble(
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    ens_cfg: EnsembleConfig,
+    train_set: FrameSet,
+    dev_set: FrameSet,
+    out_dir: Path,
+    num_classes: int,
+) -> list[Path]:
+    """Train this rank's unfinished members into out_dir/memberNN/ (model.pt, metrics.json); return all member dirs.
+
+    ``train_cfg.seed`` is ignored: member m uses ``ens_cfg.base_seed + m``.
+    """
+    out_dir = Path(out_dir)
+    if train_cfg.num_threads:
+        torch.set_num_threads(train_cfg.num_threads)
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    device = resolve_device(train_cfg.device)
+    mine = [m for m in members_for_rank(ens_cfg.num_members, rank, world)
+            if not (member_dir(out_dir, m) / "model.pt").exists()]
+    mode = _resolve_mode(ens_cfg, train_cfg)
+    logger.info("ensemble: rank %d/%d trains members %s (%s) on %s", rank, world, mine, mode, device)
+    train_set, dev_set = on_device(train_set, device), on_device(dev_set, device)
+    check_targets(train_set, dev_set, num_classes)
+    if mode == "sequential":
+        for m in mine:
+            cfg = dataclasses.replace(train_cfg, seed=ens_cfg.base_seed + m)
+            train_one(model_cfg, cfg, train_set, dev_set, member_dir(out_dir, m), num_classes, device)
+    else:
+        for first in range(0, len(mine), ens_cfg.max_stack):
+            group = mine[first:first + ens_cfg.max_stack]
+            _train_stacked(model_cfg, train_cfg, ens_cfg, group, train_set, dev_set, out_dir, num_classes, device)
+    return [member_dir(out_dir, m) for m in range(ens_cfg.num_members)]
+
+
+def _train_stacked(model_cfg: ModelConfig, train_cfg: TrainConfig, ens_cfg: EnsembleConfig, group: list[int],
+                   train_set: FrameSet, dev_set: FrameSet, out_dir: Path, num_classes: int,
+                   device: torch.device) -> None:
+    seeds = [ens_cfg.base_seed + m for m in group]
+    stacked = StackedDNN.from_members(build_members(model_cfg, num_classes, seeds)).to(device)
+    checkpoint = out_dir / f"stacked_{'_'.join(f'{m:02d}' for m in group)}.pt"
+    states, weights = fit(Trainee(stacked), train_cfg, train_set, dev_set, seeds, checkpoint, device,
+                          desc=f"members {group[0]}-{group[-1]}")
+    for m, seed, state, w in zip(group, seeds, states, weights):
+        write_member_outputs(member_dir(out_dir, m), model_cfg, num_classes, state, w,
+                             dataclasses.replace(train_cfg, seed=seed), seed)
+    checkpoint.unlink()
+
+
+# ------------------------------------------------------------------------------------------------ combining members
+def combine_log_probs(member_log_probs: torch.Tensor, combine: str = "arith") -> torch.Tensor:
+    """[M, B, C] member log-probabilities -> [B, C] ensemble log-probabilities.
+
+    ``arith``: log of the mean of the probabilities (the paper's average). ``geo``: the normalised geometric mean,
+    i.e. log-softmax of the mean log-probability (equal to softmax of the mean logit / T).
+    """
+    if combine == "arith":
+        return torch.logsumexp(member_log_probs, dim=0) - math.log(member_log_probs.shape[0])
+    if combine == "geo":
+        return torch.log_softmax(member_log_probs.mean(0), dim=-1)
+    raise ValueError(f"combine must be one of {COMBINES}, got {combine!r}")
+
+
+@torch.no_grad()
+def iter_member_log_probs(models: Sequence[DNN], frame_set: FrameSet, temperature: float = 1.0,
+                          batch_size: int = 4096) -> Iterator[tuple[int, torch.Tensor]]:
+    """(first frame, log-softmax(z_m / T) [M, b, C] float32) for every member, in frame order.
+
+    The members run as one :class:`StackedDNN` (one batched matmul per layer instead of M launches).
+    """
+    stacked = StackedDNN.from_members(list(models)).eval()
+    device = next(stacked.parameters()).device
+    M = len(models)
+    for start in range(0, frame_set.num_frames, batch_size):
+        idx = torch.arange(start, min(frame_set.num_frames, start + batch_size), device=frame_set.device)
+        x = frame_set.windows(idx).to(device, torch.float32)
+        logits = stacked(x.expand(M, *x.shape)).float()
+        yield start, torch.log_softmax(logits / temperature, dim=-1)
+
+
+def ensemble_log_posteriors(models: Sequence[DNN], frame_set: FrameSet, temperature: float = 1.0,
+                            combine: str = "arith", batch_size: int = 4096) -> torch.Tensor:
+    """Ensemble log-probabilities at temperature T for every frame, in frame order: [N, C] float32 on the CPU."""
+    out = torch.empty(frame_set.num_frames, models[0].num_classes)
+    for start, member_lp in iter_member_log_probs(models, frame_set, temperature, batch_size):
+        out[start:start + member_lp.shape[1]] = combine_log_probs(member_lp, combine).cpu()
+    return out
+
+
+@torch.no_grad()
+def evaluate_ensemble(member_dirs: Sequence[Path], sets: Mapping[str, FrameSet], combine: str = "arith",
+                      batch_size: int = 4096) -> dict:
+    """Frame accuracy of every member, their mean and (sample) std, and of the ensemble, for each named set.
+
+    Returns ``{split: {"members": [...], "member_mean", "member_std", "ensemble", "combine", "frames"}}``.
+    """
+    results = {}
+    device = next(iter(sets.values())).device if sets else torch.device("cpu")
+    models = [load_model(Path(d) / "model.pt", device) for d in member_dirs]
+    for split, frame_set in sets.items():
+        member_correct = torch.zeros(len(models), dtype=torch.int64)
+        ens_correct = 0
+        for start, member_lp in iter_member_log_probs(models, frame_set, 1.0, batch_size):
+            y = frame_set.targets[start:start + member_lp.shape[1]].to(member_lp.device)
+            member_correct += (member_lp.argmax(-1) == y).sum(1).cpu()
+            ens_correct += int((combine_log_probs(member_lp, combine).argmax(-1) == y).sum())
+        n = max(1, frame_set.num_frames)
+        accs = (member_correct.double() / n)
+        results[split] = {
+            "members": accs.tolist(),
+            "member_mean": float(accs.mean()),
+            "member_std": float(accs.std()) if len(models) > 1 else 0.0,
+            "ensemble": ens_correct / n,
+            "combine": combine,
+            "frames": frame_set.num_frames,
+        }
+    return results

@@ -1,0 +1,166 @@
+"""Frame-level training sets: every utterance of a split concatenated, with one pdf target per frame.
+
+A DNN acoustic model is trained on frames shuffled across utterances, so a split is held as one [N, 40] feature
+matrix and one [N] target vector on the training device (on a GPU the whole matrix lives there and context windows
+are gathered there: 10M frames x 40 x 4 B = 1.6 GB, a gather runs at tens of millions of frames/s). A frame is
+addressed by its global index; :class:`features.context.ContextWindows` turns indices into 26-frame windows that
+never cross an utterance boundary.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from features.context import ContextWindows
+from features.errors import InputError
+from features.extract import load_feats
+from features.kaldi_io import load_vec_int_scp
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class FrameSet:
+    """One split: features [N, D], pdf targets [N] (int64), utterance ids and lengths, and the window gatherer."""
+
+    feats: torch.Tensor
+    targets: torch.Tensor
+    utt_ids: list[str]
+    utt_lengths: torch.Tensor
+    windows: ContextWindows
+    left: int = 20
+    right: int = 5
+
+    @classmethod
+    def from_tensors(
+        cls,
+        feats: torch.Tensor,
+        targets: torch.Tensor,
+        utt_ids: list[str],
+        utt_lengths: torch.Tensor | Iterable[int],
+        left: int = 20,
+        right: int = 5,
+    ) -> FrameSet:
+        """Build a set from concatenated tensors (all on one device); checks that the lengths add up."""
+        lengths = torch.as_tensor(utt_lengths if torch.is_tensor(utt_lengths) else list(utt_lengths),
+                                  dtype=torch.int64).cpu()
+        if len(utt_ids) != len(lengths):
+            raise ValueError(f"{len(utt_ids)} utterance ids but {len(lengths)} lengths")
+        if int(lengths.sum()) != feats.shape[0] or targets.shape[0] != feats.shape[0]:
+            raise ValueError(
+                f"utterance lengths sum to {int(lengths.sum())}, feats have {feats.shape[0]} rows, "
+                f"targets {targets.shape[0]}"
+            )
+        targets = targets.to(device=feats.device, dtype=torch.int64)
+        windows = ContextWindows(feats, lengths, left=left, right=right)
+        return cls(feats, targets, list(utt_ids), lengths, windows, left, right)
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.feats.shape[0])
+
+    @property
+    def device(self) -> torch.device:
+        return self.feats.device
+
+    def utt_offsets(self) -> torch.Tensor:
+        """Start frame of every utterance (CPU, int64)."""
+        return torch.cumsum(self.utt_lengths, 0) - self.utt_lengths
+
+    def frame_indices(self, utt_ids: Iterable[str]) -> torch.Tensor:
+        """Global indices (on this set's device) of the frames of the given utterances, in the given order.
+
+        ``self.subset(u)`` holds exactly the frames ``self.frame_indices(u)``: per-frame data computed on the full
+        set (soft targets) is mapped onto a subset with it.
+        """
+        wanted = list(utt_ids)
+        position = {u: i for i, u in enumerate(self.utt_ids)}
+        missing = [u for u in wanted if u not in position]
+        if missing:
+            raise KeyError(f"{len(missing)} utterances not in this set, e.g. {missing[:3]}")
+        rows = [position[u] for u in wanted]
+        starts, lengths = self.utt_offsets()[rows].tolist(), self.utt_lengths[rows].tolist()
+        idx = [torch.arange(s, s + n) for s, n in zip(starts, lengths, strict=True)]
+        return (torch.cat(idx) if idx else torch.zeros(0, dtype=torch.int64)).to(self.device)
+
+    def subset(self, utt_ids: Iterable[str]) -> FrameSet:
+        """The frames of the given utterances (in the given order), on the same device (the 3%-data experiment)."""
+        wanted = list(utt_ids)
+        idx = self.frame_indices(wanted)
+        position = {u: i for i, u in enumerate(self.utt_ids)}
+        lengths = self.utt_lengths[[position[u] for u in wanted]]
+        return FrameSet.from_tensors(self.feats[idx], self.targets[idx], wanted, lengths,
+                                     left=self.left, right=self.right)
+
+    def to(self, device: str | torch.device) -> FrameSet:
+        """The same set on another device (windows rebuilt there)."""
+        return FrameSet.from_tensors(self.feats.to(device), self.targets.to(device), self.utt_ids,
+                                     self.utt_lengths, left=self.left, right=self.right)
+
+
+def load_frameset(
+    feats_dir: Path, ali_dir: Path, device: str | torch.device = "cpu", left: int = 20, right: int = 5
+) -> FrameSet:
+    """Join fbank features (per-speaker CMVN) with pdf alignments into a :class:`FrameSet` on ``device``.
+
+    ``feats_dir`` is ``data/fbank/<split>`` (feats.scp + cmvn.scp), ``ali_dir`` is ``exp/tri1_ali/<split>``
+    (pdf.scp, failed.txt). Utterances without an alignment (listed in failed.txt or simply absent) are excluded
+    and counted in a log line; an alignment whose frame count differs from the features is an InputError naming
+    the utterance, because it means features and alignments come from different front-ends or data.
+    """
+    feats_dir, ali_dir = Path(feats_dir), Path(ali_dir)
+    feats = load_feats(feats_dir, cmvn="speaker", norm_vars=True)
+    pdf_scp = ali_dir / "pdf.scp"
+    if not pdf_scp.exists():
+        raise InputError("no pdf alignments", pdf_scp)
+    alis = load_vec_int_scp(pdf_scp)
+    failed = _read_failed(ali_dir / "failed.txt")
+    scp_line = _scp_lines(pdf_scp)
+
+    kept: list[str] = []
+    for utt in feats:
+        ali = alis.get(utt)
+        if ali is None:
+            continue
+        if len(ali) != feats[utt].shape[0]:
+            raise InputError(
+                f"utterance {utt}: {len(ali)} alignment frames but {feats[utt].shape[0]} feature frames "
+                f"(features in {feats_dir})",
+                pdf_scp,
+                scp_line.get(utt),
+            )
+        kept.append(utt)
+    unaligned = len(feats) - len(kept)
+    orphans = sum(1 for u in alis if u not in feats)
+    logger.info(
+        "%s: %d utterances with alignments, %d excluded without one (%d listed in failed.txt)%s",
+        feats_dir, len(kept), unaligned, len(failed & feats.keys()),
+        f"; {orphans} alignments have no features and are ignored" if orphans else "",
+    )
+    if not kept:
+        raise InputError(f"no utterance of {feats_dir} has an alignment", pdf_scp)
+    lengths = [feats[u].shape[0] for u in kept]
+    x = torch.from_numpy(np.concatenate([feats[u] for u in kept]).astype(np.float32, copy=False)).to(device)
+    y = torch.from_numpy(np.concatenate([alis[u] for u in kept]).astype(np.int64, copy=False)).to(device)
+    return FrameSet.from_tensors(x, y, kept, lengths, left=left, right=right)
+
+
+def _read_failed(path: Path) -> set[str]:
+    """Utterance ids from failed.txt (first field of each line; a missing file means none failed)."""
+    if not path.exists():
+        return set()
+    return {line.split()[0] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()}
+
+
+def _scp_lines(path: Path) -> dict[str, int]:
+    """1-based line number of every key in an scp file, so errors can point at the line."""
+    lines = {}
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if line.strip():
+            lines[line.split(maxsplit=1)[0]] = n
+    return lines

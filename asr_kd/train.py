@@ -1,0 +1,635 @@
+"""Frame-level training of the hybrid DNN: shuffled frames, dev frame accuracy, checkpoints, exact resume, DDP.
+
+One loop serves three callers: :func:`train` (one model; the distillation engineer passes a ``loss_fn`` over soft
+targets), :mod:`asr_kd.ensemble` (M members stacked into one module, each with its own seed, batch order, learning
+rate and early stopping) and torchrun (the same :func:`train` under DistributedDataParallel).
+
+Design decisions:
+
+* Frames are shuffled across utterances by a permutation drawn per epoch from a ``torch.Generator`` seeded with
+  (seed, epoch), generated on the training device; nothing in a training step waits for the host (no ``.item()``,
+  metrics accumulate in device tensors and are read once per epoch), and on CUDA the step runs under bf16
+  autocast with the loss in float32.
+* A checkpoint is written atomically after every epoch (model, optimizer, learning-rate state, early-stopping
+  state, best weights, history, RNG states). Because batch order depends only on (seed, epoch), a run killed at
+  any point and resumed ends with the same weights as an uninterrupted run.
+* ``newbob`` (ICSI QuickNet, Kaldi nnet1): constant rate until an epoch improves dev by less than
+  ``newbob_start_impr``, then halve every epoch, and finish once an epoch improves less than ``newbob_end_impr``
+  while halving. The improvement is the absolute dev frame-accuracy gain (``newbob_metric="acc"``, QuickNet) or
+  the relative dev cross-entropy decrease (``"loss"``, nnet1); on small corpora dev cross-entropy rises from
+  over-confidence while accuracy still climbs, so ``acc`` is the default. Unlike nnet1 an epoch that makes dev
+  worse is not undone; ``early_stopping`` keeps the best-dev-accuracy weights instead.
+* Optimizer updates are linear in the learning rate (SGD with momentum, Adam, AdamW), so per-member rates of
+  stacked members are applied by running the optimizer at the largest member rate and scaling each member's
+  parameter change by its share (exactly a per-member rate; a stopped member gets share 0 and stays frozen).
+* Under DDP every rank draws the same global permutation and takes a contiguous 1/world share of each global
+  batch; the loss is scaled by world x share / batch so that DDP's gradient average equals the gradient of the
+  mean loss over the whole global batch, even when the shares are unequal. ``batch_size`` therefore means the same
+  in one process and in many, and without dropout N ranks reproduce one process (tests/test_ddp.py). Dev
+  accuracy is computed on 1/world of the dev frames per rank and all-reduced; rank 0 writes the outputs. Launch::
+
+      torchrun --standalone --nproc-per-node=<gpus> <script or -m module that calls train(...)>
+
+  (gloo on CPU, nccl on GPU, device ``cuda:LOCAL_RANK``; every rank loads the FrameSet onto its own GPU).
+
+Recipe search (dev frame accuracy, ``small`` preset 4x512, max 12 epochs, patience 2, one CPU thread). Data:
+synth_small (0.19 h train = 67k frames, 40 dev utterances, 14 voices), fbank with per-speaker CMVN, targets the
+synthesizer's phone timings cut into 3 equal states per phone (120 classes): no GMM alignments existed yet.
+
+=============================================  ========  ======
+recipe                                         dev acc   epochs
+=============================================  ========  ======
+Adam 1e-3, batch 256, constant rate            61.2%     11
+Adam 1e-3, batch 256, newbob on dev loss       64.3%     8
+Adam 1e-3, batch 256, newbob on dev acc        64.9%     10
+  same, seed 1                                 65.0%     12 (cap)
+SGD 0.1 momentum 0.9, batch 256, newbob loss   64.5%     9
+SGD 0.1 momentum 0.9, batch 256, newbob acc    65.0%     10
+Adam 1e-3, batch 1024, newbob on dev loss      61.4%     10
+Adam 2e-3, batch 1024, cosine over 12 epochs   62.8%     12
+Adam 1e-3, batch 256, cosine over 12 epochs    64.5%     12
+Adam 1e-3, batch 256, cosine over 20 epochs    65.6%     20
+=============================================  ========  ======
+
+Decaying the rate is worth ~3 points over a constant rate; batch 1024 loses ~3 points at the same epoch budget;
+Adam and SGD+momentum tie. Newbob on dev loss stops early because dev cross-entropy rises (over-confidence) while
+accuracy still climbs. Defaults: Adam 1e-3, batch 256, newbob on dev accuracy (stops by itself, i.e. trains to
+convergence, as ensemble members must); cosine over twice the epochs buys ~0.7 points more.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from asr_kd.frames import FrameSet
+from asr_kd.model import DNN, ModelConfig, StackedDNN
+from features.atomic import atomic_write, write_text_atomic
+
+logger = logging.getLogger(__name__)
+
+LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+"""(logits [B, C], frame_idx [B] global indices into the train FrameSet, hard_targets [B]) -> scalar loss.
+
+The loss must be the MEAN over the B frames of a per-frame loss: data-parallel training rescales it by the share of
+the global batch each rank holds. Logits may be bf16 under autocast; cast to float32 before a softmax.
+"""
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("constant", "newbob", "cosine")
+
+
+@dataclass
+class TrainConfig:
+    """How to train one model (and every ensemble member)."""
+
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    lr_schedule: str = "newbob"
+    batch_size: int = 256
+    epochs: int = 20  # an upper bound: newbob and early stopping end training at convergence
+    early_stopping: bool = True
+    patience: int = 2
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    warmup_steps: int = 0
+    newbob_start_impr: float = 0.01
+    newbob_end_impr: float = 0.001
+    newbob_factor: float = 0.5
+    newbob_metric: str = "acc"
+    seed: int = 0
+    device: str = "auto"
+    bf16: bool = True
+    num_threads: int | None = None
+    eval_batch_size: int = 4096
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.lr_schedule not in SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {SCHEDULES}, got {self.lr_schedule!r}")
+        if self.newbob_metric not in ("loss", "acc"):
+            raise ValueError(f"newbob_metric must be 'loss' or 'acc', got {self.newbob_metric!r}")
+        if self.batch_size < 1 or self.epochs < 1 or self.patience < 1:
+            raise ValueError("batch_size, epochs and patience must be positive")
+
+
+@dataclass
+class TrainResult:
+    """Where the model went and how training went (``history`` holds the per-epoch rows of metrics.json)."""
+
+    model_path: Path
+    metrics_path: Path
+    best_epoch: int
+    best_dev_acc: float
+    epochs_run: int
+    history: list[dict] = field(default_factory=list)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> this rank's GPU if there is one, else the CPU."""
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
+# ----------------------------------------------------------------------------------------------------- distributed
+@dataclass(frozen=True)
+class DistContext:
+    """This process's place in a torchrun job (rank 0 of 1 when not launched by torchrun)."""
+
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+    def all_reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
+        if self.world > 1:
+            dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        return t
+
+
+def init_distributed(device: torch.device) -> DistContext:
+    """Join the torchrun process group (gloo on CPU, nccl on GPU) if WORLD_SIZE > 1; a no-op otherwise."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistContext()
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return DistContext(dist.get_rank(), dist.get_world_size())
+
+
+# ------------------------------------------------------------------------------------------- members being trained
+class Trainee:
+    """M members behind one interface: ``forward`` maps [M, B, D] windows to [M, B, C] logits.
+
+    A plain :class:`DNN` (optionally wrapped in DDP) is the M = 1 case; a :class:`StackedDNN` trains M at once.
+    """
+
+    def __init__(self, module: nn.Module, dist_ctx: DistContext = DistContext()) -> None:
+        self.module = module
+        self.stacked = isinstance(module, StackedDNN)
+        self.num_members = module.num_members if self.stacked else 1
+        self.forward_module: nn.Module = module
+        if dist_ctx.world > 1:
+            if self.stacked:
+                raise ValueError("stacked members are spread over ranks member by member, not with DDP")
+            device_ids = [module.linears()[0].weight.device.index] if next(module.parameters()).is_cuda else None
+            self.forward_module = nn.parallel.DistributedDataParallel(module, device_ids=device_ids)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stacked:
+            return self.forward_module(x)
+        return self.forward_module(x[0]).unsqueeze(0)
+
+    def member_state(self, m: int) -> dict[str, torch.Tensor]:
+        """Member ``m``'s weights as a :class:`DNN` state dict on the CPU."""
+        if self.stacked:
+            return {k: v.cpu() for k, v in self.module.member_state_dict(m).items()}
+        return {k: v.detach().cpu().clone() for k, v in self.module.state_dict().items()}
+
+
+def build_members(model_cfg: ModelConfig, num_classes: int, seeds: Sequence[int]) -> list[DNN]:
+    """One freshly initialised :class:`DNN` per seed (the seed fixes the initialisation, nothing else)."""
+    members = []
+    for seed in seeds:
+        torch.manual_seed(seed)
+        members.append(DNN(model_cfg, num_classes))
+    return members
+
+
+# ------------------------------------------------------------------------------------------------------- schedules
+def base_lr(cfg: TrainConfig, step: int, total_steps: int) -> float:
+    """Learning rate at a global step before any per-member newbob factor (warmup, then constant or cosine)."""
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    if cfg.lr_schedule == "cosine":
+        span = max(1, total_steps - cfg.warmup_steps)
+        progress = min(1.0, (step - cfg.warmup_steps) / span)
+        return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return cfg.lr
+
+
+@dataclass
+class MemberState:
+    """Per-member bookkeeping that decides learning rate and stopping; saved in every checkpoint."""
+
+    lr_factor: float = 1.0
+    halving: bool = False
+    prev_dev_loss: float | None = None
+    prev_dev_acc: float | None = None
+    best_dev_acc: float = -1.0
+    best_epoch: int = 0
+    epochs_since_best: int = 0
+    stopped: str | None = None
+    history: list[dict] = field(default_factory=list)
+
+    def end_epoch(self, cfg: TrainConfig, epoch: int, dev_loss: float, dev_acc: float) -> None:
+        """Update newbob, best-so-far and the stop reason after epoch ``epoch`` (1-based)."""
+        if dev_acc > self.best_dev_acc:
+            self.best_dev_acc, self.best_epoch, self.epochs_since_best = dev_acc, epoch, 0
+        else:
+            self.epochs_since_best += 1
+        if cfg.lr_schedule == "newbob":
+            impr = self._newbob_improvement(cfg, dev_loss, dev_acc)
+            if self.halving and impr < cfg.newbob_end_impr:
+                self.stopped = f"newbob converged (dev {cfg.newbob_metric} improvement {impr:.4f})"
+            elif impr < cfg.newbob_start_impr:
+                self.halving = True
+            if self.halving and self.stopped is None:
+                self.lr_factor *= cfg.newbob_factor
+            self.prev_dev_loss, self.prev_dev_acc = dev_loss, dev_acc
+        if self.stopped is None and cfg.early_stopping and self.epochs_since_best >= cfg.patience:
+            self.stopped = f"early stopping (no dev accuracy gain for {cfg.patience} epochs)"
+        if self.stopped is None and epoch >= cfg.epochs:
+            self.stopped = "max epochs"
+
+    def _newbob_improvement(self, cfg: TrainConfig, dev_loss: float, dev_acc: float) -> float:
+        """Relative dev cross-entropy decrease (``loss``) or absolute dev frame-accuracy gain (``acc``)."""
+        if self.prev_dev_loss is None or self.prev_dev_acc is None:
+            return math.inf
+        if cfg.newbob_metric == "loss":
+            return (self.prev_dev_loss - dev_loss) / abs(self.prev_dev_loss)
+        return dev_acc - self.prev_dev_acc
+
+
+# ------------------------------------------------------------------------------------------------------ evaluation
+@torch.no_grad()
+def evaluate(trainee: Trainee, frame_set: FrameSet, batch_size: int, device: torch.device,
+             dist_ctx: DistContext = DistContext()) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-member dev cross-entropy and frame accuracy ([M] each, CPU); ranks share the frames and all-reduce."""
+    was_training = trainee.module.training
+    trainee.module.eval()
+    n = frame_set.num_frames
+    lo, hi = n * dist_ctx.rank // dist_ctx.world, n * (dist_ctx.rank + 1) // dist_ctx.world
+    sums = torch.zeros(2, trainee.num_members, dtype=torch.float64, device=device)
+    for start in range(lo, hi, batch_size):
+        idx = torch.arange(start, min(hi, start + batch_size), device=frame_set.device)
+        x = frame_set.windows(idx).to(device, torch.float32)
+        y = frame_set.targets[idx].to(device)
+        logits = trainee.module(x.expand(trainee.num_members, *x.shape)) if trainee.stacked \
+            else trainee.module(x).unsqueeze(0)
+        logits = logits.float()
+        ce = F.cross_entropy(logits.flatten(0, 1), y.repeat(trainee.num_members), reduction="none")
+        sums[0] += ce.view(trainee.num_members, -1).sum(1).double()
+        sums[1] += (logits.argmax(-1) == y).sum(1).double()
+    dist_ctx.all_reduce_sum(sums)
+    trainee.module.train(was_training)
+    sums = sums.cpu() / max(1, n)
+    return sums[0].float(), sums[1].float()
+
+
+# ------------------------------------------------------------------------------------------------------- the loop
+def _epoch_seed(seed: int, epoch: int) -> int:
+    """Seed of the batch order of one member in one epoch: depends on nothing else, which makes resume exact."""
+    return (seed * 1_000_003 + epoch) % (2**63)
+
+
+_RUNTIME_FIELDS = {"device", "num_threads", "progress", "eval_batch_size"}
+"""TrainConfig fields that may change between a run and its resumption without changing the result."""
+
+
+def _make_optimizer(cfg: TrainConfig, params: list[nn.Parameter], device: torch.device) -> torch.optim.Optimizer:
+    fused = {"fused": True} if device.type == "cuda" else {}
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, **fused)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **fused)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **fused)
+
+
+def _rng_state(device: torch.device) -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+EpochCallback = Callable[[int, list[dict]], None]
+"""Called after each epoch's checkpoint with (epoch, the epoch's metrics row of every member)."""
+
+
+def fit(
+    trainee: Trainee,
+    train_cfg: TrainConfig,
+    train_set: FrameSet,
+    dev_set: FrameSet,
+    seeds: Sequence[int],
+    checkpoint_path: Path,
+    device: torch.device,
+    loss_fn: LossFn | None = None,
+    dist_ctx: DistContext = DistContext(),
+    epoch_callback: EpochCallback | None = None,
+    desc: str = "train",
+) -> tuple[list[MemberState], list[dict[str, torch.Tensor]]]:
+    """Train every member of ``trainee`` until each has stopped; return their states and best (or final) weights.
+
+    Resumes from ``checkpoint_path`` when it exists. Member m draws its batch order from ``seeds[m]``.
+    """
+    M = trainee.num_members
+    if len(seeds) != M:
+        raise ValueError(f"{M} members but {len(seeds)} seeds")
+    params = list(trainee.module.parameters())
+    optimizer = _make_optimizer(train_cfg, params, device)
+    states = [MemberState() for _ in range(M)]
+    best: list[dict[str, torch.Tensor] | None] = [None] * M
+    start_epoch = 0
+    if checkpoint_path.exists():
+        ckpt = torch.load(checkpoint_path, map_location=device, weights_only=True)
+        trainee.module.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        states = [MemberState(**s) for s in ckpt["members"]]
+        best = [None if b is None else {k: v.cpu() for k, v in b.items()} for b in ckpt["best"]]
+        _set_rng_state(ckpt["rng"], device)
+        start_epoch = ckpt["epoch"]
+        changed = {k for k, v in dataclasses.asdict(train_cfg).items()
+                   if k not in _RUNTIME_FIELDS and ckpt["train_cfg"].get(k) != v}
+        if changed or list(ckpt["seeds"]) != list(seeds):
+            logger.warning("%s: resuming a run started with other settings (%s): the result will not match an "
+                           "uninterrupted run", desc, ", ".join(sorted(changed)) or "seeds")
+        logger.info("%s: resumed from %s after epoch %d", desc, checkpoint_path, start_epoch)
+
+    n, bsz = train_set.num_frames, train_cfg.batch_size
+    steps_per_epoch = math.ceil(n / bsz)
+    total_steps = steps_per_epoch * train_cfg.epochs
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=train_cfg.bf16 and device.type == "cuda")
+    gens = [torch.Generator(device=train_set.device) for _ in range(M)]
+    epoch = start_epoch
+    while not all(s.stopped for s in states):
+        epoch += 1
+        active = torch.tensor([s.stopped is None for s in states])
+        factors = torch.tensor([s.lr_factor if s.stopped is None else 0.0 for s in states])
+        ref = float(factors.max())
+        share = (factors / ref).to(device).view(M, 1, 1)
+        scale_members = bool((factors / ref != 1.0).any())
+        for m in range(M):
+            gens[m].manual_seed(_epoch_seed(seeds[m], epoch))
+        perms = torch.stack([torch.randperm(n, generator=g, device=train_set.device) for g in gens])
+        sums = torch.zeros(3, M, dtype=torch.float64, device=device)  # loss, correct, frames
+        trainee.module.train()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        bar = tqdm(range(steps_per_epoch), desc=f"{desc} epoch {epoch}", unit="batch", leave=False,
+                   disable=not (train_cfg.progress and dist_ctx.is_main))
+        for k in bar:
+            step = (epoch - 1) * steps_per_epoch + k
+            for group in optimizer.param_groups:
+                group["lr"] = base_lr(train_cfg, step, total_steps) * ref
+            idx = perms[:, k * bsz:(k + 1) * bsz]
+            global_b = idx.shape[1]
+            idx = idx.tensor_split(dist_ctx.world, dim=1)[dist_ctx.rank]
+            b = idx.shape[1]
+            x = train_set.windows(idx.reshape(-1)).to(device, non_blocking=True).view(M, b, -1)
+            y = train_set.targets[idx].to(device, non_blocking=True)
+            with autocast:
+                logits = trainee(x)
+            loss_terms = _member_losses(logits, idx, y, loss_fn)
+            rank_scale = dist_ctx.world * b / global_b if dist_ctx.world > 1 else 1.0
+            loss = loss_terms.sum() * rank_scale
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if scale_members:
+                before = [p.detach().clone() for p in params]
+                optimizer.step()
+                with torch.no_grad():
+                    for p, old in zip(params, before):
+                        p.copy_(torch.lerp(old, p, share))
+            else:
+                optimizer.step()
+            with torch.no_grad():
+                sums[0] += loss_terms.detach().double() * b
+                sums[1] += (logits.detach().argmax(-1) == y).sum(1).double()
+                sums[2] += b
+        bar.close()
+        dist_ctx.all_reduce_sum(sums)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds = time.perf_counter() - t0
+        dev_loss, dev_acc = evaluate(trainee, dev_set, train_cfg.eval_batch_size, device, dist_ctx)
+        sums = sums.cpu()
+        rows = []
+        for m in range(M):
+            if not active[m]:
+                rows.append({})
+                continue
+            row = {
+                "epoch": epoch,
+                "train_loss": float(sums[0, m] / sums[2, m]),
+                "train_acc": float(sums[1, m] / sums[2, m]),
+                "dev_loss": float(dev_loss[m]),
+                "dev_acc": float(dev_acc[m]),
+                "lr": base_lr(train_cfg, epoch * steps_per_epoch - 1, total_steps) * states[m].lr_factor,
+                "seconds": seconds,
+                "frames_per_s": float(sums[2, m]) / seconds,
+            }
+            states[m].history.append(row)
+            improved = row["dev_acc"] > states[m].best_dev_acc
+            states[m].end_epoch(train_cfg, epoch, row["dev_loss"], row["dev_acc"])
+            if improved or not train_cfg.early_stopping:
+                best[m] = trainee.member_state(m)
+            rows.append(row)
+            logger.info("%s%s epoch %d: train loss %.4f acc %.4f | dev loss %.4f acc %.4f | lr %.3g | %.0f frames/s%s",
+                        desc, f" member {m}" if M > 1 else "", epoch, row["train_loss"], row["train_acc"],
+                        row["dev_loss"], row["dev_acc"], row["lr"], row["frames_per_s"],
+                        f" | stop: {states[m].stopped}" if states[m].stopped else "")
+        if dist_ctx.is_main:
+            ckpt = {
+                "epoch": epoch,
+                "model": trainee.module.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "members": [dataclasses.asdict(s) for s in states],
+                "best": best,
+                "rng": _rng_state(device),
+                "seeds": list(seeds),
+                "train_cfg": dataclasses.asdict(train_cfg),
+            }
+            with atomic_write(checkpoint_path, "wb") as f:
+                torch.save(ckpt, f)
+        dist_ctx.barrier()
+        if epoch_callback is not None:
+            epoch_callback(epoch, rows)
+    return states, [b if b is not None else trainee.member_state(m) for m, b in enumerate(best)]
+
+
+def _member_losses(logits: torch.Tensor, idx: torch.Tensor, y: torch.Tensor, loss_fn: LossFn | None) -> torch.Tensor:
+    """Mean loss of each member over its own batch: [M] (cross-entropy on hard targets unless ``loss_fn``)."""
+    M, b = y.shape
+    if b == 0:  # a rank with no share of a tiny last batch still joins DDP's gradient all-reduce
+        return logits.float().sum((1, 2)) * 0.0
+    if loss_fn is None:
+        ce = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="none")
+        return ce.view(M, b).mean(1)
+    return torch.stack([loss_fn(logits[m], idx[m], y[m]) for m in range(M)])
+
+
+# ---------------------------------------------------------------------------------------------------- public API
+def save_model(path: Path, model_cfg: ModelConfig, num_classes: int, state: dict[str, torch.Tensor],
+               extra: dict | None = None) -> None:
+    """Write model.pt atomically: weights, the ModelConfig (as a dict) and the number of classes."""
+    payload = {"model_cfg": model_cfg.to_dict(), "num_classes": num_classes, "state_dict": state, **(extra or {})}
+    with atomic_write(path, "wb") as f:
+        torch.save(payload, f)
+
+
+def write_member_outputs(out_dir: Path, model_cfg: ModelConfig, num_classes: int, state: MemberState,
+                         weights: dict[str, torch.Tensor], train_cfg: TrainConfig, seed: int) -> TrainResult:
+    """model.pt + metrics.json of one trained model (a baseline, or one ensemble member)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    kept_epoch = state.best_epoch if train_cfg.early_stopping else len(state.history)
+    model_path, metrics_path = out_dir / "model.pt", out_dir / "metrics.json"
+    save_model(model_path, model_cfg, num_classes, weights, {"epoch": kept_epoch, "seed": seed})
+    metrics = {
+        "epochs": state.history,
+        "best_epoch": state.best_epoch,
+        "best_dev_acc": state.best_dev_acc,
+        "kept_epoch": kept_epoch,
+        "stopped": state.stopped,
+        "seed": seed,
+        "train_cfg": dataclasses.asdict(train_cfg),
+        "model_cfg": model_cfg.to_dict(),
+        "num_classes": num_classes,
+    }
+    write_text_atomic(metrics_path, json.dumps(metrics, indent=2) + "\n")
+    return TrainResult(model_path, metrics_path, state.best_epoch, state.best_dev_acc, len(state.history),
+                       state.history)
+
+
+def train(
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    train_set: FrameSet,
+    dev_set: FrameSet,
+    out_dir: Path,
+    num_classes: int,
+    loss_fn: LossFn | None = None,
+    epoch_callback: EpochCallback | None = None,
+) -> TrainResult:
+    """Train one DNN on ``train_set`` frames, choosing epochs on ``dev_set``; resumes from out_dir/checkpoint.pt.
+
+    Writes out_dir/checkpoint.pt (every epoch), out_dir/model.pt (best-dev weights with early stopping, final
+    weights otherwise) and out_dir/metrics.json. Launched by torchrun it trains with DDP and rank 0 writes.
+    """
+    if train_cfg.num_threads:
+        torch.set_num_threads(train_cfg.num_threads)
+    device = resolve_device(train_cfg.device)
+    return train_one(model_cfg, train_cfg, train_set, dev_set, Path(out_dir), num_classes, device,
+                     init_distributed(device), loss_fn, epoch_callback)
+
+
+def train_one(
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    train_set: FrameSet,
+    dev_set: FrameSet,
+    out_dir: Path,
+    num_classes: int,
+    device: torch.device,
+    dist_ctx: DistContext = DistContext(),
+    loss_fn: LossFn | None = None,
+    epoch_callback: EpochCallback | None = None,
+) -> TrainResult:
+    """:func:`train` with the device and process group given (ensembles train members rank-locally)."""
+    train_set, dev_set = on_device(train_set, device), on_device(dev_set, device)
+    check_targets(train_set, dev_set, num_classes)
+    model = build_members(model_cfg, num_classes, [train_cfg.seed])[0].to(device)
+    trainee = Trainee(model, dist_ctx)
+    states, weights = fit(trainee, train_cfg, train_set, dev_set, [train_cfg.seed], out_dir / "checkpoint.pt",
+                          device, loss_fn, dist_ctx, epoch_callback, desc=out_dir.name)
+    result = None
+    if dist_ctx.is_main:
+        result = write_member_outputs(out_dir, model_cfg, num_classes, states[0], weights[0], train_cfg,
+                                      train_cfg.seed)
+    dist_ctx.barrier()
+    if result is None:
+        s = states[0]
+        result = TrainResult(out_dir / "model.pt", out_dir / "metrics.json", s.best_epoch, s.best_dev_acc,
+                             len(s.history), s.history)
+    return result
+
+
+def on_device(frame_set: FrameSet, device: torch.device) -> FrameSet:
+    """Keep a set where it is when the device matches (a GPU set stays there); move it otherwise."""
+    if frame_set.device.type == device.type and (device.index is None or frame_set.device == device):
+        return frame_set
+    return frame_set.to(device)
+
+
+def check_targets(train_set: FrameSet, dev_set: FrameSet, num_classes: int) -> None:
+    for name, s in (("train", train_set), ("dev", dev_set)):
+        if s.num_frames and (int(s.targets.min()) < 0 or int(s.targets.max()) >= num_classes):
+            raise ValueError(f"{name} targets outside [0, {num_classes})")
+
+
+def load_model(path: Path, device: str | torch.device = "cpu") -> DNN:
+    """A :class:`DNN` from a model.pt written by :func:`train` (or an ensemble member), in eval mode."""
+    payload = torch.load(Path(path), map_location=device, weights_only=True)
+    model = DNN(ModelConfig(**payload["model_cfg"]), payload["num_classes"])
+    model.load_state_dict(payload["state_dict"])
+    return model.to(device).eval()
+
+
+@torch.no_grad()
+def iter_log_posteriors(model: DNN, frame_set: FrameSet, batch_size: int = 4096,
+                        temperature: float = 1.0) -> Iterator[tuple[int, torch.Tensor]]:
+    """(first frame, log-softmax(z / T) [b, C] float32 on the model's device) in frame order, batch by batch.
+
+    Streaming form of :func:`log_posteriors` for consumers (top-k soft targets, decoding) that must not hold
+    [N, C] at once. Runs in float32: soft targets at high T live in the small logit differences bf16 rounds away.
+    """
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    for start in range(0, frame_set.num_frames, batch_size):
+        idx = torch.arange(start, min(frame_set.num_frames, start + batch_size), device=frame_set.device)
+        logits = model(frame_set.windows(idx).to(device, torch.float32)).float()
+        yield start, torch.log_softmax(logits / temperature, dim=-1)
+    model.train(was_training)
+
+
+def log_posteriors(model: DNN, frame_set: FrameSet, batch_size: int = 4096, temperature: float = 1.0) -> torch.Tensor:
+    """log-softmax(z / T) for every frame of ``frame_set`` in frame order: [N, C] float32 on the CPU.
+
+    Utterance u occupies rows ``frame_set.utt_offsets()[u]`` onwards, ``frame_set.utt_lengths[u]`` of them.
+    """
+    out = torch.empty(frame_set.num_frames, model.num_classes)
+    for start, logp in iter_log_posteriors(model, frame_set, batch_size, temperature):
+        out[start:start + logp.shape[0]] = logp.cpu()
+    return out
+
+
+@torch.no_grad()
+def frame_accuracy(model: DNN, frame_set: FrameSet, batch_size: int = 4096) -> float:
+    """Fraction of frames whose arg-max output is the aligned pdf."""
+    correct = torch.zeros((), dtype=torch.int64, device=next(model.parameters()).device)
+    for start, logp in iter_log_posteriors(model, frame_set, batch_size):
+        y = frame_set.targets[start:start + logp.shape[0]].to(logp.device)
+        correct += (logp.argmax(-1) == y).sum()
+    return int(correct) / max(1, frame_set.num_frames)

@@ -1,0 +1,278 @@
+"""Distillation loss, student training on stored/online soft targets, and the small-data (3%) experiment."""
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import pytest
+import torch
+
+from asr_kd.distill import (
+    DistillConfig,
+    SmallDataConfig,
+    distill,
+    distillation_loss,
+    gain_kept,
+    make_online_loss,
+    make_stored_loss,
+    run_small_data,
+    select_subset,
+    temperature_sweep,
+)
+from asr_kd.frames import FrameSet
+from asr_kd.model import ModelConfig
+from asr_kd.soft_targets import SoftTargetConfig, SoftTargets, compute_soft_targets, index_dtype, top_k_targets
+from asr_kd.train import TrainConfig, frame_accuracy, load_model, train
+
+
+def dense_reference(z, p_dense, hard, temperature, hard_weight):
+    """The loss written out directly in float64 with explicit exp/sum (no log_softmax, no gather)."""
+    z = z.double()
+    q_t = torch.exp(z / temperature) / torch.exp(z / temperature).sum(1, keepdim=True)
+    q_1 = torch.exp(z) / torch.exp(z).sum(1, keepdim=True)
+    soft = -(p_dense.double() * torch.log(q_t)).sum(1).mean()
+    hard_ce = -torch.log(q_1[torch.arange(len(hard)), hard]).mean()
+    return temperature ** 2 * soft + hard_weight * hard_ce
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0, 5.0, 10.0])
+@pytest.mark.parametrize("k", [3, 12])
+def test_distillation_loss_value_and_gradient_match_dense(temperature, k):
+    torch.manual_seed(int(temperature) * 10 + k)
+    B, C = 6, 12
+    ind, probs, _ = top_k_targets(torch.log_softmax(torch.randn(B, C) * 2 / temperature, dim=-1), k)
+    p_dense = torch.zeros(B, C).scatter_(1, ind, probs)
+    hard = torch.randint(0, C, (B,))
+    z = (torch.randn(B, C) * 3).requires_grad_()
+    z_ref = z.detach().double().requires_grad_()
+
+    loss = distillation_loss(z, ind, probs, hard, temperature, hard_weight=0.5)
+    ref = dense_reference(z_ref, p_dense, hard, temperature, 0.5)
+    loss.backward()
+    ref.backward()
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-5)
+    assert torch.allclose(z.grad.double(), z_ref.grad, atol=1e-6)
+    # Closed form: d/dz [T^2 CE(p, softmax(z/T))] = T (softmax(z/T) - p); hard term at T=1: (softmax(z) - y).
+    q_t = torch.softmax(z.detach() / temperature, 1)
+    onehot = torch.nn.functional.one_hot(hard, C).float()
+    expected = (temperature * (q_t - p_dense) + 0.5 * (torch.softmax(z.detach(), 1) - onehot)) / B
+    assert torch.allclose(z.grad, expected, atol=1e-6)
+
+
+def bucket_reference(z, ind, probs, mass, hard, temperature, hard_weight):
+    """k classes with weights mass x probs plus one 'rest' outcome, written out densely in float64."""
+    z = z.double()
+    q_t = torch.exp(z / temperature) / torch.exp(z / temperature).sum(1, keepdim=True)
+    q_k = q_t.gather(1, ind)
+    q_rest = 1.0 - q_k.sum(1)
+    m = mass.double()
+    soft = -((m[:, None] * probs.double() * torch.log(q_k)).sum(1) + (1 - m) * torch.log(q_rest)).mean()
+    hard_ce = torch.nn.functional.cross_entropy(z, hard)
+    return temperature ** 2 * soft + hard_weight * hard_ce
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0, 10.0])
+def test_bucket_tail_loss_value_and_gradient(temperature):
+    torch.manual_seed(int(temperature))
+    B, C, k = 5, 15, 4
+    ind, probs, mass = top_k_targets(torch.log_softmax(torch.randn(B, C) * 2 / temperature, -1), k)
+    hard = torch.randint(0, C, (B,))
+    z = (torch.randn(B, C) * 2).requires_grad_()
+    z_ref = z.detach().double().requires_grad_()
+    loss = distillation_loss(z, ind, probs, hard, temperature, 0.5, mass_kept=mass)
+    ref = bucket_reference(z_ref, ind, probs, mass, hard, temperature, 0.5)
+    loss.backward()
+    ref.backward()
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-5)
+    assert torch.allclose(z.grad.double(), z_ref.grad, atol=1e-6)
+    # the bucket only adds information: with every class kept it is the plain loss (and finite)
+    ind_all, probs_all, mass_all = top_k_targets(torch.log_softmax(torch.randn(B, C), -1), None)
+    a = distillation_loss(z.detach(), ind_all, probs_all, hard, temperature, 0.5, mass_kept=mass_all)
+    b = distillation_loss(z.detach(), ind_all, probs_all, hard, temperature, 0.5)
+    assert torch.isfinite(a) and a.item() == pytest.approx(b.item(), rel=1e-6)
+
+
+def test_soft_weight_and_hard_weight_terms():
+    torch.manual_seed(0)
+    z, hard = torch.randn(4, 5), torch.randint(0, 5, (4,))
+    ind, probs, _ = top_k_targets(torch.log_softmax(torch.randn(4, 5), 1), 5)
+    soft_only = distillation_loss(z, ind, probs, hard, 3.0, hard_weight=0.0)
+    unscaled = distillation_loss(z, ind, probs, hard, 3.0, hard_weight=0.0, soft_weight=1.0)
+    assert soft_only.item() == pytest.approx(9.0 * unscaled.item(), rel=1e-6)
+    with_hard = distillation_loss(z, ind, probs, hard, 3.0, hard_weight=0.5)
+    ce = torch.nn.functional.cross_entropy(z, hard)
+    assert with_hard.item() == pytest.approx(soft_only.item() + 0.5 * ce.item(), rel=1e-6)
+    assert DistillConfig(temperature=3.0).soft_weight == 9.0
+    assert DistillConfig(temperature=3.0, soft_weight_scale="1").soft_weight == 1.0
+    with pytest.raises(ValueError):
+        DistillConfig(mode="offline")
+    with pytest.raises(ValueError):
+        DistillConfig(tail="spread")
+
+
+def test_stored_loss_truncates_k_and_checks_temperature():
+    c = 10
+    ind, probs, mass = top_k_targets(torch.log_softmax(torch.randn(8, c) / 2.0, 1), None)
+    soft = SoftTargets(ind.to(index_dtype(c)), probs.half(), mass.half(), 2.0, c)
+    z, hard, idx = torch.randn(3, c), torch.randint(0, c, (3,)), torch.tensor([5, 1, 7])
+    top3 = probs[idx, :3].half().float()
+    renorm = make_stored_loss(soft, DistillConfig(temperature=2.0, top_k=3, tail="renormalize"))(z, idx, hard)
+    expected = distillation_loss(z, ind[idx, :3], top3 / top3.sum(1, keepdim=True), hard, 2.0, 0.5)
+    assert renorm.item() == pytest.approx(expected.item(), rel=1e-5)
+    bucket = make_stored_loss(soft, DistillConfig(temperature=2.0, top_k=3))(z, idx, hard)
+    expected = bucket_reference(z, ind[idx, :3], top3 / top3.sum(1, keepdim=True),
+                                top3.sum(1) * mass[idx].half().float(), hard, 2.0, 0.5)
+    assert bucket.item() == pytest.approx(expected.item(), rel=1e-5)
+    with pytest.raises(ValueError, match="temperature"):
+        make_stored_loss(soft, DistillConfig(temperature=5.0))
+
+
+def test_gain_kept_paper_numbers():
+    # Table 1: baseline 58.9, ensemble 61.1, distilled 60.8 -> "more than 80%"
+    assert gain_kept(58.9, 61.1, 60.8) == pytest.approx(0.8636, abs=1e-4)
+    with pytest.raises(ValueError):
+        gain_kept(60.0, 60.0, 61.0)
+
+
+# ------------------------------------------------------------------------------------------------ select_subset
+def corpus_utt2spk() -> dict[str, str]:
+    sizes = {"spkA": 250, "spkB": 250, "spkC": 120, "spkD": 40, "spkE": 10}
+    return {f"{s}-{i:04d}": s for s, n in sizes.items() for i in range(n)}
+
+
+def test_select_subset_fraction_speakers_and_determinism():
+    utt2spk = corpus_utt2spk()
+    chosen = select_subset(utt2spk, 0.03, seed=1)
+    assert chosen == sorted(chosen) and len(set(chosen)) == len(chosen)
+    assert len(chosen) == round(0.03 * len(utt2spk))  # 20 of 670
+    per_spk = Counter(utt2spk[u] for u in chosen)
+    assert set(per_spk) == {"spkA", "spkB", "spkC", "spkD", "spkE"}  # every speaker, even the 10-utt one
+    assert per_spk["spkA"] in (7, 8) and per_spk["spkB"] in (7, 8) and per_spk["spkC"] in (3, 4)
+    assert select_subset(utt2spk, 0.03, seed=1) == chosen
+    assert select_subset(dict(reversed(list(utt2spk.items()))), 0.03, seed=1) == chosen  # input order irrelevant
+    assert select_subset(utt2spk, 0.03, seed=2) != chosen
+    rest = set(utt2spk) - set(chosen)
+    assert rest.isdisjoint(chosen) and len(rest) + len(chosen) == len(utt2spk)
+
+
+def test_select_subset_edge_cases():
+    utt2spk = corpus_utt2spk()
+    few = select_subset(utt2spk, 0.005, seed=0)  # 3 picks for 5 speakers: 3 different speakers
+    assert len(few) == 3 and len({utt2spk[u] for u in few}) == 3
+    assert select_subset(utt2spk, 1.0) == sorted(utt2spk)
+    assert len(select_subset({"a": "s"}, 0.03)) == 1
+    with pytest.raises(ValueError):
+        select_subset(utt2spk, 0.0)
+
+
+# ----------------------------------------------------------------------------------------------- end to end
+NUM_CLASSES = 6
+MODEL = ModelConfig(hidden_layers=1, hidden_dim=32, left_context=2, right_context=1, feat_dim=8)
+
+
+def structured_frames(num_utts: int, seed: int, prefix: str) -> FrameSet:
+    """Utterances of class segments (3-8 frames each); a frame is its class's mean plus heavy noise."""
+    g = torch.Generator().manual_seed(seed)
+    means = torch.randn(NUM_CLASSES, MODEL.feat_dim, generator=torch.Generator().manual_seed(1234)) * 1.2
+    feats, targets, lengths = [], [], []
+    for _ in range(num_utts):
+        ys = []
+        while len(ys) < 40:
+            ys += [int(torch.randint(0, NUM_CLASSES, (1,), generator=g))] * int(torch.randint(3, 9, (1,), generator=g))
+        y = torch.tensor(ys)
+        feats.append(means[y] + torch.randn(len(y), MODEL.feat_dim, generator=g))
+        targets.append(y)
+        lengths.append(len(y))
+    ids = [f"{prefix}{i:03d}" for i in range(num_utts)]
+    return FrameSet.from_tensors(torch.cat(feats), torch.cat(targets), ids, lengths,
+                                 left=MODEL.left_context, right=MODEL.right_context)
+
+
+def train_cfg(epochs: int = 3, **kw) -> TrainConfig:
+    return TrainConfig(optimizer="adam", lr=3e-3, lr_schedule="constant", batch_size=64, epochs=epochs,
+                       early_stopping=False, device="cpu", bf16=False, progress=False, **kw)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return structured_frames(60, 0, "tr"), structured_frames(15, 1, "dv"), structured_frames(15, 2, "te")
+
+
+@pytest.fixture(scope="module")
+def teacher_path(data, tmp_path_factory):
+    """A full-data teacher, trained once for the module (as stage_baseline would)."""
+    return train(MODEL, train_cfg(4), data[0], data[1], tmp_path_factory.mktemp("teacher"), NUM_CLASSES).model_path
+
+
+@pytest.fixture(scope="module")
+def teacher(teacher_path):
+    return load_model(teacher_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode,hard_weight", [("stored", 0.0), ("online", 0.5)])
+def test_distilled_student_learns(data, teacher, tmp_path, mode, hard_weight):
+    """With hard_weight 0 the student sees no label at all: what it learns comes from the soft targets."""
+    train_set, dev_set, _ = data
+    dcfg = DistillConfig(temperature=2.0, hard_weight=hard_weight, top_k=4, mode=mode)
+    soft = compute_soft_targets([teacher], train_set, SoftTargetConfig(temperature=2.0, top_k=4)) \
+        if mode == "stored" else None
+    res = distill(MODEL, train_cfg(3), dcfg, train_set, dev_set, soft, [teacher] if mode == "online" else None,
+                  tmp_path / "student", NUM_CLASSES)
+    acc = frame_accuracy(load_model(res.model_path), dev_set)
+    assert acc > 3.0 / NUM_CLASSES  # chance is 1/6; the structured data is learnable
+    assert json.loads((tmp_path / "student" / "distill.json").read_text())["mode"] == mode
+
+
+@pytest.mark.slow
+def test_online_and_stored_losses_agree(data, teacher):
+    """With all classes kept, the stored (fp16) and online targets give the same loss on a batch."""
+    train_set = data[0]
+    dcfg = DistillConfig(temperature=5.0, top_k=None)
+    soft = compute_soft_targets([teacher], train_set, SoftTargetConfig(temperature=5.0, top_k=None))
+    idx = torch.tensor([0, 17, 99, 250])
+    z = torch.randn(4, NUM_CLASSES)
+    y = train_set.targets[idx]
+    stored = make_stored_loss(soft, dcfg)(z, idx, y)
+    online = make_online_loss([teacher], train_set, dcfg)(z, idx, y)
+    assert stored.item() == pytest.approx(online.item(), rel=2e-3)
+
+
+@pytest.mark.slow
+def test_temperature_sweep_and_small_data(data, teacher, teacher_path, tmp_path):
+    train_set, dev_set, test_set = data
+    sweep = temperature_sweep(MODEL, train_cfg(1), DistillConfig(top_k=3, temperatures_sweep=[1.0, 4.0]),
+                              train_set, dev_set, [teacher], tmp_path / "sweep", NUM_CLASSES)
+    assert set(sweep["per_temperature"]) == {"1", "4"} and sweep["best_temperature"] in (1.0, 4.0)
+    assert SoftTargets.load(tmp_path / "sweep" / "soft_T4").temperature == 4.0
+    assert json.loads((tmp_path / "sweep" / "sweep.json").read_text()) == sweep
+
+    utt2spk = {u: f"spk{i % 3}" for i, u in enumerate(train_set.utt_ids)}
+    result = run_small_data(MODEL, train_cfg(2), SmallDataConfig(fraction=0.2, epochs=2, teacher="both"),
+                            DistillConfig(temperature=2.0, top_k=4),
+                            {"train": train_set, "dev": dev_set, "test": test_set}, utt2spk,
+                            {"baseline": [teacher_path], "ensemble": [teacher, teacher]}, tmp_path / "dnn", NUM_CLASSES)
+    acc = result["systems"]
+    assert set(acc) == {"baseline_full", "small_hard", "small_soft", "small_soft_ensemble"}
+    assert result["num_utts"] == 12 and set(acc["small_hard"]) == {"train", "dev", "test"}
+    assert acc["small_soft"]["teacher"] == "baseline"
+    for system in ("small_hard", "small_soft", "small_soft_ensemble"):
+        metrics = json.loads((tmp_path / "dnn" / system / "metrics.json").read_text())
+        assert metrics["train_cfg"]["early_stopping"] == (system == "small_hard")
+        assert metrics["train_cfg"]["epochs"] == 2
+    subset = (tmp_path / "dnn" / "small_data_subset.txt").read_text().split()
+    assert len(subset) == 12 and {utt2spk[u] for u in subset} == {"spk0", "spk1", "spk2"}
+    assert json.loads((tmp_path / "dnn" / "small_data.json").read_text()) == result
+
+
+def test_distill_bench_runs_and_reports_storage():
+    from asr_kd.distill_bench import DistillBenchConfig, bench_distill, format_report
+
+    cfg = DistillBenchConfig(preset="tiny", num_classes=50, members=2, batch_size=32, steps=2, warmup_steps=1,
+                             rounds=1, top_k=5, num_frames=600, storage_k=(5, None), storage_classes=(50,),
+                             device="cpu")
+    result = bench_distill(cfg)
+    assert set(result["frames_per_s"]) == {"baseline", "stored", "online"}
+    assert all(v > 0 for v in result["frames_per_s"].values())
+    assert [r["bytes_per_frame"] for r in result["storage"]] == [5 * 4 + 2, 50 * 4 + 2]
+    assert "| online |" in format_report(result)

@@ -1,0 +1,177 @@
+"""HCLG from a tiny lexicon + trigram LM, then hybrid decoding of crafted log-likelihoods.
+
+The log-likelihood matrices are built from a known word sequence: its phones (with silence at both ends and
+optionally between words), every HMM state for a few frames, each frame scoring its own pdf high and every
+other pdf low. A correct graph and decoder must return exactly those words; a graph with wrong context, wrong
+transition-ids or leftover disambiguation symbols cannot.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import kaldi_hmm_gmm as khg
+import kaldifst
+import numpy as np
+import pytest
+
+from decoding.decode import DecodeConfig, decode_loglikes, posteriors_to_loglikes, tune_and_decode
+from decoding.graph import GraphConfig, make_hclg, remove_input_symbols
+from decoding.lang import DictConfig, LangConfig, load_lang, prepare_dict, prepare_lang, read_lexicon
+from decoding.lm import LmConfig, make_lang_test, train_lm
+from decoding.tree_io import ConstantNode, SplitNode, TableNode, context_dependency_bytes
+
+LM_TEXT = """THE CAT SAT ON THE MAT
+A DOG SAT ON A LOG
+THE DOG RAN TO THE CAT
+A CAT RAN TO A DOG
+THE MAT IS ON THE LOG
+A DOG IS ON THE MAT
+THE CAT IS A DOG
+"""
+FRAMES_PER_STATE = 3
+
+
+@pytest.fixture(scope="module")
+def lang_test(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("graph")
+    (root / "lm.txt").write_text(LM_TEXT)
+    prepare_dict([root / "lm.txt"], root / "dict", DictConfig(oov_policy="spn"))
+    prepare_lang(root / "dict", root / "lang", LangConfig())
+    arpa = train_lm([root / "lm.txt"], root / "lm", LmConfig(order=3, prune_threshold=0.0))
+    make_lang_test(root / "lang", arpa, root / "lang_test")
+    return root / "lang_test"
+
+
+def _topology(lang_dir: Path) -> khg.HmmTopology:
+    topo = khg.HmmTopology()
+    topo.read((lang_dir / "topo").read_text())
+    return topo
+
+
+def _triphone_tree(lang_dir: Path, topo: khg.HmmTopology) -> khg.ContextDependency:
+    """A real context-dependent tree (N=3, P=1): every (phone, pdf-class) its own pdf, and the first state of
+    each non-silence phone split by whether its left neighbour is a silence phone (or the utterance start)."""
+    lang = load_lang(lang_dir)
+    classes = topo.get_phone_to_num_pdf_classes()
+    left_sil = tuple(sorted([0] + lang.silence_phones))
+    next_pdf = 0
+    table: list = [None] * (max(lang.real_phones) + 1)
+    for phone in lang.real_phones:
+        leaves: list = []
+        for pdf_class in range(classes[phone]):
+            if pdf_class == 0 and phone in lang.nonsilence_phones:
+                leaves.append(SplitNode(0, left_sil, ConstantNode(next_pdf), ConstantNode(next_pdf + 1)))
+                next_pdf += 2
+            else:
+                leaves.append(ConstantNode(next_pdf))
+                next_pdf += 1
+        table[phone] = TableNode(-1, tuple(leaves))
+    data = context_dependency_bytes(3, 1, TableNode(1, tuple(table)), binary=True)
+    ctx = khg.ContextDependency.__new__(khg.ContextDependency)
+    ctx.__setstate__((np.frombuffer(data, dtype=np.int8).tolist(),))
+    return ctx
+
+
+def _loglikes(words: list[str], lang_dir: Path, ctx: khg.ContextDependency, topo: khg.HmmTopology,
+              num_pdfs: int, sil_after: set[int] = frozenset()) -> np.ndarray:
+    """[T, num_pdfs] log-likelihoods that favour the pdf path of ``words`` (first pronunciations)."""
+    lang = load_lang(lang_dir)
+    prons = {}
+    for word, pron in read_lexicon(lang_dir.parent / "dict" / "lexicon.txt"):
+        prons.setdefault(word, pron)
+    phones = ["SIL"]
+    for i, word in enumerate(words):
+        phones += list(prons[word]) + (["SIL"] if i in sil_after else [])
+    phones.append("SIL")
+    ids = [lang.phones[p] for p in phones]
+    classes = topo.get_phone_to_num_pdf_classes()
+    width, center = ctx.context_width, ctx.central_position
+    padded = [0] * center + ids + [0] * (width - center - 1)
+    path = []
+    for k, phone in enumerate(ids):
+        window = padded[k:k + width]
+        for pdf_class in range(classes[phone]):
+            ok, pdf = ctx.compute(window, pdf_class)
+            assert ok
+            path += [pdf] * FRAMES_PER_STATE
+    mat = np.full((len(path), num_pdfs), -8.0, dtype=np.float32)
+    mat[np.arange(len(path)), path] = 0.0
+    return mat
+
+
+UTTS = {
+    "u1": (["THE", "DOG", "SAT", "ON", "THE", "MAT"], set()),     # not a training sentence
+    "u2": (["A", "CAT", "IS", "ON", "A", "LOG"], {1, 3}),          # silences between words
+    "u3": (["DOG", "RAN", "TO", "THE", "LOG"], set()),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tree_kind", ["monophone", "triphone"])
+def test_decoding_returns_the_crafted_word_sequence(lang_test: Path, tmp_path: Path, tree_kind: str) -> None:
+    topo = _topology(lang_test)
+    if tree_kind == "monophone":
+        ctx = khg.monophone_context_dependency(list(topo.phones), topo.get_phone_to_num_pdf_classes())
+    else:
+        ctx = _triphone_tree(lang_test, topo)
+    tm = khg.TransitionModel(ctx, topo)
+    info = make_hclg(lang_test, ctx, tm, tmp_path / "graph", GraphConfig())
+    assert info["context_width"] == (1 if tree_kind == "monophone" else 3)
+    assert info["HCLG_states"] > 0 and info["HCLG_arcs"] > info["HCLG_states"]
+    assert (tmp_path / "graph" / "words.txt").read_text() == (lang_test / "words.txt").read_text()
+
+    hclg = kaldifst.StdVectorFst.read(str(tmp_path / "graph" / "HCLG.fst"))
+    max_label = max(arc.ilabel for s in kaldifst.StateIterator(hclg) for arc in kaldifst.ArcIterator(hclg, s))
+    assert max_label <= tm.num_transition_ids, "disambiguation transition-ids left in HCLG"
+
+    loglikes = {utt: _loglikes(words, lang_test, ctx, topo, tm.num_pdfs, sil) for utt, (words, sil) in UTTS.items()}
+    result = decode_loglikes(tmp_path / "graph", tm, loglikes, DecodeConfig(nj=1))
+    assert result.hyps == {utt: words for utt, (words, _) in UTTS.items()}
+    assert not result.failed and not result.partial
+    assert result.frames == sum(m.shape[0] for m in loglikes.values())
+    assert result.real_time_factor > 0
+
+    parallel = decode_loglikes(tmp_path / "graph", tm, loglikes, DecodeConfig(nj=2))
+    assert parallel.hyps == result.hyps
+
+
+@pytest.mark.slow
+def test_wrong_acoustics_give_other_words_and_tuning_picks_a_scale(lang_test: Path, tmp_path: Path) -> None:
+    """The decoder follows the acoustics, not just the LM: evidence for an unlikely sentence wins over the
+    LM's preference, and tune_and_decode reports a dev WER for every scale it tried."""
+    topo = _topology(lang_test)
+    ctx = khg.monophone_context_dependency(list(topo.phones), topo.get_phone_to_num_pdf_classes())
+    tm = khg.TransitionModel(ctx, topo)
+    make_hclg(lang_test, ctx, tm, tmp_path / "graph", GraphConfig())
+    unlikely = ["MAT", "MAT", "DOG", "A"]
+    dev = {"d1": _loglikes(unlikely, lang_test, ctx, topo, tm.num_pdfs)}
+    scales = (0.05, 0.1, 0.2)
+    best, dev_wer, test = tune_and_decode(tmp_path / "graph", tm, dev, {"d1": unlikely}, dev,
+                                          DecodeConfig(nj=1), acoustic_scales=scales)
+    assert set(dev_wer) == set(scales)
+    assert dev_wer[best].wer == 0.0 and best == max(s for s in scales if dev_wer[s].wer == 0.0)
+    assert test.hyps == {"d1": unlikely}
+
+
+def test_posteriors_to_loglikes_divides_by_the_prior() -> None:
+    log_post = np.log(np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]]))
+    log_prior = np.log(np.array([0.5, 0.25, 0.25]))
+    out = posteriors_to_loglikes(log_post, log_prior)
+    np.testing.assert_allclose(np.exp(out), [[1.4, 0.8, 0.4], [0.2, 0.4, 3.2]], rtol=1e-6)
+    assert out.dtype == np.float32
+    with pytest.raises(ValueError):
+        posteriors_to_loglikes(log_post, log_prior[:2])
+
+
+def test_remove_input_symbols_epsilons_exactly_the_given_labels() -> None:
+    fst = kaldifst.StdVectorFst()
+    for _ in range(4):
+        fst.add_state()
+    fst.start = 0
+    fst.set_final(3, 0.0)
+    for src, ilabel, olabel in [(0, 1, 10), (1, 5, 0), (2, 2, 11)]:
+        fst.add_arc(src, kaldifst.StdArc(ilabel, olabel, 0.5, src + 1))
+    out = remove_input_symbols(fst, {5}, num_symbols=5)
+    ok, ilabels, olabels, weight = kaldifst.get_linear_symbol_sequence(out)
+    assert ok and ilabels == [1, 2] and olabels == [10, 11]
+    assert weight.value == pytest.approx(1.5)

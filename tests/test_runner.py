@@ -1,0 +1,55 @@
+"""The stage mechanics: .done markers make re-runs idempotent, failures leave no marker, config/log/summary saved."""
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+from omegaconf import OmegaConf
+
+from asr_kd.runner import read_summary, run_stage
+from asr_kd.workspace import Workspace
+
+
+def test_stage_runs_once_and_records(tmp_path):
+    ws = Workspace(tmp_path)
+    cfg = OmegaConf.create({"x": 1, "y": "${x}"})
+    calls = []
+
+    def stage(c, w):
+        calls.append(1)
+        logging.getLogger("asr_kd.test").info("working on %s", w.root)
+        return {"answer": 42}
+
+    assert run_stage("demo", stage, cfg, ws) == {"answer": 42}
+    assert run_stage("demo", stage, cfg, ws) is None  # skipped: .done exists
+    assert len(calls) == 1
+    d = ws.stage("demo")
+    assert (d / ".done").exists()
+    assert OmegaConf.load(d / "config.yaml").y == 1  # the resolved config is saved
+    assert "working on" in (d / "log.txt").read_text()
+    rec = read_summary(ws, "demo")
+    assert rec["summary"] == {"answer": 42} and rec["seconds"] >= 0
+    assert run_stage("demo", stage, cfg, ws, force=True) == {"answer": 42}
+    assert len(calls) == 2
+
+
+def test_failed_stage_leaves_no_marker_and_reruns(tmp_path):
+    ws = Workspace(tmp_path)
+    cfg = OmegaConf.create({})
+    attempts = []
+
+    def flaky(c, w):
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise RuntimeError("killed half way")
+        return {}
+
+    with pytest.raises(RuntimeError):
+        run_stage("flaky", flaky, cfg, ws)
+    assert not (ws.stage("flaky") / ".done").exists()
+    assert read_summary(ws, "flaky") is None
+    assert "killed half way" in (ws.stage("flaky") / "log.txt").read_text()
+    run_stage("flaky", flaky, cfg, ws)
+    assert (ws.stage("flaky") / ".done").exists()
+    assert json.loads((ws.stage("flaky") / "summary.json").read_text())["stage"] == "flaky"
