@@ -6,6 +6,9 @@
         The gap is what the data pipeline costs.
     python -m asr_kd.bench ensemble --members 10
         member-frames/s of the training loop run member after member vs all members stacked (one bmm per layer).
+    python -m asr_kd.bench distill
+        frames/s of a distillation step with stored top-k soft targets and with the teacher run online, against a
+        baseline step, and bytes per frame of the stored format (:mod:`asr_kd.distill_bench`).
 
 Both run the real loop twice over synthetic data (random features, random targets) and report the second
 epoch, so start-up (allocation, first-call overhead) is not counted; the bare loop gets the same warm-up.
@@ -122,9 +125,23 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument("--threads", type=int, default=None)
         if name == "ensemble":
             p.add_argument("--members", type=int, default=10)
+    p = sub.add_parser("distill", help="stored top-k vs online-teacher distillation step vs a baseline step")
+    p.add_argument("--preset", default="small", choices=sorted(PRESETS))
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--classes", type=int, default=860)
+    p.add_argument("--members", type=int, default=10)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.what == "distill":
+        from asr_kd.distill_bench import DistillBenchConfig, bench_distill, format_report
+
+        print(format_report(bench_distill(DistillBenchConfig(
+            preset=args.preset, batch_size=args.batch_size, num_classes=args.classes, members=args.members,
+            device=args.device, threads=args.threads))))
+        return
     if args.what == "train":
         result = bench_train(args.preset, args.batch_size, args.steps, args.classes, args.device)
     else:

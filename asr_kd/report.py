@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -83,7 +84,7 @@ def collect(ws: Workspace) -> dict:
         "alignment": {k: v for k, v in (s.get("tri") or {}).items() if k.startswith("boundaries")},
         "tree": _get(s.get("tri"), "train"),
         "graph": _get(s.get("graph"), "graph"),
-        "decode_rtf": {k: v.get("rtf") for k, v in decode.items()},
+        "decode_rtf": {"gmm": _get(s.get("graph"), "gmm", "rtf"), **{k: v.get("rtf") for k, v in decode.items()}},
         "corpus": s.get("corpus"),
         "stage_seconds": {name: rec["seconds"] for name, rec in summaries.items() if rec},
     }
@@ -116,19 +117,51 @@ def _small_md(r: dict) -> list[str]:
     small = r.get("small_data")
     if not small:
         return []
-    lines = ["## Soft targets as a regularizer (the 3% experiment): frame accuracy (%)", "",
+    lines = ["## Soft targets as a regularizer (the paper's 3% experiment): frame accuracy (%)", "",
              f"Training subset: {_fmt(_get(small, 'fraction_percent'))}% of the training utterances "
              f"({_get(small, 'num_utts')} utterances); soft-target teacher: {_get(small, 'teacher')}.", "",
              "| system and training set | train frame acc | dev frame acc | test frame acc | test WER | paper: train / test |",
              "|---|---|---|---|---|---|"]
-    labels = {"baseline_full": "baseline, 100%", "small_hard": "baseline, 3% (hard targets, early stopping)",
-              "small_soft": "soft targets, 3% (no early stopping)"}
+    pct = f"{_get(small, 'fraction_percent'):g}%"
+    labels = {"baseline_full": "baseline, 100%",
+              "small_hard": f"baseline, {pct} (hard targets{', early stopping' if small.get('hard_early_stopping') else ''})",
+              "small_soft": f"soft targets, {pct}{' (no early stopping)' if not small.get('soft_early_stopping') else ''}"}
     for key, label in labels.items():
         row = _get(small, "systems", key) or {}
         wer = _get(r["small_data_wer"], key, "test", "all") if key != "baseline_full" else \
             r["table1"]["baseline"]["test_wer"]
         lines.append(f"| {label} | {_fmt(row.get('train'))} | {_fmt(row.get('dev'))} | {_fmt(row.get('test'))} | "
                      f"{_fmt(wer)} | {PAPER_SMALL[key][0]} / {PAPER_SMALL[key][1]} |")
+    return lines
+
+
+def _setup_md(r: dict) -> list[str]:
+    """What the numbers were measured on: corpus, lexicon/LM, tied states, alignment quality, graph."""
+    lines = ["## Set-up", ""]
+    splits = _get(r["corpus"], "splits") or {}
+    if splits:
+        lines += ["| split | utterances | hours | speakers |", "|---|---|---|---|"]
+        lines += [f"| {k} | {v.get('utts')} | {_fmt(v.get('hours'), 2)} | {v.get('speakers')} |" for k, v in splits.items()]
+        lines.append("")
+    ppl = _get(r["lang"], "perplexity") or {}
+    if ppl:
+        lines.append("Trigram LM (training text only): " + ", ".join(
+            f"{k} perplexity {_fmt(v.get('ppl'))} (OOV {_fmt(100 * v.get('oov_rate', 0))}%)" for k, v in ppl.items())
+            + f"; lexicon {_get(r['lang'], 'oov', 'num_words')} words.")
+    if r["tree"]:
+        lines.append(f"GMM-HMM: {r['tree'].get('num_pdfs')} tied states (the DNN's output classes), "
+                     f"{r['tree'].get('num_gauss')} Gaussians.")
+    if r["graph"]:
+        lines.append(f"HCLG: {r['graph'].get('HCLG_states')} states, {r['graph'].get('HCLG_arcs')} arcs, built in "
+                     f"{_fmt(r['graph'].get('total_seconds'))} s.")
+    if r["alignment"]:
+        lines += ["", "Forced-alignment phone boundaries against the synthesizer's own timings "
+                      "(test holds the unseen voice):", "",
+                  "| split | phones matched | within 20 ms | within 40 ms | median error (ms) |", "|---|---|---|---|---|"]
+        for key, v in r["alignment"].items():
+            lines.append(f"| {key.split('/')[-1]} | {v.get('matched_phones')}/{v.get('ref_phones')} | "
+                         f"{_fmt(100 * v['within_20ms'])}% | {_fmt(100 * v['within_40ms'])}% | "
+                         f"{_fmt(1000 * v['median_abs_error_s'])} |")
     return lines
 
 
@@ -142,12 +175,19 @@ def _details_md(r: dict) -> list[str]:
         lines += ["", f"Chosen on dev: T = {r['best_temperature']}.", "", "![temperature sweep](temperature_sweep.png)"]
     members = r.get("ensemble_members")
     if members:
-        lines += ["", "## Ensemble members", "", "```", json.dumps(members, indent=1), "```"]
-    if r["alignment"]:
-        lines += ["", "## Forced-alignment quality (phone boundaries vs the synthesizer's own timings)", "",
-                  "```", json.dumps(r["alignment"], indent=1), "```"]
-    if r["lang"]:
-        lines += ["", "## Lexicon and language model", "", "```", json.dumps(r["lang"], indent=1, default=str), "```"]
+        lines += ["", "## Ensemble members (frame accuracy %)", "",
+                  "| split | members | worst | mean +- std | best | ensemble |", "|---|---|---|---|---|---|"]
+        for split, m in members.items():
+            accs = [100 * a for a in m["members"]]
+            lines.append(f"| {split} | {len(accs)} | {min(accs):.1f} | {100 * m['member_mean']:.1f} +- "
+                         f"{100 * m['member_std']:.1f} | {max(accs):.1f} | {100 * m['ensemble']:.1f} |")
+    if r["soft_targets"]:
+        lines += ["", "Stored soft targets: " + ", ".join(
+            f"{k}: {v['bytes_per_frame']:.0f} B/frame, top-k mass {100 * v['mean_mass_kept']:.0f}%"
+            for k, v in r["soft_targets"].items()) + "."]
+    if r["decode_rtf"]:
+        lines += ["", "Decoding real-time factor per core (test): " + ", ".join(
+            f"{k} {_fmt(v, 3)}" for k, v in r["decode_rtf"].items() if v is not None) + "."]
     lines += ["", "## Time per stage (s)", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {k} | {v:.0f} |" for k, v in r["stage_seconds"].items()]
     lines += ["", "![training curves](training_curves.png)"]
@@ -229,7 +269,8 @@ def write_report(cfg: DictConfig, ws: Workspace) -> dict:
     }
     r["meta"] = meta
     r["config"] = OmegaConf.to_container(cfg, resolve=True)
-    body = _table1_md(r) + [""] + ["![table 1](table1.png)", ""] + _small_md(r) + [""] + _details_md(r)
+    body = (_table1_md(r) + ["", "![table 1](table1.png)", ""] + _small_md(r) + [""] + _setup_md(r) + [""]
+            + _details_md(r))
     header = ["# asr-kd report", "",
               f"- date: {meta['date']}", f"- git commit: {meta['git_commit']}",
               f"- machine: {meta['machine']['cpus']} CPUs ({meta['machine']['cpu']}), GPU: {meta['machine']['gpu']}, "
@@ -239,8 +280,12 @@ def write_report(cfg: DictConfig, ws: Workspace) -> dict:
     write_text_atomic(out / "report.json", json.dumps(r, indent=2, default=str) + "\n")
     results_header = ["# RESULTS (generated by asr_kd.report from a real run; do not edit by hand)", "",
                       "Command (from the recipe dir):", "", "```", meta["command"], "```", ""]
+    charts = ws.root / "results"
+    charts.mkdir(exist_ok=True)
+    for png in out.glob("*.png"):
+        shutil.copy2(png, charts / png.name)
     write_text_atomic(ws.root / "RESULTS.md",
-                      "\n".join(results_header + header[2:] + [l.replace("](", "](exp/report/") for l in body]) + "\n")
+                      "\n".join(results_header + header[2:] + [l.replace("](", "](results/") for l in body]) + "\n")
     write_text_atomic(ws.root / "results.json", json.dumps({k: v for k, v in r.items() if k != "config"},
                                                            indent=2, default=str) + "\n")
     return {"report": str(out / "report.md"), "total_seconds": meta["total_seconds"]}

@@ -36,6 +36,7 @@ repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 bash "$repo/recipes/tools/install.sh"
 python=${ASR_KD_VENV:-$repo/.venv}/bin/python
 export KALDI_ROOT=${KALDI_ROOT:-/tmp} PYTHONUNBUFFERED=1
+[ -t 2 ] || export TQDM_MININTERVAL=${TQDM_MININTERVAL:-30}  # progress bars in a log file: a line every 30 s
 work_dir=${work_dir:-$recipe}
 mkdir -p "$work_dir" && cd "$work_dir" && work_dir=$(pwd)
 
