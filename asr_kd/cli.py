@@ -2,9 +2,10 @@
 
     python -m asr_kd.cli --config-dir recipes/synth/conf --config-name tiny stage=baseline [key=value ...]
 
-``stage=all`` runs every stage in order; ``stage=list`` prints them. The work dir (``work_dir``, default: the
-current directory) receives data/ and exp/; hydra's own output goes to exp/hydra/. This file only parses and
-dispatches: each stage is a function in :mod:`asr_kd.stages`.
+``stage=all`` runs every stage in order; ``stage=list`` prints them; ``stage=decode_data decode_data.dir=DIR``
+decodes any Kaldi data dir with the experiment's trained systems (features computed with its settings).
+The work dir (``work_dir``, default: the current directory) receives data/ and exp/; hydra's own output goes
+to exp/hydra/. This file only parses and dispatches: each stage is a function in :mod:`asr_kd.stages`.
 """
 from __future__ import annotations
 
@@ -31,6 +32,13 @@ def _run(cfg: DictConfig) -> None:
         print("\n".join(f"{i:2d} {name}" for i, name in enumerate(STAGES)))
         return
     ws = Workspace(Path(cfg.work_dir).resolve())
+    if cfg.stage == "decode_data":  # per data dir and re-runnable, so no .done marker
+        from asr_kd.decode_data import decode_data_dir
+
+        if not cfg.decode_data.dir:
+            raise SystemExit("stage=decode_data needs decode_data.dir=/path/to/kaldi/data/dir")
+        decode_data_dir(cfg, ws, Path(cfg.decode_data.dir), list(cfg.decode_data.systems), cfg.decode_data.name)
+        return
     names = list(STAGES) if cfg.stage == "all" else [cfg.stage]
     for name in names:
         if name not in STAGES:

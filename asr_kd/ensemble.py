@@ -12,9 +12,11 @@ Two ways to train them, chosen by :class:`EnsembleConfig` ``mode``:
   rounding of bmm vs mm differs, tested in tests/test_ensemble.py). It pays on a GPU when one member's batch is
   too small to fill it (x1.7-2.4 at 1024 frames per member on an H100, ~x1 at 4096; notes/gpu-figures.md).
   The group checkpoint is out_dir/stacked_<members>.pt, removed once the members' model.pt are written.
-* ``auto``: stacked when the per-member batch is at most 2048 frames, sequential otherwise. On the 2-core CPU,
-  ten ``small`` members at batch 256 (2000 outputs, one thread) trained at 1770 member-frames/s stacked vs 1440
-  sequential (``python -m asr_kd.bench ensemble --threads 1``, shared machine).
+* ``auto``: stacked on CUDA when the per-member batch is at most 2048 frames, sequential otherwise. On this
+  2-core CPU stacking does not pay: ten ``small`` members, batch 256, 2000 outputs, one thread trained at 2870
+  member-frames/s stacked vs 2940 sequential (``python -m asr_kd.bench ensemble --threads 1``; 1770 vs 1440 in a
+  run while the machine was loaded by others). ``frames_per_s`` in a stacked member's metrics.json counts that
+  member's frames only, in the time all stacked members shared.
 
 A member whose model.pt exists is finished and skipped, so an interrupted ensemble resumes member by member.
 
@@ -88,10 +90,10 @@ def members_for_rank(num_members: int, rank: int, world: int) -> list[int]:
     return list(range(rank, num_members, world))
 
 
-def _resolve_mode(ens_cfg: EnsembleConfig, train_cfg: TrainConfig) -> str:
+def _resolve_mode(ens_cfg: EnsembleConfig, train_cfg: TrainConfig, device: torch.device) -> str:
     if ens_cfg.mode != "auto":
         return ens_cfg.mode
-    return "stacked" if train_cfg.batch_size <= 2048 else "sequential"
+    return "stacked" if device.type == "cuda" and train_cfg.batch_size <= 2048 else "sequential"
 
 
 def train_ensemble(
@@ -114,7 +116,7 @@ def train_ensemble(
     device = resolve_device(train_cfg.device)
     mine = [m for m in members_for_rank(ens_cfg.num_members, rank, world)
             if not (member_dir(out_dir, m) / "model.pt").exists()]
-    mode = _resolve_mode(ens_cfg, train_cfg)
+    mode = _resolve_mode(ens_cfg, train_cfg, device)
     logger.info("ensemble: rank %d/%d trains members %s (%s) on %s", rank, world, mine, mode, device)
     train_set, dev_set = on_device(train_set, device), on_device(dev_set, device)
     check_targets(train_set, dev_set, num_classes)

@@ -120,12 +120,14 @@ def _small_md(r: dict) -> list[str]:
     lines = ["## Soft targets as a regularizer (the paper's 3% experiment): frame accuracy (%)", "",
              f"Training subset: {_fmt(_get(small, 'fraction_percent'))}% of the training utterances "
              f"({_get(small, 'num_utts')} utterances); soft-target teacher: {_get(small, 'teacher')}.", "",
-             "| system and training set | train frame acc | dev frame acc | test frame acc | test WER | paper: train / test |",
+             "| system and training set | train frame acc | dev frame acc | test frame acc | test WER "
+             "| paper: train / test |",
              "|---|---|---|---|---|---|"]
     pct = f"{_get(small, 'fraction_percent'):g}%"
-    labels = {"baseline_full": "baseline, 100%",
-              "small_hard": f"baseline, {pct} (hard targets{', early stopping' if small.get('hard_early_stopping') else ''})",
-              "small_soft": f"soft targets, {pct}{' (no early stopping)' if not small.get('soft_early_stopping') else ''}"}
+    hard_es = ", early stopping" if small.get("hard_early_stopping") else ""
+    soft_es = "" if small.get("soft_early_stopping") else " (no early stopping)"
+    labels = {"baseline_full": "baseline, 100%", "small_hard": f"baseline, {pct} (hard targets{hard_es})",
+              "small_soft": f"soft targets, {pct}{soft_es}"}
     for key, label in labels.items():
         row = _get(small, "systems", key) or {}
         wer = _get(r["small_data_wer"], key, "test", "all") if key != "baseline_full" else \
@@ -141,7 +143,8 @@ def _setup_md(r: dict) -> list[str]:
     splits = _get(r["corpus"], "splits") or {}
     if splits:
         lines += ["| split | utterances | hours | speakers |", "|---|---|---|---|"]
-        lines += [f"| {k} | {v.get('utts')} | {_fmt(v.get('hours'), 2)} | {v.get('speakers')} |" for k, v in splits.items()]
+        lines += [f"| {k} | {v.get('utts')} | {_fmt(v.get('hours'), 2)} | {v.get('speakers')} |"
+                  for k, v in splits.items()]
         lines.append("")
     ppl = _get(r["lang"], "perplexity") or {}
     if ppl:
@@ -157,7 +160,8 @@ def _setup_md(r: dict) -> list[str]:
     if r["alignment"]:
         lines += ["", "Forced-alignment phone boundaries against the synthesizer's own timings "
                       "(test holds the unseen voice):", "",
-                  "| split | phones matched | within 20 ms | within 40 ms | median error (ms) |", "|---|---|---|---|---|"]
+                  "| split | phones matched | within 20 ms | within 40 ms | median error (ms) |",
+                  "|---|---|---|---|---|"]
         for key, v in r["alignment"].items():
             lines.append(f"| {key.split('/')[-1]} | {v.get('matched_phones')}/{v.get('ref_phones')} | "
                          f"{_fmt(100 * v['within_20ms'])}% | {_fmt(100 * v['within_40ms'])}% | "
@@ -285,7 +289,7 @@ def write_report(cfg: DictConfig, ws: Workspace) -> dict:
     for png in out.glob("*.png"):
         shutil.copy2(png, charts / png.name)
     write_text_atomic(ws.root / "RESULTS.md",
-                      "\n".join(results_header + header[2:] + [l.replace("](", "](results/") for l in body]) + "\n")
+                      "\n".join(results_header + header[2:] + [ln.replace("](", "](results/") for ln in body]) + "\n")
     write_text_atomic(ws.root / "results.json", json.dumps({k: v for k, v in r.items() if k != "config"},
                                                            indent=2, default=str) + "\n")
     return {"report": str(out / "report.md"), "total_seconds": meta["total_seconds"]}

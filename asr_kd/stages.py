@@ -21,7 +21,7 @@ from asr_kd.corpus.kaldi_dir import import_kaldi_dir
 from asr_kd.corpus.librispeech import prepare_librispeech
 from asr_kd.corpus.synth import prepare_synth
 from asr_kd.distill import distill as distill_student
-from asr_kd.distill import gain_kept, run_small_data
+from asr_kd.distill import run_small_data
 from asr_kd.ensemble import evaluate_ensemble, train_ensemble
 from asr_kd.frames import FrameSet, load_frameset
 from asr_kd.priors import log_priors
@@ -77,12 +77,9 @@ def stage_corpus(cfg: DictConfig, ws: Workspace) -> dict:
         raise ValueError(f"corpus.name={name} needs corpus.source_dir=<folder>")
     source = Path(cfg.corpus.source_dir)
     if name == "librispeech":
-        reports = {}
-        for split, part in cfg.corpus.librispeech_parts.items():
-            reports[split] = prepare_librispeech(source, data_dir / ".import", [part])[part]
-            (data_dir / ".import" / part).replace(ws.data(split))
-        shutil.rmtree(data_dir / ".import", ignore_errors=True)
-        return {k: vars(v) for k, v in reports.items()}
+        split_of = {part: split for split, part in cfg.corpus.librispeech_parts.items()}
+        reports = prepare_librispeech(source, data_dir, split_of)  # data/<split>, resampled audio inside it
+        return {split_of[part]: vars(report) for part, report in reports.items()}
     if name == "kaldi":
         return {split: vars(import_kaldi_dir(source / split, ws.data(split))) for split in SPLITS}
     raise ValueError(f"unknown corpus.name={name!r} (synth | librispeech | kaldi)")
@@ -147,7 +144,7 @@ def stage_tri(cfg: DictConfig, ws: Workspace) -> dict:
     return summary
 
 
-def _score(ws: Workspace, system: str, split: str, hyps: dict[str, list[str]]) -> dict:
+def score_split(ws: Workspace, system: str, split: str, hyps: dict[str, list[str]]) -> dict:
     """WER of one system on one split, overall and per voice condition, with icefall-style files."""
     refs = read_text(ws.data(split) / "text")
     out = ws.decode(system, split)
@@ -171,14 +168,14 @@ def _decode_tuned(cfg: DictConfig, ws: Workspace, system: str,
     for scale in cfg.decode.acoustic_scales:
         decoder.acoustic_scale = scale
         res = decode_loglikes(ws.graph, ws.tri / "final.mdl", dev_ll, decoder)
-        tried[scale] = (_score(ws, system, "dev", res.hyps), res)
+        tried[scale] = (score_split(ws, system, "dev", res.hyps), res)
     best = min(tried, key=lambda s: tried[s][0]["all"])
     dev_scores, dev_res = tried[best]
-    _score(ws, system, "dev", dev_res.hyps)  # leave the best scale's files on disk
+    score_split(ws, system, "dev", dev_res.hyps)  # leave the best scale's files on disk
     decoder.acoustic_scale = best
     test_res = decode_loglikes(ws.graph, ws.tri / "final.mdl", loglikes("test"), decoder)
     result = {"acoustic_scale": best, "dev_wer_by_scale": {s: v[0]["all"] for s, v in tried.items()},
-              "dev": dev_scores, "test": _score(ws, system, "test", test_res.hyps),
+              "dev": dev_scores, "test": score_split(ws, system, "test", test_res.hyps),
               "rtf": test_res.real_time_factor}
     write_json(ws.decode(system, "test").parent / "wer.json", result)
     return result
@@ -200,15 +197,16 @@ def _num_pdfs(ws: Workspace) -> int:
     return int((ws.ali("train") / "num_pdfs").read_text().split()[0])
 
 
-def _frameset(ws: Workspace, split: str, device: str) -> FrameSet:
-    return load_frameset(ws.fbank(split), ws.ali(split), device=device)
+def _frameset(ws: Workspace, split: str, device: str, cfg: DictConfig) -> FrameSet:
+    return load_frameset(ws.fbank(split), ws.ali(split), device=device, left=cfg.model.left_context,
+                         right=cfg.model.right_context)
 
 
-def _evaluate(ws: Workspace, system: System, device: str, splits=("dev", "test")) -> dict:
+def _evaluate(cfg: DictConfig, ws: Workspace, system: System, device: str, splits=("dev", "test")) -> dict:
     """Frame accuracy of a system on the given splits (test also per voice condition)."""
     result = {}
     for split in splits:
-        fs = _frameset(ws, split, device)
+        fs = _frameset(ws, split, device, cfg)
         result[split] = frame_accuracies(system.log_posteriors(fs, device), fs, read_utt2subset(ws, split))
     return result
 
@@ -217,9 +215,9 @@ def stage_baseline(cfg: DictConfig, ws: Workspace) -> dict:
     """Stage 6: the baseline single DNN on hard alignment targets."""
     device = device_of(cfg)
     out = ws.dnn("baseline")
-    train(obj(cfg.model), obj(cfg.train), _frameset(ws, "train", device), _frameset(ws, "dev", device),
+    train(obj(cfg.model), obj(cfg.train), _frameset(ws, "train", device, cfg), _frameset(ws, "dev", device, cfg),
           out, _num_pdfs(ws))
-    acc = _evaluate(ws, System("baseline", [out / "model.pt"]), device, splits=("train", "dev", "test"))
+    acc = _evaluate(cfg, ws, System("baseline", [out / "model.pt"]), device, splits=("train", "dev", "test"))
     write_json(out / "eval.json", acc)
     return acc
 
@@ -231,12 +229,12 @@ def _member_paths(ws: Workspace) -> list[Path]:
 def stage_ensemble(cfg: DictConfig, ws: Workspace) -> dict:
     """Stage 7: N members differing only in their random initialisation; members and their average evaluated."""
     device = device_of(cfg)
-    train_set, dev_set = _frameset(ws, "train", device), _frameset(ws, "dev", device)
+    train_set, dev_set = _frameset(ws, "train", device, cfg), _frameset(ws, "dev", device, cfg)
     train_ensemble(obj(cfg.model), obj(cfg.train), obj(cfg.ensemble), train_set, dev_set, ws.dnn("ensemble"),
                    _num_pdfs(ws))
-    sets = {split: _frameset(ws, split, device) for split in ("dev", "test")}
+    sets = {split: _frameset(ws, split, device, cfg) for split in ("dev", "test")}
     members = evaluate_ensemble([p.parent for p in _member_paths(ws)], sets, cfg.ensemble.combine)
-    acc = _evaluate(ws, System("ensemble", _member_paths(ws), cfg.ensemble.combine), device)
+    acc = _evaluate(cfg, ws, System("ensemble", _member_paths(ws), cfg.ensemble.combine), device)
     result = {"members": members, "ensemble": acc}
     write_json(ws.dnn("ensemble") / "eval.json", result)
     return result
@@ -249,7 +247,7 @@ def _soft_name(teacher: str, temperature: float) -> str:
 def stage_soft_targets(cfg: DictConfig, ws: Workspace) -> dict:
     """Stage 8: the ensemble's temperature-softened posteriors on the training frames, top-k, stored once."""
     device = device_of(cfg)
-    train_set = _frameset(ws, "train", device)
+    train_set = _frameset(ws, "train", device, cfg)
     teachers = [load_model(p, device=device) for p in _member_paths(ws)]
     summary = {}
     for temperature in cfg.distill.temperatures_sweep:
@@ -266,7 +264,7 @@ def stage_distill(cfg: DictConfig, ws: Workspace) -> dict:
     """Stage 9: students of a member's shape on the ensemble's soft targets, one per temperature; the best on
     dev becomes the "distilled" system."""
     device = device_of(cfg)
-    train_set, dev_set = _frameset(ws, "train", device), _frameset(ws, "dev", device)
+    train_set, dev_set = _frameset(ws, "train", device, cfg), _frameset(ws, "dev", device, cfg)
     sweep = {}
     for temperature in cfg.distill.temperatures_sweep:
         dcfg = obj(cfg.distill)
@@ -274,7 +272,7 @@ def stage_distill(cfg: DictConfig, ws: Workspace) -> dict:
         soft = SoftTargets.load(ws.soft_targets(_soft_name("ensemble", temperature)), device=device)
         out = ws.dnn(f"distilled_T{temperature:g}")
         distill_student(obj(cfg.model), obj(cfg.train), dcfg, train_set, dev_set, soft, None, out, _num_pdfs(ws))
-        sweep[float(temperature)] = _evaluate(ws, System(out.name, [out / "model.pt"]), device)
+        sweep[float(temperature)] = _evaluate(cfg, ws, System(out.name, [out / "model.pt"]), device)
     best = max(sweep, key=lambda t: sweep[t]["dev"]["all"])
     chosen = ws.dnn("distilled")
     chosen.mkdir(parents=True, exist_ok=True)
@@ -288,7 +286,7 @@ def stage_small_data(cfg: DictConfig, ws: Workspace) -> dict:
     """Stage 10: the 3% experiment: hard targets on 3% of the utterances vs soft targets from a full-data
     teacher on the same 3%."""
     device = device_of(cfg)
-    sets = {split: _frameset(ws, split, device) for split in SPLITS}
+    sets = {split: _frameset(ws, split, device, cfg) for split in SPLITS}
     utt2spk = dict(line.split(maxsplit=1) for line in (ws.data("train") / "utt2spk").read_text().splitlines())
     teachers = {"baseline": [ws.dnn("baseline") / "model.pt"], "ensemble": _member_paths(ws)}
     result = run_small_data(obj(cfg.model), obj(cfg.train), obj(cfg.small_data), obj(cfg.distill), sets, utt2spk,
@@ -299,7 +297,7 @@ def stage_small_data(cfg: DictConfig, ws: Workspace) -> dict:
 
 # ---------------------------------------------------------------------------------------------- decoding
 
-def _dnn_systems(cfg: DictConfig, ws: Workspace) -> dict[str, System]:
+def dnn_systems(cfg: DictConfig, ws: Workspace) -> dict[str, System]:
     found = {"ensemble": System("ensemble", _member_paths(ws), cfg.ensemble.combine)}
     for name in ("baseline", "distilled", "small_hard", "small_soft"):
         if (ws.dnn(name) / "model.pt").exists():
@@ -311,9 +309,9 @@ def stage_decode(cfg: DictConfig, ws: Workspace) -> dict:
     """Stage 11: hybrid decoding of every DNN system: (log posterior - log prior) x scale -> HCLG -> WER."""
     device = device_of(cfg)
     prior = log_priors(read_vector(ws.ali("train") / "pdf_counts"))
-    sets = {split: _frameset(ws, split, device) for split in ("dev", "test")}
+    sets = {split: _frameset(ws, split, device, cfg) for split in ("dev", "test")}
     summary = {}
-    for name, system in _dnn_systems(cfg, ws).items():
+    for name, system in dnn_systems(cfg, ws).items():
         def loglikes(split: str, system: System = system) -> dict[str, np.ndarray]:
             log_post = system.log_posteriors(sets[split], device).float().cpu().numpy()
             return split_by_utterance(posteriors_to_loglikes(log_post, prior), sets[split])

@@ -3,16 +3,29 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 
-from asr_kd.corpus.augment import AugmentConfig, Augmentation, add_noise, apply_augmentation, draw_augmentation, utterance_rng
+from asr_kd.corpus.augment import (
+    Augmentation,
+    AugmentConfig,
+    add_noise,
+    apply_augmentation,
+    draw_augmentation,
+    utterance_rng,
+)
 from asr_kd.corpus.kaldi_dir import validate_data_dir
 from asr_kd.corpus.sentences import cmu_lexicon, load_sentences, normalize_sentence
-from asr_kd.corpus.synth import SynthConfig, estimated_seconds, plan_corpus, prepare_synth
+from asr_kd.corpus.synth import (
+    SynthConfig,
+    estimated_seconds,
+    plan_corpus,
+    prepare_synth,
+)
 from asr_kd.corpus.voices import UNSEEN_VOICE, align_words_to_phones, tile_phones
 
 
@@ -54,7 +67,7 @@ def test_word_spans_from_phones_tolerate_pronunciation_differences() -> None:
     phones = [(0.0, 0.1, "SIL"), (0.1, 0.2, "DH"), (0.2, 0.3, "IY"), (0.3, 0.4, "K"), (0.4, 0.5, "AE"),
               (0.5, 0.6, "T"), (0.6, 0.7, "SIL")]
     assert align_words_to_phones(phones, ("THE", "CAT")) == [(0.1, 0.3, "THE"), (0.3, 0.6, "CAT")]
-    assert align_words_to_phones(phones[:3], ("THE", "CAT")) is None  # CAT got no phone: no invented times
+    assert align_words_to_phones(phones[:2], ("THE", "CAT")) is None  # CAT got no phone: no invented times
 
 
 def test_augmentation_is_seeded_by_utterance_and_exact_in_snr() -> None:
@@ -121,12 +134,12 @@ def test_ci_build_gives_valid_dirs_with_sane_timings(ci_corpus: tuple[Path, dict
         assert set(phones) == set(words) == set(text)  # every utterance has timings
         for utt, segs in phones.items():
             assert segs[0][0] == 0.0 and segs[-1][1] == pytest.approx(durs[utt], abs=2e-3)  # phones tile the audio
-            assert all(a[1] == pytest.approx(b[0], abs=1.5e-3) for a, b in zip(segs, segs[1:]))
+            assert all(a[1] == pytest.approx(b[0], abs=1.5e-3) for a, b in pairwise(segs))
             assert all(s[2].isupper() and s[2].isalpha() for s in segs)
         for utt, segs in words.items():
             assert [w for *_, w in segs] == text[utt].split()
             assert all(0 <= s < e <= durs[utt] + 1e-3 for s, e, _ in segs)
-            assert all(a[1] <= b[0] + 1e-3 for a, b in zip(segs, segs[1:]))  # ordered, not overlapping
+            assert all(a[1] <= b[0] + 1e-3 for a, b in pairwise(segs))  # ordered, not overlapping
 
 
 @pytest.mark.slow
@@ -163,7 +176,9 @@ def test_manifest_checksums_and_reuse(ci_corpus: tuple[Path, dict]) -> None:
 
 @pytest.mark.slow
 def test_same_seed_same_bytes_whatever_nj(tmp_path: Path) -> None:
-    cfg = dict(size="ci", train_hours=0.004, dev_utts=2, test_utts=4, seed=3)
+    # One voice per engine keeps it quick; the unseen (festival ked) voice comes with the test split.
+    cfg = {"size": "ci", "train_hours": 0.004, "dev_utts": 2, "test_utts": 4, "seed": 3,
+           "seen_voices": ("espeak_enus_m3", "festival_kal", "flite_awb")}
     a = prepare_synth(tmp_path / "a", SynthConfig(nj=1, **cfg))
     b = prepare_synth(tmp_path / "b", SynthConfig(nj=2, **cfg))
     assert a["splits"] == b["splits"]
@@ -175,4 +190,4 @@ def test_same_seed_same_bytes_whatever_nj(tmp_path: Path) -> None:
     assert sums[0] == sums[1]
     augmented = _table(tmp_path / "a" / "train" / "utt2aug")
     assert any(v != "speed=1" for v in augmented.values())
-    assert {u.split("-")[0] for u in _table(tmp_path / "a" / "train" / "utt2spk")} >= {"festival_kal", "flite_awb"}
+    assert set(_table(tmp_path / "a" / "train" / "utt2spk").values()) == set(cfg["seen_voices"])

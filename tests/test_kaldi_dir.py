@@ -26,7 +26,11 @@ def _make_dir(root: Path, sr: int = 16000) -> Path:
     d = root / "data"
     audio_dir = root / "audio"
     audio_dir.mkdir(parents=True)
-    utts = {"spkA-001": ("spkA", "HELLO WORLD"), "spkA-002": ("spkA", "THE CAT SAT"), "spkB-001": ("spkB", "HELLO ZYXWV")}
+    utts = {
+        "spkA-001": ("spkA", "HELLO WORLD"),
+        "spkA-002": ("spkA", "THE CAT SAT"),
+        "spkB-001": ("spkB", "HELLO ZYXWV"),
+    }
     wav = {}
     for k, utt in enumerate(utts):
         path = audio_dir / f"{utt}.wav"
@@ -153,7 +157,7 @@ def test_import_resamples_and_keeps_source(tmp_path: Path) -> None:
     assert report.converted == 3 and report.num_utts == 3
     assert {p: p.read_bytes() for p in d.iterdir()} == before  # the source is only read
     for line in (dst / "wav.scp").read_text().splitlines():
-        utt, path = line.split()
+        _, path = line.split()
         info = sf.info(path)
         assert info.samplerate == 16000 and info.channels == 1
         assert Path(path).parent == (dst / "wav").resolve()

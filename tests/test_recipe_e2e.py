@@ -1,60 +1,70 @@
-"""The whole recipe, corpus to report, on a CI-sized corpus: every stage's outputs exist, the report has every
-row, and re-running is idempotent (every stage skipped)."""
+"""The whole recipe, corpus to report, on a CI-sized corpus (the shared ``ci_experiment`` run): every stage's
+outputs exist, the report has every row, and re-running is idempotent (every stage skipped)."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-RUN = REPO / "recipes" / "synth" / "run.sh"
-
-
-def _run(work_dir: Path, *args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, ASR_KD_VENV=str(Path(sys.executable).parent.parent))
-    return subprocess.run(["bash", str(RUN), "--config", "ci", "--work-dir", str(work_dir), *args],
-                          capture_output=True, text=True, env=env, timeout=1500)
-
 
 @pytest.mark.slow
-def test_recipe_end_to_end(tmp_path):
-    work = tmp_path / "exp1"
-    first = _run(work)
-    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-5000:]
-
+def test_every_stage_leaves_its_outputs(ci_experiment: Path):
+    work = ci_experiment
     for split in ("train", "dev", "test"):
         assert (work / "data" / split / "wav.scp").exists()
         assert (work / "data" / "fbank" / split / "feats.scp").exists()
+        assert (work / "data" / "mfcc" / split / "feats.scp").exists()
         assert (work / "exp" / "tri1_ali" / split / "pdf.scp").exists()
+    assert (work / "data" / "lang_test" / "G.fst").exists()
     assert (work / "exp" / "tri1" / "graph" / "HCLG.fst").exists()
     for system in ("baseline", "distilled", "small_hard", "small_soft"):
         assert (work / "exp" / "dnn" / system / "model.pt").exists(), system
-    assert len(list((work / "exp" / "dnn" / "ensemble").glob("member*/model.pt"))) >= 2
-    stages = sorted(p.parent.name for p in (work / "exp" / "stages").glob("*/.done"))
-    assert len(stages) == 13, stages
+    assert len(list((work / "exp" / "dnn" / "ensemble").glob("member*/model.pt"))) == 3
+    for system in ("gmm", "baseline", "ensemble", "distilled", "small_hard", "small_soft"):
+        for split in ("dev", "test"):
+            assert list((work / "exp" / "decode" / system / split).glob("errs-*.txt")), (system, split)
+    done = sorted(p.parent.name for p in (work / "exp" / "stages").glob("*/.done"))
+    assert len(done) == 13, done
+    for stage in done:  # every stage keeps its log and the resolved config next to its summary
+        for name in ("log.txt", "config.yaml", "summary.json"):
+            assert (work / "exp" / "stages" / stage / name).exists(), (stage, name)
 
-    report = json.loads((work / "exp" / "report" / "report.json").read_text())
+
+@pytest.mark.slow
+def test_report_has_every_row(ci_experiment: Path):
+    report_dir = ci_experiment / "exp" / "report"
+    report = json.loads((report_dir / "report.json").read_text())
     for system in ("baseline", "ensemble", "distilled"):
         row = report["table1"][system]
-        for key in ("dev_frame_acc", "test_frame_acc", "dev_wer", "test_wer", "test_wer_unseen"):
+        for key in ("dev_frame_acc", "test_frame_acc", "test_frame_acc_unseen", "dev_wer", "test_wer",
+                    "test_wer_seen", "test_wer_unseen"):
             assert isinstance(row[key], (int, float)), (system, key, row)
+            assert 0.0 <= row[key] <= 200.0
     small = report["small_data"]["systems"]
     for system in ("baseline_full", "small_hard", "small_soft"):
         assert isinstance(small[system]["train"], (int, float)) and isinstance(small[system]["test"], (int, float))
-    md = (work / "exp" / "report" / "report.md").read_text()
-    for row in ("baseline single model", "ensemble", "distilled single model", "baseline, 20%", "soft targets, 20%"):
-        assert row in md
+    assert set(report["temperature_sweep"]) == {"1.0", "2.0"}
+    md = (report_dir / "report.md").read_text()
+    for row in ("baseline single model", "| ensemble", "distilled single model", "baseline, 20%",
+                "soft targets, 20%", "Temperature sweep", "Ensemble members", "Time per stage"):
+        assert row in md, row
     for png in ("training_curves.png", "temperature_sweep.png", "table1.png"):
-        assert (work / "exp" / "report" / png).stat().st_size > 1000
-    assert (work / "RESULTS.md").read_text().startswith("# RESULTS")
+        assert (report_dir / png).stat().st_size > 1000
+    results = (ci_experiment / "RESULTS.md").read_text()
+    assert results.startswith("# RESULTS") and "git commit" in results
+    assert (ci_experiment / "results" / "table1.png").exists()
 
+
+@pytest.mark.slow
+def test_rerun_skips_every_stage(ci_experiment_copy: Path, run_recipe):
     started = time.time()
-    again = _run(work)
+    again = run_recipe("synth", ci_experiment_copy, "--config", "ci")
     assert again.returncode == 0, again.stderr[-3000:]
-    assert again.stderr.count("already done") == 13 or again.stdout.count("already done") == 13
-    assert time.time() - started < 120
+    assert (again.stdout + again.stderr).count("already done") == 13
+    assert time.time() - started < 180
+    partial = run_recipe("synth", ci_experiment_copy, "--config", "ci", "--stage", "12", "--stop-stage", "12",
+                         "force=true")
+    assert partial.returncode == 0, partial.stderr[-3000:]
+    assert "stage 12: report" in partial.stdout and "stage 11" not in partial.stdout

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from hydra.core.config_store import ConfigStore
 
 from asr_kd.corpus.synth import SynthConfig
+from asr_kd.decode_data import DecodeDataConfig
 from asr_kd.distill import DistillConfig, SmallDataConfig
 from asr_kd.ensemble import EnsembleConfig
 from asr_kd.model import PRESETS, ModelConfig
@@ -34,7 +35,8 @@ class CorpusConfig:
 
     name: str = "synth"  # synth | librispeech | kaldi
     synth: SynthConfig = field(default_factory=SynthConfig)
-    source_dir: str | None = None  # librispeech: the folder holding train-clean-100/ ...; kaldi: a dir with train/dev/test
+    # librispeech: the folder holding train-clean-100/ ...; kaldi: a folder with train/ dev/ test/ data dirs
+    source_dir: str | None = None
     librispeech_parts: dict[str, str] = field(
         default_factory=lambda: {"train": "train-clean-100", "dev": "dev-clean", "test": "test-clean"})
 
@@ -45,7 +47,8 @@ class DecodeStageConfig:
 
     decoder: DecodeConfig = field(default_factory=DecodeConfig)
     acoustic_scales: list[float] = field(default_factory=lambda: [0.05, 0.08, 0.1, 0.15])
-    systems: list[str] = field(default_factory=lambda: ["baseline", "ensemble", "distilled", "small_hard", "small_soft"])
+    systems: list[str] = field(
+        default_factory=lambda: ["baseline", "ensemble", "distilled", "small_hard", "small_soft"])
 
 
 @dataclass
@@ -74,6 +77,7 @@ class ExperimentConfig:
     distill: DistillConfig = field(default_factory=DistillConfig)
     small_data: SmallDataConfig = field(default_factory=SmallDataConfig)
     decode: DecodeStageConfig = field(default_factory=DecodeStageConfig)
+    decode_data: DecodeDataConfig = field(default_factory=DecodeDataConfig)  # stage=decode_data: a new data dir
 
 
 def register() -> None:

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping
 
+import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
@@ -53,14 +54,15 @@ def write_spk2utt(data_dir: Path, utt2spk: Mapping[str, str]) -> None:
 def write_data_dir(
     data_dir: Path,
     wav_scp: Mapping[str, str],
-    text: Mapping[str, str],
+    text: Mapping[str, str] | None,
     utt2spk: Mapping[str, str],
     utt2dur: Mapping[str, float] | None = None,
 ) -> None:
-    """Write the core files of a data dir (each atomically, all sorted)."""
+    """Write the core files of a data dir (each atomically, all sorted); ``text`` None: untranscribed audio."""
     data_dir.mkdir(parents=True, exist_ok=True)
     write_table(data_dir / "wav.scp", wav_scp)
-    write_table(data_dir / "text", text)
+    if text is not None:
+        write_table(data_dir / "text", text)
     write_table(data_dir / "utt2spk", utt2spk)
     write_spk2utt(data_dir, utt2spk)
     if utt2dur is not None:
@@ -133,7 +135,8 @@ def audio_seconds(spec: str, where: tuple[Path, int]) -> float:
     return info.frames / info.samplerate
 
 
-def validate_data_dir(data_dir: Path, lexicon_words: set[str] | None = None, check_audio: bool = True) -> ValidationReport:
+def validate_data_dir(data_dir: Path, lexicon_words: set[str] | None = None, check_audio: bool = True,
+                      require_text: bool = True) -> ValidationReport:
     """Check a Kaldi data dir completely; raise InputError at the first problem, naming file and line.
 
     Checks: required files (wav.scp, text, utt2spk) exist; every table is well formed, sorted (C locale) and
@@ -141,7 +144,8 @@ def validate_data_dir(data_dir: Path, lexicon_words: set[str] | None = None, che
     along utterances (Kaldi's requirement that utterance ids start with their speaker id); spk2utt, if present,
     agrees with utt2spk; utt2dur, if present, is numeric and covers the same utterances; and, with
     ``check_audio``, every wav.scp entry exists and is readable audio. Words missing from ``lexicon_words``
-    are counted in the report.
+    are counted in the report. With ``require_text=False`` a dir without ``text`` is valid (recordings to
+    decode, not to train or score on); a ``text`` that is present is checked as always.
     """
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
@@ -149,9 +153,11 @@ def validate_data_dir(data_dir: Path, lexicon_words: set[str] | None = None, che
     if (data_dir / "segments").exists():
         raise InputError("segments files are not supported: give one recording per utterance", data_dir / "segments")
     wav = _read(data_dir, "wav.scp")
-    text = _read(data_dir, "text", allow_empty_value=True)
+    has_text = require_text or (data_dir / "text").exists()
+    text = _read(data_dir, "text", allow_empty_value=True) if has_text else []
     utt2spk = _read(data_dir, "utt2spk")
-    _check_same_ids("wav.scp", wav, "text", text, data_dir)
+    if has_text:
+        _check_same_ids("wav.scp", wav, "text", text, data_dir)
     _check_same_ids("wav.scp", wav, "utt2spk", utt2spk, data_dir)
 
     oov: Counter[str] = Counter()
@@ -193,7 +199,8 @@ def validate_data_dir(data_dir: Path, lexicon_words: set[str] | None = None, che
             try:
                 seconds += float(value)
             except ValueError:
-                raise InputError(f"duration {value!r} of {utt!r} is not a number", data_dir / "utt2dur", lineno) from None
+                raise InputError(f"duration {value!r} of {utt!r} is not a number",
+                                 data_dir / "utt2dur", lineno) from None
     if check_audio:
         seconds = sum(audio_seconds(spec, (data_dir / "wav.scp", lineno))
                       for lineno, (_, spec) in enumerate(tqdm(wav, desc=f"checking {data_dir.name}", unit="utt",
@@ -216,7 +223,7 @@ def _needs_conversion(spec: str, sample_rate: int) -> bool:
 
 
 def write_clean_dir(
-    staging: Path, dst: Path, wav: Mapping[str, str], text: Mapping[str, str], utt2spk: Mapping[str, str],
+    staging: Path, dst: Path, wav: Mapping[str, str], text: Mapping[str, str] | None, utt2spk: Mapping[str, str],
     sample_rate: int, where: Mapping[str, tuple[Path, int]],
 ) -> int:
     """Write a data dir into ``staging`` (the temporary twin of ``dst``); return how many files were converted.
@@ -236,12 +243,15 @@ def write_clean_dir(
             utt2dur[utt] = audio_seconds(spec, where[utt])  # raises InputError (file, line) if unreadable
         if _needs_conversion(spec, sample_rate):
             audio = load_audio(spec, sample_rate, where=where[utt])
-            sf.write(staging / "wav" / f"{utt}.wav", audio, sample_rate, subtype="PCM_16", format="WAV")
+            # Resampling can overshoot full scale a little; clip rather than let 16-bit samples wrap.
+            sf.write(staging / "wav" / f"{utt}.wav", np.clip(audio, -1.0, 1.0), sample_rate, subtype="PCM_16",
+                     format="WAV")
             spec = str((dst / "wav" / f"{utt}.wav").resolve())
             utt2dur[utt] = len(audio) / sample_rate
             converted += 1
         new_wav[utt] = spec
-    write_data_dir(staging, new_wav, {u: " ".join(t.upper().split()) for u, t in text.items()}, utt2spk, utt2dur)
+    upper = None if text is None else {u: " ".join(t.upper().split()) for u, t in text.items()}
+    write_data_dir(staging, new_wav, upper, utt2spk, utt2dur)
     return converted
 
 
@@ -254,24 +264,25 @@ def refuse_foreign_dir(dst: Path) -> None:
         raise InputError(f"exists and was not written by an import (no {IMPORT_MARKER}); choose a new directory", dst)
 
 
-def import_kaldi_dir(src: Path, dst: Path, sample_rate: int = 16000) -> ValidationReport:
+def import_kaldi_dir(src: Path, dst: Path, sample_rate: int = 16000, require_text: bool = True) -> ValidationReport:
     """Validate ``src`` and write a clean copy to ``dst``: sorted tables, spk2utt, utt2dur, UPPERCASE text,
     and audio at ``sample_rate`` mono (resampled into ``dst/wav`` only where needed).
 
     ``src`` is only read. ``dst`` appears complete or not at all (built in a temporary sibling); an existing
-    ``dst`` is replaced only if it is an earlier import.
+    ``dst`` is replaced only if it is an earlier import. ``require_text=False`` admits untranscribed audio
+    (``dst`` then has no ``text`` either).
     """
     src, dst = Path(src).resolve(), Path(dst).resolve()
     if src == dst:
         raise InputError("import destination is the source directory", dst)
-    validate_data_dir(src, check_audio=True)
+    validate_data_dir(src, check_audio=True, require_text=require_text)
     refuse_foreign_dir(dst)
     wav = dict(read_table(src / "wav.scp"))
     where = {utt: (src / "wav.scp", lineno) for lineno, utt in enumerate(wav, start=1)}
     with atomic_dir(dst) as staging:
-        converted = write_clean_dir(staging, dst, wav, dict(read_table(src / "text")),
-                                    dict(read_table(src / "utt2spk")), sample_rate, where)
+        text = dict(read_table(src / "text")) if (src / "text").exists() else None
+        converted = write_clean_dir(staging, dst, wav, text, dict(read_table(src / "utt2spk")), sample_rate, where)
         (staging / IMPORT_MARKER).write_text(f"imported from {src}\n")
-    report = validate_data_dir(dst, check_audio=False)
+    report = validate_data_dir(dst, check_audio=False, require_text=require_text)
     report.converted = converted
     return report

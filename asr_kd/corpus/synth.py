@@ -26,6 +26,7 @@ import logging
 import multiprocessing
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,7 +40,15 @@ from features.errors import InputError
 from .augment import AugmentConfig, apply_augmentation, draw_augmentation, utterance_rng
 from .kaldi_dir import c_sorted, write_data_dir, write_table
 from .sentences import Sentence, cmu_lexicon, load_sentences
-from .voices import ALL_VOICES, SAMPLE_RATE, Segment, Synthesized, Voice, synthesize, tile_phones, voice_by_speaker
+from .voices import (
+    ALL_VOICES,
+    SAMPLE_RATE,
+    Segment,
+    Voice,
+    synthesize,
+    tile_phones,
+    voice_by_speaker,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -110,7 +119,7 @@ def _voices(cfg: SynthConfig) -> tuple[list[Voice], Voice]:
     return seen, unseen
 
 
-def plan_corpus(cfg: SynthConfig, sentences: list[Sentence]) -> tuple[list[_Utt], list[Sentence]]:
+def plan_corpus(cfg: SynthConfig, sentences: Sequence[Sentence]) -> tuple[list[_Utt], list[Sentence]]:
     """Assign sentences to splits and voices; return the utterances and the LM-extra sentences.
 
     Sentences are drawn from a seeded permutation: test first, then dev, then train until the estimated hours
@@ -155,13 +164,9 @@ def plan_corpus(cfg: SynthConfig, sentences: list[Sentence]) -> tuple[list[_Utt]
 
 # ---------------------------------------------------------------------------------------------------------
 # Worker side (runs in a pool process)
-_BANK: list[np.ndarray] = []
-
-
-def _init_worker(bank: list[np.ndarray]) -> None:
-    global _BANK
-    _BANK = bank
-    import torch  # noqa: PLC0415  (each worker must stay on one thread: nj workers share the cores)
+def _init_worker() -> None:
+    """Each worker stays on one thread: ``nj`` workers share the cores."""
+    import torch
 
     torch.set_num_threads(1)
 
@@ -176,7 +181,8 @@ def _write_wav(path: Path, audio: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
-def _synth_job(speaker: str, utts: list[_Utt], wav_root: str, seed: int, augment: AugmentConfig | None) -> list[dict]:
+def _synth_job(speaker: str, utts: list[_Utt], wav_root: str, seed: int, augment: AugmentConfig | None,
+               babble_bank: list[np.ndarray]) -> list[dict]:
     """Synthesize (and augment) one voice's chunk; write the wavs; return durations, timings, augmentation."""
     voice = voice_by_speaker(speaker)
     results = synthesize(voice, [u.sentence for u in utts])
@@ -186,7 +192,7 @@ def _synth_job(speaker: str, utts: list[_Utt], wav_root: str, seed: int, augment
         if augment is not None:
             rng = utterance_rng(seed, u.utt_id)
             aug = draw_augmentation(rng, augment)
-            audio = apply_augmentation(audio, aug, rng, augment, _BANK)
+            audio = apply_augmentation(audio, aug, rng, augment, babble_bank)
             duration = len(audio) / SAMPLE_RATE
             phones = tile_phones(_scale(phones, aug.speed), duration) if phones else []
             words = [(s, min(e, duration), w) for s, e, w in _scale(words, aug.speed)]
@@ -204,10 +210,10 @@ def _synth_job(speaker: str, utts: list[_Utt], wav_root: str, seed: int, augment
 def _babble_bank(cfg: SynthConfig, lm_extra: list[Sentence], seen: list[Voice]) -> list[np.ndarray]:
     """Clean utterances of LM-extra sentences by seen voices (never dev/test text) for babble noise."""
     fast = [v for v in seen if v.engine != "festival"] or seen
+    n = min(cfg.babble_bank_utts, len(lm_extra))
     bank: list[np.ndarray] = []
-    for k in range(min(cfg.babble_bank_utts, len(lm_extra))):
-        res: Synthesized = synthesize(fast[k % len(fast)], [lm_extra[k]])[0]
-        bank.append(res.audio)
+    for k, voice in enumerate(fast[:n]):
+        bank.extend(res.audio for res in synthesize(voice, lm_extra[k:n:len(fast)]))
     return bank
 
 
@@ -238,7 +244,9 @@ def prepare_synth(out_dir: Path, cfg: SynthConfig) -> dict:
     """Build the corpus under ``out_dir`` (a recipe's ``data/``); return a summary (also in manifest.json).
 
     A complete build (manifest with the same config) is reused. Refuses to write into a directory that holds
-    a data dir it did not build, so a user's prepared data is never overwritten.
+    a data dir it did not build, so a user's prepared data is never overwritten. With ``nj > 1`` the workers
+    are spawned (not forked: the parent may hold torch/OpenMP threads), so a calling script needs the usual
+    ``if __name__ == "__main__":`` guard.
     """
     out_dir = Path(out_dir).resolve()
     manifest_path = out_dir / "manifest.json"
@@ -270,16 +278,20 @@ def prepare_synth(out_dir: Path, cfg: SynthConfig) -> dict:
 
     results: dict[str, dict] = {}
     augment = cfg.augment_cfg if cfg.augment else None
-    ctx = multiprocessing.get_context("spawn")
-    with cf.ProcessPoolExecutor(max_workers=max(1, cfg.nj), mp_context=ctx, initializer=_init_worker,
-                                initargs=(bank,)) as pool:
-        futures = [pool.submit(_synth_job, spk, group, str(out_dir / "wav"), cfg.seed, augment)
-                   for spk, group in jobs]
-        with tqdm(total=len(utts), desc="synthesizing", unit="utt") as bar:
-            for fut in cf.as_completed(futures):
-                for r in fut.result():
+    args = [(spk, group, str(out_dir / "wav"), cfg.seed, augment, bank) for spk, group in jobs]
+    with tqdm(total=len(utts), desc="synthesizing", unit="utt") as bar:
+        if cfg.nj <= 1:  # in process: no worker start-up cost for small builds
+            for a in args:
+                for r in _synth_job(*a):
                     results[r["utt"]] = r
                     bar.update(1)
+        else:
+            ctx = multiprocessing.get_context("spawn")
+            with cf.ProcessPoolExecutor(max_workers=cfg.nj, mp_context=ctx, initializer=_init_worker) as pool:
+                for fut in cf.as_completed([pool.submit(_synth_job, *a) for a in args]):
+                    for r in fut.result():
+                        results[r["utt"]] = r
+                        bar.update(1)
 
     summary: dict = {"splits": {}}
     for split in SPLITS:

@@ -8,7 +8,7 @@ How each engine reveals it:
   transcript (Levenshtein; flite's lexicon is CMU-derived, so the two nearly always agree).
 * festival exposes its Segment relation (phone end times) and Word relation (``word_start``/``word_end``);
   one batch process synthesizes a whole list, which avoids paying for voice loading per utterance.
-* espeak-ng, driven through its C API with ctypes, emits a word event and a phoneme event (with the sample
+* espeak-ng, driven through its C API (``espeak.py``), emits a word event and a phoneme event (with the sample
   offset) for everything it says. Its phoneme names are mapped to ARPAbet; the few espeak phonemes that stand
   for two ARPAbet phones (r-coloured vowels in non-rhotic accents, syllabic ``@L``) have their duration split
   evenly, which is an approximation documented here and nowhere hidden.
@@ -18,7 +18,6 @@ the utterance (gaps filled with ``SIL``) and labels in ARPAbet without stress, u
 """
 from __future__ import annotations
 
-import ctypes
 import logging
 import subprocess
 import tempfile
@@ -30,6 +29,7 @@ import soundfile as sf
 import torch
 import torchaudio.functional as AF
 
+from . import espeak
 from .sentences import Sentence, cmu_lexicon
 
 logger = logging.getLogger(__name__)
@@ -114,7 +114,8 @@ _ESPEAK_TO_ARPA: dict[str, tuple[str, ...]] = {
     "I": ("IH",), "I2": ("IH",), "I#": ("IH",), "i": ("IY",), "i:": ("IY",), "i@": ("IH", "R"),
     "i@3": ("IH", "R"), "IR": ("IH", "R"), "O": ("AO",), "O:": ("AO",), "O@": ("AO", "R"), "o@": ("AO", "R"),
     "OI": ("OY",), "oU": ("OW",), "o": ("OW",), "@U": ("OW",), "U": ("UH",), "U@": ("UH", "R"),
-    "u:": ("UW",), "u": ("UW",), "O2": ("AO",), "t[": ("T",), "t2": ("T",), "w#": ("W",), "@-": ("AH",), "ju:": ("Y", "UW"), "3:r": ("ER",), "VR": ("ER",), "0@": ("AO", "R"),
+    "u:": ("UW",), "u": ("UW",), "O2": ("AO",), "t[": ("T",), "t2": ("T",), "w#": ("W",), "@-": ("AH",),
+    "A~": ("AA", "N"), "ju:": ("Y", "UW"), "3:r": ("ER",), "VR": ("ER",), "0@": ("AO", "R"),
     "_": ("SIL",), "_:": ("SIL",), "_!": ("SIL",), "_|": ("SIL",),
 }
 # Zero-width espeak markers (syllable/linking signs) that carry no audio of their own.
@@ -195,12 +196,6 @@ def align_words_to_phones(phones: list[Segment], words: tuple[str, ...]) -> list
             return None
         spans.append((mine[0][0], mine[-1][1], word))
     return spans
-
-
-def _to_float(audio: np.ndarray) -> np.ndarray:
-    if audio.dtype == np.int16:
-        return audio.astype(np.float32) / 32768.0
-    return audio.astype(np.float32)
 
 
 def _resample(audio: np.ndarray, sample_rate: int) -> np.ndarray:
@@ -298,67 +293,7 @@ def _synth_festival(voice: Voice, sentences: list[Sentence], tmp: Path) -> list[
 
 
 # ---------------------------------------------------------------------------------------------------------
-# espeak-ng through its C API
-class _EspeakEvent(ctypes.Structure):
-    _fields_ = [
-        ("type", ctypes.c_int), ("unique_identifier", ctypes.c_uint), ("text_position", ctypes.c_int),
-        ("length", ctypes.c_int), ("audio_position", ctypes.c_int), ("sample", ctypes.c_int),
-        ("user_data", ctypes.c_void_p), ("id", ctypes.c_char * 8),
-    ]
-
-
-_ESPEAK_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int,
-                                    ctypes.POINTER(_EspeakEvent))
-_EV_END, _EV_WORD, _EV_PHONEME = 0, 1, 7
-_AUDIO_OUTPUT_SYNCHRONOUS, _INIT_PHONEME_EVENTS, _CHARS_UTF8 = 2, 1, 1
-_ESPEAK_RATE, _ESPEAK_PITCH = 1, 3
-
-
-class _Espeak:
-    """The process-wide espeak-ng library (it has global state: one instance per worker process)."""
-
-    _instance: "_Espeak | None" = None
-
-    def __init__(self) -> None:
-        self.lib = ctypes.CDLL("libespeak-ng.so.1")
-        self.sample_rate = self.lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, None, _INIT_PHONEME_EVENTS)
-        if self.sample_rate <= 0:
-            raise RuntimeError("espeak_Initialize failed (is the Debian package espeak-ng installed?)")
-        self._chunks: list[np.ndarray] = []
-        self._events: list[tuple[int, int, int, str]] = []
-        self._callback = _ESPEAK_CALLBACK(self._on_audio)
-        self.lib.espeak_SetSynthCallback(self._callback)
-
-    @classmethod
-    def get(cls) -> "_Espeak":
-        if cls._instance is None:
-            cls._instance = _Espeak()
-        return cls._instance
-
-    def _on_audio(self, wav, n: int, events) -> int:
-        if n > 0:
-            self._chunks.append(np.ctypeslib.as_array(wav, shape=(n,)).copy())
-        i = 0
-        while events[i].type != _EV_END:
-            ev = events[i]
-            name = bytes(ev.id).split(b"\0")[0].decode("ascii", "replace") if ev.type == _EV_PHONEME else ""
-            self._events.append((ev.type, ev.text_position, ev.sample, name))
-            i += 1
-        return 0
-
-    def say(self, voice: Voice, text: str) -> tuple[np.ndarray, list[tuple[int, int, int, str]]]:
-        if self.lib.espeak_SetVoiceByName(voice.name.encode()) != 0:
-            raise RuntimeError(f"espeak-ng has no voice {voice.name!r}")
-        self.lib.espeak_SetParameter(_ESPEAK_RATE, voice.rate, 0)
-        self.lib.espeak_SetParameter(_ESPEAK_PITCH, voice.pitch, 0)
-        self._chunks, self._events = [], []
-        data = text.encode("utf-8")
-        self.lib.espeak_Synth(data, len(data) + 1, 0, 1, 0, _CHARS_UTF8, None, None)
-        self.lib.espeak_Synchronize()
-        audio = np.concatenate(self._chunks) if self._chunks else np.zeros(0, dtype=np.int16)
-        return audio, self._events
-
-
+# espeak-ng (driven through its C API in a child process, see espeak.py)
 def _token_index(spoken: str) -> list[int]:
     """For each character of ``spoken``, the index of the whitespace-separated token it belongs to (or -1)."""
     owner, token, in_token = [], -1, False
@@ -405,18 +340,18 @@ def _espeak_words(owned: list[tuple[float, float, str, int]], words: tuple[str, 
 
 
 def _synth_espeak(voice: Voice, sentences: list[Sentence], tmp: Path) -> list[Synthesized]:
-    engine = _Espeak.get()
-    ratio = SAMPLE_RATE / engine.sample_rate
     out = []
-    for sentence in sentences:
-        raw, events = engine.say(voice, sentence.spoken)
-        audio = _resample(_to_float(raw), engine.sample_rate)
+    spoken = espeak.speak(voice.name, voice.rate, voice.pitch, [s.spoken for s in sentences])
+    for sentence, said in zip(sentences, spoken):
+        audio = _resample(np.frombuffer(said.pcm, dtype="<i2").astype(np.float32) / 32768.0, said.sample_rate)
         duration = len(audio) / SAMPLE_RATE
+        ratio = SAMPLE_RATE / said.sample_rate
+        events = said.events
         # Phoneme events mark phone starts (in engine samples) and carry the 1-based character position of
         # the word they belong to; a phone ends where the next phoneme event starts.
         token_of = _token_index(sentence.spoken)
         marks = [(sample * ratio / SAMPLE_RATE, name, pos - 1)
-                 for kind, pos, sample, name in events if kind == _EV_PHONEME and name not in _ESPEAK_MARKERS]
+                 for kind, pos, sample, name in events if kind == espeak.EV_PHONEME and name not in _ESPEAK_MARKERS]
         owned: list[tuple[float, float, str, int]] = []
         unknown = set()
         for k, (start, name, pos) in enumerate(marks):

@@ -1,0 +1,184 @@
+"""Decode any Kaldi data dir with an experiment's trained systems: try a model on new recordings, no retraining.
+
+The new recordings go through exactly the front-end the systems were trained on: the dir is validated and
+imported (resampled to the experiment's rate) as ``data/<name>``, fbank (DNNs) and MFCC (GMM) features are
+computed with the experiment's settings into ``data/fbank/<name>`` and ``data/mfcc/<name>`` with per-speaker
+CMVN taken from the new dir's own speakers, and each system decodes with the experiment's HCLG at the acoustic
+scale it chose on dev (``exp/decode/<system>/wer.json``). Hypotheses go to
+``exp/decode/<system>/<name>/hyp.txt``; a dir with transcripts is also scored, exactly as dev and test are.
+
+No alignment exists for new audio, so DNN inputs are a :class:`~asr_kd.frames.FrameSet` without targets: decoding
+only asks a system for log-posteriors, never for frame accuracy.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from asr_kd.corpus.kaldi_dir import import_kaldi_dir
+from asr_kd.frames import FrameSet
+from asr_kd.priors import log_priors
+from asr_kd.stages import device_of, dnn_systems, obj, score_split, write_json
+from asr_kd.systems import split_by_utterance
+from asr_kd.workspace import SPLITS, Workspace
+from decoding.decode import DecodeResult, decode_loglikes, posteriors_to_loglikes
+from decoding.gmm import gmm_loglikes, load_gmm_feats
+from decoding.score import write_text
+from features.errors import InputError
+from features.extract import load_feats, make_feats
+from features.kaldi_io import read_vector
+
+log = logging.getLogger(__name__)
+
+NO_TARGET = -1
+"""Target of every frame of an unaligned set (PyTorch's usual "ignore" marker): there is no label to compare to."""
+
+RESERVED_NAMES = frozenset({*SPLITS, "local", "lang", "lang_test", "fbank", "mfcc", "wav"})
+"""Names under data/ (and exp/decode/<system>/) that belong to the experiment itself and must never be replaced."""
+
+FRONT_END_KEYS = ("fbank", "mfcc", "sample_rate")
+"""The parts of a feature config that change the numbers (nj, device, batch_size only change the speed)."""
+
+
+@dataclass
+class DecodeDataConfig:
+    """``asr-kd stage=decode_data decode_data.dir=/path/to/data``: which dir, which systems, under what name.
+
+    ``systems`` empty means every system the experiment has trained (the GMM and each DNN system it decoded);
+    ``name`` defaults to the dir's own name and becomes ``data/<name>`` and ``exp/decode/<system>/<name>``.
+    """
+
+    dir: str | None = None
+    systems: list[str] = field(default_factory=list)
+    name: str | None = None
+
+
+def decode_data_dir(cfg: DictConfig, ws: Workspace, data_dir: Path, systems: Sequence[str],
+                    out_name: str | None = None) -> dict:
+    """Decode the Kaldi data dir ``data_dir`` (wav.scp, utt2spk, optional text) with trained ``systems``.
+
+    ``systems`` names any of gmm, baseline, ensemble, distilled, small_hard, small_soft (empty: all trained
+    ones). Returns, per system, the acoustic scale used, how many utterances were decoded / failed / ended
+    off a final state, the real-time factor, and, when ``data_dir`` has ``text``, the WER summary of
+    :func:`asr_kd.stages.score_split` (also written to ``exp/decode/<system>/<name>/wer.json``).
+
+    Bad input (missing audio, unsorted tables...) raises :class:`InputError` naming the file and line before
+    anything is written; the experiment's own data and results (train/dev/test) are never touched.
+    """
+    data_dir = Path(data_dir)
+    name = out_name or data_dir.resolve().name
+    _check_name(name)
+    _check_trained(ws)
+    _check_front_end(cfg, ws)
+    dnns = dnn_systems(cfg, ws)  # the DNN systems the experiment trained and decoded; the GMM always exists
+    available = ["gmm", *dnns]
+    wanted = list(systems) or available
+    unknown = [s for s in wanted if s not in available]
+    if unknown:
+        raise ValueError(f"systems {unknown} are not trained in {ws.root} (trained: {', '.join(available)})")
+
+    sample_rate = int(cfg.fbank.sample_rate)
+    report = import_kaldi_dir(data_dir, ws.data(name), sample_rate=sample_rate, require_text=False)
+    log.info("decoding %s as %s: %s", data_dir, name, report.summary())
+    labelled = (ws.data(name) / "text").exists()
+    needs = {"fbank": any(s != "gmm" for s in wanted), "mfcc": "gmm" in wanted}  # DNNs read fbank, the GMM MFCC
+    for kind, out in (("fbank", ws.fbank), ("mfcc", ws.mfcc)):
+        if needs[kind]:
+            feat_cfg = obj(cfg[kind])
+            feat_cfg.nj = cfg.nj
+            make_feats(ws.data(name), out(name), feat_cfg)
+
+    device = device_of(cfg)
+    if needs["fbank"]:
+        frames = load_unaligned_frameset(ws.fbank(name), device, cfg.model.left_context, cfg.model.right_context)
+        prior = log_priors(read_vector(ws.ali("train") / "pdf_counts"))
+    summary = {"data_dir": str(data_dir), "name": name, "utts": report.num_utts, "labelled": labelled}
+    for system in wanted:
+        if system == "gmm":
+            loglikes = {u: gmm_loglikes(ws.tri, f) for u, f in load_gmm_feats(ws.mfcc(name)).items()}
+        else:
+            log_post = dnns[system].log_posteriors(frames, device).float().cpu().numpy()
+            loglikes = split_by_utterance(posteriors_to_loglikes(log_post, prior), frames)
+        summary[system] = _decode_system(cfg, ws, system, name, loglikes, labelled)
+    write_json(ws.root / "exp" / "decode" / f"{name}.json", summary)
+    return summary
+
+
+def load_unaligned_frameset(feats_dir: Path, device: str | torch.device = "cpu", left: int = 20,
+                            right: int = 5) -> FrameSet:
+    """Every utterance of a feature dir (per-speaker CMVN, as in training) as a FrameSet with no targets.
+
+    Same features and windows as :func:`asr_kd.frames.load_frameset`, but no alignment is needed: new
+    recordings have none, and decoding asks only for log-posteriors. Targets are all :data:`NO_TARGET`.
+    """
+    feats = load_feats(Path(feats_dir), cmvn="speaker", norm_vars=True)
+    utts = list(feats)
+    x = torch.from_numpy(np.concatenate([feats[u] for u in utts]).astype(np.float32, copy=False)).to(device)
+    y = torch.full((x.shape[0],), NO_TARGET, dtype=torch.int64, device=device)
+    return FrameSet.from_tensors(x, y, utts, [feats[u].shape[0] for u in utts], left=left, right=right)
+
+
+def _decode_system(cfg: DictConfig, ws: Workspace, system: str, name: str, loglikes: dict[str, np.ndarray],
+                   labelled: bool) -> dict:
+    """Decode one system's log-likelihoods at its tuned scale; write hyp.txt, and the WER files if labelled."""
+    decoder = obj(cfg.decode.decoder)
+    decoder.nj = cfg.nj
+    decoder.acoustic_scale = tuned_acoustic_scale(ws, system, decoder.acoustic_scale)
+    result: DecodeResult = decode_loglikes(ws.graph, ws.tri / "final.mdl", loglikes, decoder)
+    out = ws.decode(system, name)
+    write_text(out / "hyp.txt", result.hyps)
+    summary = {"acoustic_scale": decoder.acoustic_scale, "decoded": len(result.hyps), "failed": len(result.failed),
+               "partial": len(result.partial), "rtf": result.real_time_factor}
+    if labelled:
+        summary["wer"] = score_split(ws, system, name, result.hyps)
+        log.info("%s on %s: WER %.2f%% (acoustic scale %g)", system, name, summary["wer"]["all"],
+                 decoder.acoustic_scale)
+    return summary
+
+
+def tuned_acoustic_scale(ws: Workspace, system: str, default: float) -> float:
+    """The acoustic scale ``system`` chose on dev (exp/decode/<system>/wer.json), else ``default``."""
+    path = ws.root / "exp" / "decode" / system / "wer.json"
+    if not path.exists():
+        log.warning("%s: no tuned acoustic scale (%s missing); using %g", system, path, default)
+        return default
+    try:
+        return float(json.loads(path.read_text())["acoustic_scale"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise InputError(f"no acoustic_scale in decode results ({e})", path) from e
+
+
+def _check_name(name: str) -> None:
+    if not name or "/" in name or name.startswith(".") or name in RESERVED_NAMES:
+        raise ValueError(f"cannot decode into data/{name}: choose another name (not one of "
+                         f"{', '.join(sorted(RESERVED_NAMES))}, no '/' or leading '.')")
+
+
+def _check_trained(ws: Workspace) -> None:
+    """The graph, the transition model and the priors must exist: decoding needs the trained experiment."""
+    for path in (ws.graph / "HCLG.fst", ws.tri / "final.mdl", ws.ali("train") / "pdf_counts"):
+        if not path.exists():
+            raise InputError("the experiment is not trained this far (run the recipe through the decode stage)",
+                             path)
+
+
+def _check_front_end(cfg: DictConfig, ws: Workspace) -> None:
+    """Refuse features other than those the systems were trained on (settings saved by the features stage)."""
+    saved = ws.stage("features") / "config.yaml"
+    if not saved.exists():
+        raise InputError("no saved config of the features stage", saved)
+    trained = OmegaConf.to_container(OmegaConf.load(saved), resolve=True)
+    current = OmegaConf.to_container(cfg, resolve=True)
+    for kind in ("fbank", "mfcc"):
+        for key in FRONT_END_KEYS:
+            then, now = trained[kind][key], current[kind][key]
+            if now != then:
+                raise ValueError(f"{kind}.{key} differs from the setting the experiment was trained with "
+                                 f"({saved}): {then} -> {now}")
