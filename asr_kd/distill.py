@@ -290,6 +290,12 @@ class SmallDataConfig:
     hard_early_stopping: bool = True
     soft_early_stopping: bool = False
     epochs: int = 40
+    # A 3% subset has few batches per epoch: newbob's "converged" test would end training after a handful of
+    # updates, so both small models run a constant rate at a smaller batch for all their epochs (the hard model
+    # keeps its best-dev weights when hard_early_stopping, with this patience).
+    lr_schedule: str = "constant"
+    batch_size: int = 256
+    patience: int = 5
 
     def __post_init__(self) -> None:
         if self.teacher not in ("baseline", "ensemble", "both"):
@@ -342,10 +348,12 @@ def run_small_data(
                 for name, fs in {"train": own_train, **eval_sets}.items()}
 
     systems: dict[str, dict] = {"baseline_full": accuracies(full_baseline, train_set)}
-    hard_cfg = dataclasses.replace(train_cfg, epochs=scfg.epochs, early_stopping=scfg.hard_early_stopping)
+    small_cfg = dataclasses.replace(train_cfg, epochs=scfg.epochs, lr_schedule=scfg.lr_schedule,
+                                    batch_size=scfg.batch_size, patience=scfg.patience)
+    hard_cfg = dataclasses.replace(small_cfg, early_stopping=scfg.hard_early_stopping)
     hard = train(model_cfg, hard_cfg, small, dev_set, out_dir / "small_hard", num_classes)
     systems["small_hard"] = accuracies(load_model(hard.model_path, device), small)
-    soft_cfg = dataclasses.replace(train_cfg, epochs=scfg.epochs, early_stopping=scfg.soft_early_stopping)
+    soft_cfg = dataclasses.replace(small_cfg, early_stopping=scfg.soft_early_stopping)
     for i, name in enumerate(scfg.teacher_names()):
         if name not in teachers:
             raise ValueError(f"no {name!r} teacher given (have {sorted(teachers)})")

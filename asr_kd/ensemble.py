@@ -160,9 +160,10 @@ def combine_log_probs(member_log_probs: torch.Tensor, combine: str = "arith") ->
 
 
 @torch.no_grad()
-def iter_member_log_probs(models: Sequence[DNN], frame_set: FrameSet, temperature: float = 1.0,
-                          batch_size: int = 4096) -> Iterator[tuple[int, torch.Tensor]]:
-    """(first frame, log-softmax(z_m / T) [M, b, C] float32) for every member, in frame order.
+@torch.no_grad()
+def iter_member_logits(models: Sequence[DNN], frame_set: FrameSet,
+                       batch_size: int = 4096) -> Iterator[tuple[int, torch.Tensor]]:
+    """(first frame, logits [M, b, C] float32) of every member, in frame order.
 
     The members run as one :class:`StackedDNN` (one batched matmul per layer instead of M launches).
     """
@@ -172,7 +173,13 @@ def iter_member_log_probs(models: Sequence[DNN], frame_set: FrameSet, temperatur
     for start in range(0, frame_set.num_frames, batch_size):
         idx = torch.arange(start, min(frame_set.num_frames, start + batch_size), device=frame_set.device)
         x = frame_set.windows(idx).to(device, torch.float32)
-        logits = stacked(x.expand(M, *x.shape)).float()
+        yield start, stacked(x.expand(M, *x.shape)).float()
+
+
+def iter_member_log_probs(models: Sequence[DNN], frame_set: FrameSet, temperature: float = 1.0,
+                          batch_size: int = 4096) -> Iterator[tuple[int, torch.Tensor]]:
+    """(first frame, log-softmax(z_m / T) [M, b, C] float32) for every member, in frame order."""
+    for start, logits in iter_member_logits(models, frame_set, batch_size):
         yield start, torch.log_softmax(logits / temperature, dim=-1)
 
 

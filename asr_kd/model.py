@@ -69,7 +69,7 @@ def num_parameters(cfg: ModelConfig, num_classes: int) -> int:
 
 
 class DNN(nn.Module):
-    """Input window -> ``hidden_layers`` x (Linear, activation[, dropout]) -> Linear logits (softmax lives in the loss)."""
+    """Input window -> ``hidden_layers`` x (Linear, activation[, dropout]) -> Linear logits (softmax: in the loss)."""
 
     def __init__(self, cfg: ModelConfig, num_classes: int) -> None:
         super().__init__()

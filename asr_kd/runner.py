@@ -1,15 +1,17 @@
 """The mechanics every recipe stage shares: skip when done, log to a file, save the resolved config, time it.
 
-A stage is a plain function ``fn(cfg, ws) -> dict``. :func:`run_stage` wraps it the way Kaldi/icefall recipes
-behave: a stage whose ``.done`` marker exists is skipped (idempotent re-runs), the marker is written only after
-the stage returned (a killed stage re-runs; long stages resume from their own checkpoints), the log and the
-resolved config sit next to the stage's summary, and nothing is written half way (summaries go through
-``atomic_write``).
+A stage is a plain function ``fn(cfg, ws) -> dict``. Under torchrun (``WORLD_SIZE`` > 1) every rank runs the
+stage (one model data-parallel, or ensemble members spread over ranks), ranks meet at a barrier at the end, and
+rank 0 alone writes the bookkeeping. :func:`run_stage` wraps it the way Kaldi/icefall recipes behave: a stage
+whose ``.done`` marker exists is skipped (idempotent re-runs), the marker is written only after the stage
+returned (a killed stage re-runs; long stages resume from their own checkpoints), the log and the resolved config
+sit next to the stage's summary, and nothing is written half way (summaries go through ``atomic_write``).
 """
 from __future__ import annotations
 
 import json
 import logging
+import os
 import platform
 import subprocess
 import time
@@ -41,8 +43,6 @@ def git_commit(repo_dir: Path) -> str:
 
 def machine_description() -> dict:
     """What the numbers were measured on: CPU count, GPU name (if any), Python and torch versions."""
-    import os
-
     import torch
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
@@ -67,6 +67,26 @@ def _attach_log_file(path: Path) -> logging.Handler:
     return handler
 
 
+def sync_ranks() -> None:
+    """Wait for every torchrun rank (no-op in a single process)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def _join_ranks(cfg: DictConfig) -> int:
+    """Join the torchrun process group when launched by torchrun; returns this process's rank."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0
+    import torch
+
+    from asr_kd.train import init_distributed
+
+    on_gpu = cfg.get("device", "auto") != "cpu" and torch.cuda.is_available()
+    return init_distributed(torch.device("cuda" if on_gpu else "cpu")).rank
+
+
 def run_stage(name: str, fn: StageFn, cfg: DictConfig, ws: Workspace, force: bool = False) -> dict | None:
     """Run one stage unless its ``.done`` marker exists; returns its summary (None when skipped)."""
     stage_dir = ws.stage(name)
@@ -74,10 +94,13 @@ def run_stage(name: str, fn: StageFn, cfg: DictConfig, ws: Workspace, force: boo
     if done.exists() and not force:
         log.info("stage %s: already done (%s); pass force=true to redo it", name, done)
         return None
+    rank = _join_ranks(cfg)
     stage_dir.mkdir(parents=True, exist_ok=True)
-    done.unlink(missing_ok=True)
-    write_text_atomic(stage_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    handler = _attach_log_file(stage_dir / "log.txt")
+    if rank == 0:
+        done.unlink(missing_ok=True)
+        write_text_atomic(stage_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    sync_ranks()
+    handler = _attach_log_file(stage_dir / ("log.txt" if rank == 0 else f"log.rank{rank}.txt"))
     started = time.time()
     log.info("stage %s: start", name)
     try:
@@ -88,6 +111,9 @@ def run_stage(name: str, fn: StageFn, cfg: DictConfig, ws: Workspace, force: boo
     finally:
         logging.getLogger().removeHandler(handler)
         handler.close()
+    sync_ranks()
+    if rank != 0:
+        return summary
     seconds = time.time() - started
     record = {
         "stage": name,

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from asr_kd.ensemble import COMBINES, combine_log_probs, iter_member_log_probs
+from asr_kd.ensemble import COMBINES, combine_log_probs, iter_member_logits
 from asr_kd.frames import FrameSet
 from asr_kd.model import DNN, StackedDNN
 from features.atomic import atomic_dir
@@ -255,6 +255,14 @@ def compute_soft_targets(teacher_models: Sequence[DNN], frame_set: FrameSet, cfg
     probable classes are kept and renormalized. Frame order is the FrameSet's, so frame i of the targets goes with
     frame i of the set. Only one batch of [M, B, C] posteriors exists at a time.
     """
+    return compute_soft_targets_at(teacher_models, frame_set, cfg, [cfg.temperature])[float(cfg.temperature)]
+
+
+@torch.no_grad()
+def compute_soft_targets_at(teacher_models: Sequence[DNN], frame_set: FrameSet, cfg: SoftTargetConfig,
+                            temperatures: Sequence[float]) -> dict[float, SoftTargets]:
+    """:func:`compute_soft_targets` at several temperatures (``cfg.temperature`` ignored) from ONE teacher pass:
+    the members' logits do not depend on T, so a temperature sweep costs one forward pass, not one per T."""
     if not teacher_models:
         raise ValueError("need at least one teacher model")
     num_classes = teacher_models[0].num_classes
@@ -264,20 +272,24 @@ def compute_soft_targets(teacher_models: Sequence[DNN], frame_set: FrameSet, cfg
     k = num_classes if cfg.top_k is None else min(cfg.top_k, num_classes)
     # Filled in place: concatenating per-batch pieces would briefly need twice the final size (57 GB for
     # 700M frames at k=20).
-    soft = SoftTargets(torch.empty(n, k, dtype=index_dtype(num_classes)), torch.empty(n, k, dtype=torch.float16),
-                       torch.empty(n, dtype=torch.float16), float(cfg.temperature), int(num_classes),
-                       teacher=describe_teacher(len(teacher_models), cfg.combine))
-    batches = iter_member_log_probs(teacher_models, frame_set, cfg.temperature, cfg.batch_size)
-    for start, member_lp in tqdm(batches, total=-(-n // cfg.batch_size), desc=f"soft targets T={cfg.temperature:g}",
-                                 unit="batch", leave=False, disable=n <= cfg.batch_size):
-        ind, p, mass = top_k_targets(combine_log_probs(member_lp, cfg.combine), k)
-        end = start + ind.shape[0]
-        soft.indices[start:end] = ind.to(soft.indices.dtype).cpu()
-        soft.probs[start:end] = p.half().cpu()
-        soft.mass_kept[start:end] = mass.half().cpu()
-    logger.info("soft targets: %d frames, T=%g, k=%d, mean mass kept %.4f, %.0f B/frame",
-                soft.num_frames, soft.temperature, soft.k, float(soft.mass_kept.float().mean()), soft.bytes_per_frame)
-    return soft
+    out = {float(t): SoftTargets(torch.empty(n, k, dtype=index_dtype(num_classes)),
+                                 torch.empty(n, k, dtype=torch.float16), torch.empty(n, dtype=torch.float16),
+                                 float(t), int(num_classes), teacher=describe_teacher(len(teacher_models), cfg.combine))
+           for t in temperatures}
+    batches = iter_member_logits(teacher_models, frame_set, cfg.batch_size)
+    desc = f"soft targets T={','.join(f'{t:g}' for t in out)}"
+    for start, logits in tqdm(batches, total=-(-n // cfg.batch_size), desc=desc, unit="batch", leave=False,
+                              disable=n <= cfg.batch_size):
+        for t, soft in out.items():
+            ind, p, mass = top_k_targets(combine_log_probs(torch.log_softmax(logits / t, dim=-1), cfg.combine), k)
+            end = start + ind.shape[0]
+            soft.indices[start:end] = ind.to(soft.indices.dtype).cpu()
+            soft.probs[start:end] = p.half().cpu()
+            soft.mass_kept[start:end] = mass.half().cpu()
+    for soft in out.values():
+        logger.info("soft targets: %d frames, T=%g, k=%d, mean mass kept %.4f, %.0f B/frame", soft.num_frames,
+                    soft.temperature, soft.k, float(soft.mass_kept.float().mean()), soft.bytes_per_frame)
+    return out
 
 
 def describe_teacher(num_members: int, combine: str) -> str:

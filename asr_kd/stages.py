@@ -25,7 +25,8 @@ from asr_kd.distill import run_small_data
 from asr_kd.ensemble import evaluate_ensemble, train_ensemble
 from asr_kd.frames import FrameSet, load_frameset
 from asr_kd.priors import log_priors
-from asr_kd.soft_targets import SoftTargetConfig, SoftTargets, compute_soft_targets
+from asr_kd.runner import sync_ranks
+from asr_kd.soft_targets import SoftTargets, compute_soft_targets_at
 from asr_kd.systems import System, frame_accuracies, split_by_utterance
 from asr_kd.train import load_model, train
 from asr_kd.workspace import SPLITS, Workspace
@@ -232,6 +233,7 @@ def stage_ensemble(cfg: DictConfig, ws: Workspace) -> dict:
     train_set, dev_set = _frameset(ws, "train", device, cfg), _frameset(ws, "dev", device, cfg)
     train_ensemble(obj(cfg.model), obj(cfg.train), obj(cfg.ensemble), train_set, dev_set, ws.dnn("ensemble"),
                    _num_pdfs(ws))
+    sync_ranks()  # under torchrun each rank trained its share of the members; evaluate once all are there
     sets = {split: _frameset(ws, split, device, cfg) for split in ("dev", "test")}
     members = evaluate_ensemble([p.parent for p in _member_paths(ws)], sets, cfg.ensemble.combine)
     acc = _evaluate(cfg, ws, System("ensemble", _member_paths(ws), cfg.ensemble.combine), device)
@@ -250,10 +252,8 @@ def stage_soft_targets(cfg: DictConfig, ws: Workspace) -> dict:
     train_set = _frameset(ws, "train", device, cfg)
     teachers = [load_model(p, device=device) for p in _member_paths(ws)]
     summary = {}
-    for temperature in cfg.distill.temperatures_sweep:
-        st_cfg: SoftTargetConfig = obj(cfg.soft_targets)
-        st_cfg.temperature = float(temperature)
-        soft = compute_soft_targets(teachers, train_set, st_cfg)
+    sweep = compute_soft_targets_at(teachers, train_set, obj(cfg.soft_targets), cfg.distill.temperatures_sweep)
+    for temperature, soft in sweep.items():
         soft.save(ws.soft_targets(_soft_name("ensemble", temperature)))
         summary[f"T={temperature:g}"] = {"bytes_per_frame": soft.bytes_per_frame,
                                          "mean_mass_kept": float(soft.mass_kept.float().mean())}

@@ -14,6 +14,7 @@ from asr_kd.soft_targets import (
     SoftTargetConfig,
     SoftTargets,
     compute_soft_targets,
+    compute_soft_targets_at,
     index_dtype,
     top_k_targets,
 )
@@ -181,3 +182,22 @@ def test_kaldi_posteriors_of_different_widths_are_padded(tmp_path):
     (tmp_path / "bad.ark").write_bytes(b"a \x00Bxyz")
     with pytest.raises(InputError):
         SoftTargets.read_kaldi_posteriors(tmp_path / "bad.ark", ["a"], num_classes=5, temperature=1.0)
+
+
+@pytest.mark.parametrize("combine", ["arith", "geo"])
+def test_one_teacher_pass_for_a_temperature_sweep_equals_one_pass_per_temperature(combine):
+    torch.manual_seed(3)
+    cfg = ModelConfig(hidden_layers=1, hidden_dim=8, left_context=1, right_context=1, feat_dim=4)
+    teachers = [DNN(cfg, 12).eval() for _ in range(3)]
+    fs = FrameSet.from_tensors(torch.randn(30, 4), torch.zeros(30, dtype=torch.int64), ["a", "b"], [13, 17],
+                               left=1, right=1)
+    base = SoftTargetConfig(top_k=5, combine=combine, batch_size=7)
+    sweep = compute_soft_targets_at(teachers, fs, base, [1.0, 2.0, 10.0])
+    assert sorted(sweep) == [1.0, 2.0, 10.0]
+    for t, soft in sweep.items():
+        one = compute_soft_targets(teachers, fs, SoftTargetConfig(temperature=t, top_k=5, combine=combine))
+        assert soft.temperature == t
+        assert torch.equal(soft.indices, one.indices)
+        assert torch.equal(soft.probs, one.probs) and torch.equal(soft.mass_kept, one.mass_kept)
+    # higher T keeps less mass in the top 5 (flatter targets)
+    assert sweep[10.0].mass_kept.float().mean() < sweep[1.0].mass_kept.float().mean()

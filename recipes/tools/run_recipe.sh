@@ -16,6 +16,7 @@
 set -euo pipefail
 
 recipe=$(cd "$1" && pwd); shift
+export ASR_KD_COMMAND="${ASR_KD_COMMAND:-recipes/$(basename "$recipe")/run.sh $*}"  # recorded in RESULTS.md
 stage=0
 stop_stage=100
 config=tiny
