@@ -72,13 +72,19 @@ def bare_loop_frames_per_s(model_cfg: ModelConfig, train_cfg: TrainConfig, num_c
     return steps * train_cfg.batch_size / (time.perf_counter() - t0)
 
 
-def bench_train(preset: str, batch_size: int, steps: int, num_classes: int, device_name: str) -> dict:
+def _setup(preset: str, batch_size: int, steps: int, num_classes: int, device_name: str):
+    """Model config, a 2-epoch constant-rate TrainConfig, the device, and random train/dev sets for a benchmark."""
     model_cfg = PRESETS[preset]
     train_cfg = TrainConfig(batch_size=batch_size, epochs=2, early_stopping=False, lr_schedule="constant",
                             device=device_name, progress=False)
     device = resolve_device(device_name)
     train_set = synthetic_set(model_cfg, steps * batch_size, num_classes, device)
     dev_set = synthetic_set(model_cfg, 100, num_classes, device)
+    return model_cfg, train_cfg, device, train_set, dev_set
+
+
+def bench_train(preset: str, batch_size: int, steps: int, num_classes: int, device_name: str) -> dict:
+    model_cfg, train_cfg, device, train_set, dev_set = _setup(preset, batch_size, steps, num_classes, device_name)
     with tempfile.TemporaryDirectory() as tmp:
         res = train(model_cfg, train_cfg, train_set, dev_set, Path(tmp), num_classes)
     real = res.history[-1]["frames_per_s"]
@@ -90,12 +96,7 @@ def bench_train(preset: str, batch_size: int, steps: int, num_classes: int, devi
 
 def bench_ensemble(preset: str, members: int, batch_size: int, steps: int, num_classes: int,
                    device_name: str) -> dict:
-    model_cfg = PRESETS[preset]
-    train_cfg = TrainConfig(batch_size=batch_size, epochs=2, early_stopping=False, lr_schedule="constant",
-                            device=device_name, progress=False)
-    device = resolve_device(device_name)
-    train_set = synthetic_set(model_cfg, steps * batch_size, num_classes, device)
-    dev_set = synthetic_set(model_cfg, 100, num_classes, device)
+    model_cfg, train_cfg, device, train_set, dev_set = _setup(preset, batch_size, steps, num_classes, device_name)
     out = {}
     for mode in ("sequential", "stacked"):
         with tempfile.TemporaryDirectory() as tmp:

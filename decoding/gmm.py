@@ -47,6 +47,7 @@ from decoding.hmm import (
     write_model,
 )
 from decoding.lang import Lang, load_lang
+from decoding.score import read_text
 from decoding.tree_stats import accumulate_tree_stats
 from features.atomic import atomic_write, write_text_atomic
 from features.errors import InputError
@@ -103,21 +104,6 @@ def load_gmm_feats(feats_dir: Path) -> dict[str, np.ndarray]:
     from features.extract import load_feats
 
     return {utt: add_deltas(mat) for utt, mat in load_feats(Path(feats_dir), cmvn="speaker", norm_vars=False).items()}
-
-
-def read_texts(path: Path) -> dict[str, list[str]]:
-    """Kaldi ``text``: ``<utt> <word> ...`` per line."""
-    if not path.is_file():
-        raise InputError("missing transcripts (the feature dir should carry the data dir's text)", path)
-    texts: dict[str, list[str]] = {}
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        parts = line.split()
-        if not parts:
-            continue
-        if parts[0] in texts:
-            raise InputError(f"duplicate utterance {parts[0]!r}", path, n)
-        texts[parts[0]] = parts[1:]
-    return texts
 
 
 # ----------------------------------------------------------------------------------------------- model pieces
@@ -219,7 +205,7 @@ def _write_log(out_dir: Path, history: list[dict], summary: dict) -> None:
 def _load_training_data(feats_dir: Path, lang_dir: Path, text: Path | None
                         ) -> tuple[dict[str, np.ndarray], dict[str, list[str]], Lang]:
     feats = load_gmm_feats(feats_dir)
-    texts = read_texts(Path(text) if text is not None else Path(feats_dir) / "text")
+    texts = read_text(Path(text) if text is not None else Path(feats_dir) / "text")
     if not feats:
         raise InputError("no features", Path(feats_dir) / "feats.scp")
     return feats, texts, load_lang(lang_dir)
