@@ -19,11 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from asr_kd.corpus.kaldi_dir import import_kaldi_dir
-from asr_kd.frames import FrameSet
+from asr_kd.frames import load_unaligned_frameset
 from asr_kd.priors import log_priors
 from asr_kd.stages import device_of, dnn_systems, obj, score_split, write_json
 from asr_kd.systems import split_by_utterance
@@ -32,13 +31,11 @@ from decoding.decode import DecodeResult, decode_loglikes, posteriors_to_loglike
 from decoding.gmm import gmm_loglikes, load_gmm_feats
 from decoding.score import write_text
 from features.errors import InputError
-from features.extract import load_feats, make_feats
+from features.extract import make_feats
 from features.kaldi_io import read_vector
 
 log = logging.getLogger(__name__)
 
-NO_TARGET = -1
-"""Target of every frame of an unaligned set (PyTorch's usual "ignore" marker): there is no label to compare to."""
 
 RESERVED_NAMES = frozenset({*SPLITS, "local", "lang", "lang_test", "fbank", "mfcc", "wav"})
 """Names under data/ (and exp/decode/<system>/) that belong to the experiment itself and must never be replaced."""
@@ -109,20 +106,6 @@ def decode_data_dir(cfg: DictConfig, ws: Workspace, data_dir: Path, systems: Seq
         summary[system] = _decode_system(cfg, ws, system, name, loglikes, labelled)
     write_json(ws.root / "exp" / "decode" / f"{name}.json", summary)
     return summary
-
-
-def load_unaligned_frameset(feats_dir: Path, device: str | torch.device = "cpu", left: int = 20,
-                            right: int = 5) -> FrameSet:
-    """Every utterance of a feature dir (per-speaker CMVN, as in training) as a FrameSet with no targets.
-
-    Same features and windows as :func:`asr_kd.frames.load_frameset`, but no alignment is needed: new
-    recordings have none, and decoding asks only for log-posteriors. Targets are all :data:`NO_TARGET`.
-    """
-    feats = load_feats(Path(feats_dir), cmvn="speaker", norm_vars=True)
-    utts = list(feats)
-    x = torch.from_numpy(np.concatenate([feats[u] for u in utts]).astype(np.float32, copy=False)).to(device)
-    y = torch.full((x.shape[0],), NO_TARGET, dtype=torch.int64, device=device)
-    return FrameSet.from_tensors(x, y, utts, [feats[u].shape[0] for u in utts], left=left, right=right)
 
 
 def _decode_system(cfg: DictConfig, ws: Workspace, system: str, name: str, loglikes: dict[str, np.ndarray],

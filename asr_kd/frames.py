@@ -164,3 +164,21 @@ def _scp_lines(path: Path) -> dict[str, int]:
         if line.strip():
             lines[line.split(maxsplit=1)[0]] = n
     return lines
+
+
+NO_TARGET = -1
+"""Target of every frame of an unaligned set (PyTorch's usual "ignore" marker): there is no label to compare to."""
+
+
+def load_unaligned_frameset(feats_dir: Path, device: str | torch.device = "cpu", left: int = 20,
+                            right: int = 5) -> FrameSet:
+    """Every utterance of a feature dir (per-speaker CMVN, as in training) as a FrameSet with no targets.
+
+    Same features and windows as :func:`asr_kd.frames.load_frameset`, but no alignment is needed: new
+    recordings have none, and decoding asks only for log-posteriors. Targets are all :data:`NO_TARGET`.
+    """
+    feats = load_feats(Path(feats_dir), cmvn="speaker", norm_vars=True)
+    utts = list(feats)
+    x = torch.from_numpy(np.concatenate([feats[u] for u in utts]).astype(np.float32, copy=False)).to(device)
+    y = torch.full((x.shape[0],), NO_TARGET, dtype=torch.int64, device=device)
+    return FrameSet.from_tensors(x, y, utts, [feats[u].shape[0] for u in utts], left=left, right=right)

@@ -47,8 +47,9 @@ stamp="$venv/.asr-kd-installed$extras"
 want=$(cat "$repo/pyproject.toml" | sha256sum | cut -c1-16)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "install.sh: pip install -e .$extras (torch is a large download the first time)"
-  "$venv/bin/python" -m pip install -q --upgrade pip || die "pip upgrade failed"
-  "$venv/bin/python" -m pip install -q -e "$repo$extras" || die "pip install failed; see the messages above"
+  pip_log="$venv/pip-install.log"
+  { "$venv/bin/python" -m pip install -q --upgrade pip && "$venv/bin/python" -m pip install -q -e "$repo$extras"; } \
+    >"$pip_log" 2>&1 || { tail -n 40 "$pip_log" >&2; die "pip install failed (full log: $pip_log)"; }
   echo "$want" > "$stamp"
 fi
 KALDI_ROOT=/tmp "$venv/bin/python" - <<'PY' || die "the installed packages do not import together (see above)"
