@@ -1,4 +1,4 @@
-"""Training throughput: is the real loop as fast as the network allows, and does stacking members pay?
+"""Benchmarks of the neural side: is each loop as fast as the network allows, and what does each option cost?
 
     python -m asr_kd.bench train --preset small --batch-size 256 --steps 50
         frames/s of :func:`asr_kd.train.train` (context windows gathered from a frame matrix, shuffling, metrics,
@@ -8,87 +8,108 @@
         member-frames/s of the training loop run member after member vs all members stacked (one bmm per layer).
     python -m asr_kd.bench distill
         frames/s of a distillation step with stored top-k soft targets and with the teacher run online, against a
-        baseline step, and bytes per frame of the stored format (:mod:`asr_kd.distill_bench`).
+        baseline step, the one-off teacher pass, and bytes per frame of the stored format. The question it
+        answers: does storing top-k soft targets keep the student at baseline speed, and what would running the
+        teacher on the fly cost instead?
 
-Both run the real loop twice over synthetic data (random features, random targets) and report the second
-epoch, so start-up (allocation, first-call overhead) is not counted; the bare loop gets the same warm-up.
+All of them time the real code on synthetic data (random features, random targets: speed does not depend on the
+values) after a warm-up, so start-up (allocation, first-call overhead) is not counted.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import logging
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from asr_kd.device import autocast, select_device, synchronize
+from asr_kd.distill import DistillConfig, make_online_loss, make_stored_loss
 from asr_kd.ensemble import EnsembleConfig, member_dir, train_ensemble
 from asr_kd.frames import FrameSet
 from asr_kd.model import DNN, PRESETS, ModelConfig
-from asr_kd.train import TrainConfig, resolve_device, train
+from asr_kd.soft_targets import SoftTargetConfig, SoftTargets, compute_soft_targets, index_dtype
+from asr_kd.train import LossFn, TrainConfig, train
+
+logger = logging.getLogger(__name__)
 
 
-def synthetic_set(model_cfg: ModelConfig, num_frames: int, num_classes: int, device: torch.device,
-                  utt_len: int = 300) -> FrameSet:
+def random_frame_set(model_cfg: ModelConfig, num_frames: int, num_classes: int, device: torch.device,
+                     utt_len: int = 300, seed: int = 0) -> FrameSet:
     """Random features cut into utterances of ``utt_len`` frames, uniform random targets."""
+    g = torch.Generator().manual_seed(seed)
     lengths = [utt_len] * (num_frames // utt_len) + ([num_frames % utt_len] if num_frames % utt_len else [])
-    feats = torch.randn(num_frames, model_cfg.feat_dim, device=device)
-    targets = torch.randint(0, num_classes, (num_frames,), device=device)
-    return FrameSet.from_tensors(feats, targets, [f"utt{i:06d}" for i in range(len(lengths))], lengths,
-                                 left=model_cfg.left_context, right=model_cfg.right_context)
+    feats = torch.randn(num_frames, model_cfg.feat_dim, generator=g)
+    targets = torch.randint(0, num_classes, (num_frames,), generator=g)
+    return FrameSet.from_tensors(feats.to(device), targets.to(device), [f"utt{i:06d}" for i in range(len(lengths))],
+                                 lengths, left=model_cfg.left_context, right=model_cfg.right_context)
 
 
-def bare_loop_frames_per_s(model_cfg: ModelConfig, train_cfg: TrainConfig, num_classes: int, steps: int,
-                           device: torch.device) -> float:
-    """Forward, loss, backward and optimizer step on one pre-made batch, nothing else."""
-    torch.manual_seed(0)
-    model = DNN(model_cfg, num_classes).to(device)
-    fused = {"fused": True} if device.type == "cuda" else {}
-    opt = torch.optim.Adam(model.parameters(), lr=train_cfg.lr, **fused) if train_cfg.optimizer.startswith("adam") \
-        else torch.optim.SGD(model.parameters(), lr=train_cfg.lr, momentum=train_cfg.momentum, **fused)
-    x = torch.randn(train_cfg.batch_size, model_cfg.input_dim, device=device)
-    y = torch.randint(0, num_classes, (train_cfg.batch_size,), device=device)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=train_cfg.bf16 and device.type == "cuda")
+def time_steps(model: DNN, frame_set: FrameSet, loss_fn: LossFn | None, batch_size: int, steps: int,
+               device: torch.device, warmup_steps: int = 3, fixed_batch: bool = False, bf16: bool = True,
+               seed: int = 0) -> float:
+    """Training frames/s of one model's full step: (gather,) forward, loss, backward, Adam update.
+
+    ``fixed_batch`` times the bare step on one pre-made batch (no window gathering: what the network alone
+    allows); otherwise every step draws random frames from ``frame_set`` and gathers their windows. A fresh
+    optimizer per call: Adam's state is allocated at its first step, inside the warm-up.
+    """
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4, **({"fused": True} if device.type == "cuda" else {}))
+    g = torch.Generator(device=frame_set.device).manual_seed(seed)
+    fixed = torch.randint(0, frame_set.num_frames, (batch_size,), generator=g, device=frame_set.device)
+    x_fixed = frame_set.windows(fixed).to(device, torch.float32)
+    model.train()
 
     def step() -> None:
-        with autocast:
+        idx = fixed if fixed_batch else torch.randint(0, frame_set.num_frames, (batch_size,), generator=g,
+                                                     device=frame_set.device)
+        x = x_fixed if fixed_batch else frame_set.windows(idx).to(device, torch.float32)
+        y = frame_set.targets[idx].to(device)
+        with autocast(device, bf16):
             logits = model(x)
-        loss = F.cross_entropy(logits.float(), y)
+        loss = F.cross_entropy(logits.float(), y) if loss_fn is None else loss_fn(logits, idx, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
 
-    for _ in range(3):
+    for _ in range(warmup_steps):
         step()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    synchronize(device)
     t0 = time.perf_counter()
     for _ in range(steps):
         step()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return steps * train_cfg.batch_size / (time.perf_counter() - t0)
+    synchronize(device)
+    return steps * batch_size / (time.perf_counter() - t0)
 
 
+# ----------------------------------------------------------------------------------------------- train, ensemble
 def _setup(preset: str, batch_size: int, steps: int, num_classes: int, device_name: str):
     """Model config, a 2-epoch constant-rate TrainConfig, the device, and random train/dev sets for a benchmark."""
     model_cfg = PRESETS[preset]
     train_cfg = TrainConfig(batch_size=batch_size, epochs=2, early_stopping=False, lr_schedule="constant",
-                            device=device_name, progress=False)
-    device = resolve_device(device_name)
-    train_set = synthetic_set(model_cfg, steps * batch_size, num_classes, device)
-    dev_set = synthetic_set(model_cfg, 100, num_classes, device)
+                            progress=False)
+    device = select_device(device_name)
+    train_set = random_frame_set(model_cfg, steps * batch_size, num_classes, device)
+    dev_set = random_frame_set(model_cfg, 100, num_classes, device)
     return model_cfg, train_cfg, device, train_set, dev_set
 
 
 def bench_train(preset: str, batch_size: int, steps: int, num_classes: int, device_name: str) -> dict:
+    """The real training loop's frames/s (its second epoch) against the bare step on one pre-made batch."""
     model_cfg, train_cfg, device, train_set, dev_set = _setup(preset, batch_size, steps, num_classes, device_name)
     with tempfile.TemporaryDirectory() as tmp:
-        res = train(model_cfg, train_cfg, train_set, dev_set, Path(tmp), num_classes)
+        res = train(model_cfg, train_cfg, train_set, dev_set, Path(tmp), num_classes, device=device)
     real = res.history[-1]["frames_per_s"]
-    bare = bare_loop_frames_per_s(model_cfg, train_cfg, num_classes, steps, device)
+    torch.manual_seed(0)
+    bare = time_steps(DNN(model_cfg, num_classes).to(device), train_set, None, batch_size, steps, device,
+                      fixed_batch=True, bf16=train_cfg.bf16)
     return {"bench": "train", "preset": preset, "batch_size": batch_size, "steps": steps, "classes": num_classes,
             "device": str(device), "threads": torch.get_num_threads(), "real_frames_per_s": round(real),
             "bare_frames_per_s": round(bare), "real_over_bare": round(real / bare, 3)}
@@ -96,12 +117,13 @@ def bench_train(preset: str, batch_size: int, steps: int, num_classes: int, devi
 
 def bench_ensemble(preset: str, members: int, batch_size: int, steps: int, num_classes: int,
                    device_name: str) -> dict:
+    """Member-frames/s of members trained one after another vs stacked into one module (second epoch)."""
     model_cfg, train_cfg, device, train_set, dev_set = _setup(preset, batch_size, steps, num_classes, device_name)
     out = {}
     for mode in ("sequential", "stacked"):
         with tempfile.TemporaryDirectory() as tmp:
             dirs = train_ensemble(model_cfg, train_cfg, EnsembleConfig(num_members=members, mode=mode),
-                                  train_set, dev_set, Path(tmp), num_classes)
+                                  train_set, dev_set, Path(tmp), num_classes, device)
             seconds = [json.loads((member_dir(Path(tmp), m) / "metrics.json").read_text())["epochs"][-1]["seconds"]
                        for m in range(len(dirs))]
         # sequential members run one after another (add their times); stacked ones share one epoch
@@ -111,6 +133,117 @@ def bench_ensemble(preset: str, members: int, batch_size: int, steps: int, num_c
             "classes": num_classes, "device": str(device), "threads": torch.get_num_threads(), **out,
             "stacked_over_sequential": round(out["stacked_member_frames_per_s"]
                                              / out["sequential_member_frames_per_s"], 3)}
+
+
+# -------------------------------------------------------------------------------------------------------- distill
+@dataclass
+class DistillBenchConfig:
+    """Sizes of the benchmark; the defaults are the prototype's CPU setting (4x512 -> 860 states, 10 members)."""
+
+    preset: str = "small"
+    num_classes: int = 860
+    members: int = 10
+    batch_size: int = 256
+    steps: int = 30
+    warmup_steps: int = 5
+    rounds: int = 3
+    top_k: int = 20
+    temperature: float = 2.0
+    num_frames: int = 20_000
+    storage_k: tuple[int | None, ...] = (5, 20, None)
+    storage_classes: tuple[int, ...] = (860, 14_000)
+    device: str = "auto"
+    threads: int | None = 1
+    seed: int = 0
+
+
+def storage_table(cfg: DistillBenchConfig) -> list[dict]:
+    """Bytes per frame of stored soft targets (in memory and on disk) for each (classes, k)."""
+    rows = []
+    n = 1000
+    for c in cfg.storage_classes:
+        for k in cfg.storage_k:
+            kk = c if k is None else k
+            soft = SoftTargets(torch.zeros(n, kk, dtype=index_dtype(c)), torch.zeros(n, kk, dtype=torch.float16),
+                               torch.ones(n, dtype=torch.float16), cfg.temperature, c)
+            with tempfile.TemporaryDirectory() as tmp:
+                soft.save(Path(tmp) / "st")
+                on_disk = sum(f.stat().st_size for f in (Path(tmp) / "st").glob("*.npy")) / n
+            rows.append({"classes": c, "k": "all" if k is None else k, "bytes_per_frame": soft.bytes_per_frame,
+                         "npy_bytes_per_frame": round(on_disk, 1), "dense_fp32_bytes_per_frame": 4 * c})
+    return rows
+
+
+def bench_distill(cfg: DistillBenchConfig | None = None) -> dict:
+    """Frames/s of baseline, stored-target and online distillation steps, teacher-pass speed, storage sizes."""
+    cfg = cfg or DistillBenchConfig()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = select_device(cfg.device)
+    model_cfg = PRESETS[cfg.preset]
+    train_set = random_frame_set(model_cfg, cfg.num_frames, cfg.num_classes, device, seed=cfg.seed)
+    torch.manual_seed(cfg.seed)
+    teachers = [DNN(model_cfg, cfg.num_classes).to(device).eval() for _ in range(cfg.members)]
+    dcfg = DistillConfig(temperature=cfg.temperature, top_k=cfg.top_k)
+
+    t0 = time.perf_counter()
+    soft = compute_soft_targets(teachers, train_set, SoftTargetConfig(cfg.temperature, cfg.top_k,
+                                                                      batch_size=max(cfg.batch_size, 1024)))
+    synchronize(device)
+    teacher_pass = train_set.num_frames / (time.perf_counter() - t0)
+
+    modes: dict[str, Callable[[], LossFn | None]] = {
+        "baseline": lambda: None,
+        "stored": lambda: make_stored_loss(soft, dcfg),
+        "stored_on_device": lambda: make_stored_loss(soft.to(device), dcfg),
+        "online": lambda: make_online_loss(teachers, train_set, dataclasses.replace(dcfg, mode="online")),
+    }
+    if device.type == "cpu":
+        del modes["stored_on_device"]
+    students, losses = {}, {}
+    for name, make in modes.items():
+        torch.manual_seed(cfg.seed)
+        students[name], losses[name] = DNN(model_cfg, cfg.num_classes).to(device), make()
+    # Modes take turns for several rounds and each keeps its best round: on a shared machine a burst of
+    # someone else's load then slows one round of every mode instead of all rounds of one mode.
+    speeds = dict.fromkeys(modes, 0.0)
+    for r in range(cfg.rounds):
+        for name in modes:
+            speeds[name] = max(speeds[name], time_steps(students[name], train_set, losses[name], cfg.batch_size,
+                                                        cfg.steps, device, cfg.warmup_steps, seed=cfg.seed))
+            logger.info("round %d, %s step: %.0f frames/s", r, name, speeds[name])
+    return {
+        "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
+        "threads": torch.get_num_threads(),
+        "timing": f"best of {cfg.rounds} interleaved rounds of {cfg.steps} steps",
+        "config": dataclasses.asdict(cfg),
+        "frames_per_s": {k: round(v) for k, v in speeds.items()},
+        "relative_to_baseline": {k: round(v / speeds["baseline"], 3) for k, v in speeds.items()},
+        "teacher_pass_frames_per_s": round(teacher_pass),
+        "storage": storage_table(cfg),
+    }
+
+
+def format_report(result: dict) -> str:
+    """The benchmark as a short Markdown table (for the report and the terminal)."""
+    c = result["config"]
+    title = (f"Distillation step speed: {c['preset']} student -> {c['num_classes']} classes, batch "
+             f"{c['batch_size']}, {c['members']}-member teacher, k={c['top_k']}, on {result['device']} "
+             f"({result['threads']} threads; {result['timing']})")
+    lines = [
+        title,
+        "",
+        "| step | frames/s | vs baseline |",
+        "|---|---|---|",
+    ]
+    for name, fps in result["frames_per_s"].items():
+        lines.append(f"| {name} | {fps} | {result['relative_to_baseline'][name]:.2f}x |")
+    lines += ["", f"One-off teacher pass for stored targets: {result['teacher_pass_frames_per_s']} frames/s", "",
+              "| classes | k | bytes/frame | .npy bytes/frame | dense fp32 |", "|---|---|---|---|---|"]
+    for r in result["storage"]:
+        lines.append(f"| {r['classes']} | {r['k']} | {r['bytes_per_frame']:g} | {r['npy_bytes_per_frame']} | "
+                     f"{r['dense_fp32_bytes_per_frame']} |")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -137,8 +270,6 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.what == "distill":
-        from asr_kd.distill_bench import DistillBenchConfig, bench_distill, format_report
-
         print(format_report(bench_distill(DistillBenchConfig(
             preset=args.preset, batch_size=args.batch_size, num_classes=args.classes, members=args.members,
             device=args.device, threads=args.threads))))

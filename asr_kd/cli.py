@@ -2,53 +2,71 @@
 
     python -m asr_kd.cli --config-dir recipes/synth/conf --config-name tiny stage=baseline [key=value ...]
 
-``stage=all`` runs every stage in order; ``stage=list`` prints them; ``stage=decode_data decode_data.dir=DIR``
-decodes any Kaldi data dir with the experiment's trained systems (features computed with its settings).
-The work dir (``work_dir``, default: the current directory) receives data/ and exp/; hydra's own output goes
-to exp/hydra/. This file only parses and dispatches: each stage is a function in :mod:`asr_kd.stages`.
+``stage=all`` runs every stage in order; ``stage=list`` prints them, numbered; ``stage=decode_data
+decode_data.dir=DIR`` decodes any Kaldi data dir with the experiment's trained systems (features computed with
+its settings). The work dir (``work_dir``, default: the current directory) receives data/ and exp/; hydra's own
+output goes to exp/hydra/. This file only parses and dispatches: each stage is a function in
+:mod:`asr_kd.pipeline.stages`.
+
+Bad input (a missing file, a malformed line, an OOV...) ends with one line on stderr, ``error: <file>:<line>:
+<what>``, and exit status 2; ``debug=true`` shows the traceback instead. The stage's log keeps it either way.
 """
 from __future__ import annotations
 
 import logging
 import os
+import sys
 from pathlib import Path
 
 os.environ.setdefault("KALDI_ROOT", "/tmp")  # kaldi-io prints a banner at import without it
 
-import hydra
-from omegaconf import DictConfig
+import hydra  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
 
-from asr_kd.conf.schema import register
+from asr_kd.conf.schema import register  # noqa: E402
+from asr_kd.pipeline.decode_data import decode_data_dir  # noqa: E402
+from asr_kd.pipeline.runner import run_stage  # noqa: E402
+from asr_kd.pipeline.stages import STAGES  # noqa: E402
+from asr_kd.pipeline.workspace import Workspace  # noqa: E402
+from features.errors import InputError  # noqa: E402
+
+INPUT_ERROR_STATUS = 2
 
 register()
 
 
-def _run(cfg: DictConfig) -> None:
-    from asr_kd.runner import run_stage
-    from asr_kd.stages import STAGES
-    from asr_kd.workspace import Workspace
+def stage_list() -> str:
+    """``N name  first line of the stage's docstring`` for every stage, in order (``run.sh --help``)."""
+    return "\n".join(f"{i:2d} {name:<13} {(fn.__doc__ or '').strip().splitlines()[0]}"
+                     for i, (name, fn) in enumerate(STAGES.items()))
 
+
+def _run(cfg: DictConfig) -> None:
     if cfg.stage == "list":
-        print("\n".join(f"{i:2d} {name}" for i, name in enumerate(STAGES)))
+        print(stage_list())
         return
     ws = Workspace(Path(cfg.work_dir).resolve())
     if cfg.stage == "decode_data":  # per data dir and re-runnable, so no .done marker
-        from asr_kd.decode_data import decode_data_dir
-
         if not cfg.decode_data.dir:
-            raise SystemExit("stage=decode_data needs decode_data.dir=/path/to/kaldi/data/dir")
+            raise InputError("stage=decode_data needs decode_data.dir=/path/to/kaldi/data/dir")
         decode_data_dir(cfg, ws, Path(cfg.decode_data.dir), list(cfg.decode_data.systems), cfg.decode_data.name)
         return
     names = list(STAGES) if cfg.stage == "all" else [cfg.stage]
     for name in names:
         if name not in STAGES:
-            raise SystemExit(f"unknown stage {name!r}; stages: {', '.join(STAGES)}")
+            raise InputError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}")
         run_stage(name, STAGES[name], cfg, ws, force=cfg.force)
 
 
 @hydra.main(version_base="1.3", config_path=None, config_name="asr_kd")
 def _hydra_main(cfg: DictConfig) -> None:
-    _run(cfg)
+    try:
+        _run(cfg)
+    except InputError as e:
+        if cfg.debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(INPUT_ERROR_STATUS)
 
 
 def main() -> None:

@@ -35,7 +35,8 @@ from asr_kd.soft_targets import (
     top_k_targets,
 )
 from asr_kd.subset import select_subset
-from asr_kd.train import LossFn, TrainConfig, TrainResult, frame_accuracy, load_model, train
+from asr_kd.inference import frame_accuracy, load_model
+from asr_kd.train import LossFn, TrainConfig, TrainResult, train
 from features.atomic import write_text_atomic
 
 logger = logging.getLogger(__name__)
@@ -202,6 +203,7 @@ def distill(
     teachers: Sequence[DNN] | None,
     out_dir: Path,
     num_classes: int,
+    device: str | torch.device = "auto",
 ) -> TrainResult:
     """Train a student (same shape as a member) on the distillation loss; it is evaluated at T=1 (argmax).
 
@@ -229,7 +231,7 @@ def distill(
     write_text_atomic(out_dir / "distill.json", json.dumps(objective, indent=2) + "\n")
     logger.info("distilling (%s, T=%g, hard weight %g, k=%s) into %s", dcfg.mode, dcfg.temperature,
                 dcfg.hard_weight, dcfg.top_k, out_dir)
-    return train(model_cfg, train_cfg, train_set, dev_set, out_dir, num_classes, loss_fn=loss_fn)
+    return train(model_cfg, train_cfg, train_set, dev_set, out_dir, num_classes, loss_fn=loss_fn, device=device)
 
 
 def temperature_sweep(
@@ -238,32 +240,31 @@ def temperature_sweep(
     dcfg: DistillConfig,
     train_set: FrameSet,
     dev_set: FrameSet,
-    teachers: Sequence[DNN],
+    soft_targets: Mapping[float, SoftTargets],
     out_dir: Path,
     num_classes: int,
-    combine: str = "arith",
+    device: str | torch.device = "auto",
 ) -> dict:
-    """Distil one student per temperature in ``dcfg.temperatures_sweep`` with stored targets; dev accuracy (%) per T.
+    """Distil one student per temperature of ``soft_targets`` (stored targets at that T); choose T on dev.
 
-    Soft targets of each T are kept under ``out_dir/soft_T<T>`` and students under ``out_dir/T<T>``, so an
-    interrupted sweep resumes (targets are reused, students resume from their checkpoints). Writes sweep.json.
+    Students go to ``out_dir/T<T>`` and resume from their checkpoints, so an interrupted sweep continues where it
+    stopped. The temperature with the best dev frame accuracy is ``best_temperature`` (the test set never chooses).
+    Writes and returns ``out_dir/sweep.json``: per temperature the dev frame accuracy (%), epochs run, the student
+    dir and the teacher mass the stored top-k held.
     """
     out_dir = Path(out_dir)
+    if not soft_targets:
+        raise ValueError("a temperature sweep needs soft targets for at least one temperature")
     results: dict[str, dict] = {}
-    for t in dcfg.temperatures_sweep:
-        tag = f"T{t:g}"
-        soft_dir = out_dir / f"soft_{tag}"
-        if (soft_dir / "meta.json").exists():
-            soft = SoftTargets.load(soft_dir)
-        else:
-            st_cfg = SoftTargetConfig(temperature=t, top_k=dcfg.top_k, combine=combine)
-            soft = compute_soft_targets(teachers, train_set, st_cfg)
-            soft.save(soft_dir)
-        res = distill(model_cfg, train_cfg, dataclasses.replace(dcfg, temperature=t, mode="stored"),
-                      train_set, dev_set, soft, None, out_dir / tag, num_classes)
+    for t in sorted(soft_targets):
+        soft = soft_targets[t]
+        tag = f"{t:g}"
+        res = distill(model_cfg, train_cfg, dataclasses.replace(dcfg, temperature=float(t), mode="stored"),
+                      train_set, dev_set, soft, None, out_dir / f"T{tag}", num_classes, device)
         acc = 100.0 * frame_accuracy(load_model(res.model_path, dev_set.device), dev_set)
-        results[f"{t:g}"] = {"dev_frame_accuracy": round(acc, 2), "epochs_run": res.epochs_run,
-                             "mean_mass_kept": round(float(soft.mass_kept.float().mean()), 4)}
+        results[tag] = {"dev_frame_accuracy": round(acc, 2), "epochs_run": res.epochs_run,
+                        "student_dir": str(res.model_path.parent),
+                        "mean_mass_kept": round(float(soft.mass_kept.float().mean()), 4)}
         logger.info("T=%g: dev frame accuracy %.2f%%", t, acc)
     best = max(results, key=lambda k: results[k]["dev_frame_accuracy"])
     summary = {"hard_weight": dcfg.hard_weight, "top_k": dcfg.top_k, "tail": dcfg.tail, "per_temperature": results,
@@ -351,7 +352,7 @@ def run_small_data(
     small_cfg = dataclasses.replace(train_cfg, epochs=scfg.epochs, lr_schedule=scfg.lr_schedule,
                                     batch_size=scfg.batch_size, patience=scfg.patience)
     hard_cfg = dataclasses.replace(small_cfg, early_stopping=scfg.hard_early_stopping)
-    hard = train(model_cfg, hard_cfg, small, dev_set, out_dir / "small_hard", num_classes)
+    hard = train(model_cfg, hard_cfg, small, dev_set, out_dir / "small_hard", num_classes, device=device)
     systems["small_hard"] = accuracies(load_model(hard.model_path, device), small)
     soft_cfg = dataclasses.replace(small_cfg, early_stopping=scfg.soft_early_stopping)
     for i, name in enumerate(scfg.teacher_names()):
@@ -361,7 +362,7 @@ def run_small_data(
         soft = compute_soft_targets(_as_models(teachers[name], device), small, st_cfg)
         system = "small_soft" if i == 0 else f"small_soft_{name}"
         res = distill(model_cfg, soft_cfg, dataclasses.replace(dcfg, mode="stored"), small, dev_set, soft, None,
-                      out_dir / system, num_classes)
+                      out_dir / system, num_classes, device)
         systems[system] = {"teacher": name, **accuracies(load_model(res.model_path, device), small)}
     summary = {
         "fraction_percent": round(100 * scfg.fraction, 3), "seed": scfg.seed, "num_utts": len(subset_ids),

@@ -10,7 +10,8 @@ Two ways to train them, chosen by :class:`EnsembleConfig` ``mode``:
   each member its own shuffled batch, learning rate and early stopping). With dropout 0 a stacked member follows
   the same trajectory as its sequential twin (same init, same batches, per-member newbob rates; only float
   rounding of bmm vs mm differs, tested in tests/test_ensemble.py). It pays on a GPU when one member's batch is
-  too small to fill it (x1.7-2.4 at 1024 frames per member on an H100, ~x1 at 4096; notes/gpu-figures.md).
+  too small to fill it (x1.7-2.4 at 1024 frames per member measured on an H100, ~x1 at 4096; re-measure with
+  ``python -m asr_kd.bench ensemble`` on your device).
   The group checkpoint is out_dir/stacked_<members>.pt, removed once the members' model.pt are written.
 * ``auto``: stacked on CUDA when the per-member batch is at most 2048 frames, sequential otherwise. On this
   2-core CPU stacking does not pay: ten ``small`` members, batch 256, 2000 outputs, one thread trained at 2870
@@ -32,14 +33,15 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from asr_kd.device import launch_env, select_device
 from asr_kd.frames import FrameSet
+from asr_kd.inference import load_model
 from asr_kd.model import DNN, ModelConfig, StackedDNN
 from asr_kd.train import (
     TrainConfig,
@@ -47,9 +49,7 @@ from asr_kd.train import (
     build_members,
     check_targets,
     fit,
-    load_model,
     on_device,
-    resolve_device,
     train_one,
     write_member_outputs,
 )
@@ -104,16 +104,19 @@ def train_ensemble(
     dev_set: FrameSet,
     out_dir: Path,
     num_classes: int,
+    device: str | torch.device = "auto",
 ) -> list[Path]:
     """Train this rank's unfinished members into out_dir/memberNN/ (model.pt, metrics.json); return all member dirs.
 
-    ``train_cfg.seed`` is ignored: member m uses ``ens_cfg.base_seed + m``.
+    ``train_cfg.seed`` is ignored: member m uses ``ens_cfg.base_seed + m``. Under torchrun each rank trains its
+    share of the members on its own device, without communication (:func:`members_for_rank`).
     """
     out_dir = Path(out_dir)
     if train_cfg.num_threads:
         torch.set_num_threads(train_cfg.num_threads)
-    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-    device = resolve_device(train_cfg.device)
+    env = launch_env()
+    rank, world = env.rank, env.world
+    device = select_device(str(device))
     mine = [m for m in members_for_rank(ens_cfg.num_members, rank, world)
             if not (member_dir(out_dir, m) / "model.pt").exists()]
     mode = _resolve_mode(ens_cfg, train_cfg, device)
@@ -159,7 +162,6 @@ def combine_log_probs(member_log_probs: torch.Tensor, combine: str = "arith") ->
     raise ValueError(f"combine must be one of {COMBINES}, got {combine!r}")
 
 
-@torch.no_grad()
 @torch.no_grad()
 def iter_member_logits(models: Sequence[DNN], frame_set: FrameSet,
                        batch_size: int = 4096) -> Iterator[tuple[int, torch.Tensor]]:

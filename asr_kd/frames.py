@@ -20,6 +20,7 @@ from features.context import ContextWindows
 from features.errors import InputError
 from features.extract import load_feats
 from features.kaldi_io import load_vec_int_scp
+from features.tables import read_table
 
 logger = logging.getLogger(__name__)
 
@@ -151,19 +152,13 @@ def load_frameset(
 
 
 def _read_failed(path: Path) -> set[str]:
-    """Utterance ids from failed.txt (first field of each line; a missing file means none failed)."""
-    if not path.exists():
-        return set()
-    return {line.split()[0] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()}
+    """Utterance ids listed in failed.txt, with or without a reason (a missing file means none failed)."""
+    return {key for key, _ in read_table(path, allow_empty_value=True)} if path.exists() else set()
 
 
 def _scp_lines(path: Path) -> dict[str, int]:
     """1-based line number of every key in an scp file, so errors can point at the line."""
-    lines = {}
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if line.strip():
-            lines[line.split(maxsplit=1)[0]] = n
-    return lines
+    return {key: n for n, (key, _) in enumerate(read_table(path, require_sorted=False), start=1)}
 
 
 NO_TARGET = -1

@@ -1,7 +1,7 @@
 """Soft targets: a teacher's tempered posteriors, kept sparse (top-k per frame) and stored once.
 
-Why stored and sparse: running a 10-model teacher inside every student step costs ~5x the student's own step
-(see the GPU notes), while its posteriors at a given temperature never change. Computing them once and keeping
+Why stored and sparse: running a 10-model teacher inside every student step costs several times the student's own
+step (``python -m asr_kd.bench distill`` measures it), while its posteriors at a given temperature never change. Computing them once and keeping
 the k most probable classes per frame makes distillation run at baseline speed; with 14k classes a dense fp32
 row is 56 KB per frame, the top-20 (int16 index + fp16 probability) 80 B, plus 2 B for ``mass_kept``.
 

@@ -14,7 +14,7 @@ import torch
 
 from asr_kd.ensemble import ensemble_log_posteriors
 from asr_kd.frames import FrameSet
-from asr_kd.train import load_model, log_posteriors
+from asr_kd.inference import load_model, log_posteriors
 
 
 @dataclass

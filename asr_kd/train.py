@@ -6,10 +6,16 @@ rate and early stopping) and torchrun (the same :func:`train` under DistributedD
 
 Design decisions:
 
+* The loop is split the way icefall's ``train.py`` is: :func:`compute_loss` (one step's per-member losses),
+  :func:`train_one_epoch`, :func:`compute_validation_loss` (dev cross-entropy and frame accuracy),
+  :func:`save_checkpoint` / :func:`load_checkpoint`, and :func:`fit`, which only strings them together and
+  applies the stopping rules of :class:`MemberState`. Inference and ``model.pt`` I/O live in
+  :mod:`asr_kd.inference`, device and rank decisions in :mod:`asr_kd.device`.
 * Frames are shuffled across utterances by a permutation drawn per epoch from a ``torch.Generator`` seeded with
   (seed, epoch), generated on the training device; nothing in a training step waits for the host (no ``.item()``,
-  metrics accumulate in device tensors and are read once per epoch), and on CUDA the step runs under bf16
-  autocast with the loss in float32.
+  metrics accumulate in device tensors and are read once per epoch). The forward pass runs under bf16 autocast
+  where the device computes bf16 natively (CUDA, CPUs with AVX512-BF16 or AMX; :func:`asr_kd.device.bf16_native`),
+  with the loss in float32; elsewhere it runs in float32.
 * A checkpoint is written atomically after every epoch (model, optimizer, learning-rate state, early-stopping
   state, best weights, history, RNG states). Because batch order depends only on (seed, epoch), a run killed at
   any point and resumed ends with the same weights as an uninterrupted run.
@@ -30,7 +36,8 @@ Design decisions:
 
       torchrun --standalone --nproc-per-node=<gpus> <script or -m module that calls train(...)>
 
-  (gloo on CPU, nccl on GPU, device ``cuda:LOCAL_RANK``; every rank loads the FrameSet onto its own GPU).
+  (gloo on CPU, nccl on GPU, device ``cuda:LOCAL_RANK`` chosen by :func:`asr_kd.device.select_device`; every rank
+  loads the FrameSet onto its own GPU).
 
 Recipe search (dev frame accuracy, ``small`` preset 4x512, max 12 epochs, patience 2, one CPU thread). Data:
 synth_small (0.19 h train = 67k frames, 40 dev utterances, 14 voices), fbank with per-speaker CMVN, targets the
@@ -62,19 +69,19 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from asr_kd.device import DistContext, autocast, dist_context, select_device, synchronize
 from asr_kd.frames import FrameSet
+from asr_kd.inference import save_model
 from asr_kd.model import DNN, ModelConfig, StackedDNN
 from features.atomic import atomic_write, write_text_atomic
 
@@ -87,13 +94,17 @@ The loss must be the MEAN over the B frames of a per-frame loss: data-parallel t
 the global batch each rank holds. Logits may be bf16 under autocast; cast to float32 before a softmax.
 """
 
+EpochCallback = Callable[[int, list[dict]], None]
+"""Called after each epoch's checkpoint with (epoch, the epoch's metrics row of every member)."""
+
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "newbob", "cosine")
 
 
 @dataclass
 class TrainConfig:
-    """How to train one model (and every ensemble member)."""
+    """How to train one model (and every ensemble member). Where it runs is not part of it: the device is chosen
+    once per process (:func:`asr_kd.device.select_device`) and passed to :func:`train`."""
 
     optimizer: str = "adam"
     lr: float = 1e-3
@@ -110,8 +121,7 @@ class TrainConfig:
     newbob_factor: float = 0.5
     newbob_metric: str = "acc"
     seed: int = 0
-    device: str = "auto"
-    bf16: bool = True
+    bf16: bool = True  # bf16 autocast where the device computes bf16 natively (asr_kd.device.bf16_native)
     num_threads: int | None = None
     eval_batch_size: int = 4096
     progress: bool = True
@@ -127,6 +137,10 @@ class TrainConfig:
             raise ValueError("batch_size, epochs and patience must be positive")
 
 
+_RUNTIME_FIELDS = {"num_threads", "progress", "eval_batch_size"}
+"""TrainConfig fields that may change between a run and its resumption without changing the result."""
+
+
 @dataclass
 class TrainResult:
     """Where the model went and how training went (``history`` holds the per-epoch rows of metrics.json)."""
@@ -137,47 +151,6 @@ class TrainResult:
     best_dev_acc: float
     epochs_run: int
     history: list[dict] = field(default_factory=list)
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> this rank's GPU if there is one, else the CPU."""
-    if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return torch.device("cpu")
-
-
-# ----------------------------------------------------------------------------------------------------- distributed
-@dataclass(frozen=True)
-class DistContext:
-    """This process's place in a torchrun job (rank 0 of 1 when not launched by torchrun)."""
-
-    rank: int = 0
-    world: int = 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            dist.barrier()
-
-    def all_reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
-        if self.world > 1:
-            dist.all_reduce(t, op=dist.ReduceOp.SUM)
-        return t
-
-
-def init_distributed(device: torch.device) -> DistContext:
-    """Join the torchrun process group (gloo on CPU, nccl on GPU) if WORLD_SIZE > 1; a no-op otherwise."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return DistContext()
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return DistContext(dist.get_rank(), dist.get_world_size())
 
 
 # ------------------------------------------------------------------------------------------- members being trained
@@ -274,11 +247,32 @@ class MemberState:
         return dev_acc - self.prev_dev_acc
 
 
-# ------------------------------------------------------------------------------------------------------ evaluation
+# --------------------------------------------------------------------------------------------------------- losses
+def compute_loss(trainee: Trainee, train_set: FrameSet, idx: torch.Tensor, device: torch.device,
+                 loss_fn: LossFn | None, bf16: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One step's forward pass: (mean loss of each member over its batch [M], logits [M, b, C], targets [M, b]).
+
+    ``idx`` [M, b] holds each member's global frame indices. The loss is cross-entropy on the hard targets unless
+    ``loss_fn`` (the distillation objective) is given; it is computed in float32 whatever autocast did.
+    """
+    M, b = idx.shape
+    x = train_set.windows(idx.reshape(-1)).to(device, non_blocking=True).view(M, b, -1)
+    y = train_set.targets[idx].to(device, non_blocking=True)
+    with autocast(device, bf16):
+        logits = trainee(x)
+    if b == 0:  # a rank with no share of a tiny last batch still joins DDP's gradient all-reduce
+        return logits.float().sum((1, 2)) * 0.0, logits, y
+    if loss_fn is None:
+        ce = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="none")
+        return ce.view(M, b).mean(1), logits, y
+    return torch.stack([loss_fn(logits[m], idx[m], y[m]) for m in range(M)]), logits, y
+
+
 @torch.no_grad()
-def evaluate(trainee: Trainee, frame_set: FrameSet, batch_size: int, device: torch.device,
-             dist_ctx: DistContext = DistContext()) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-member dev cross-entropy and frame accuracy ([M] each, CPU); ranks share the frames and all-reduce."""
+def compute_validation_loss(trainee: Trainee, frame_set: FrameSet, batch_size: int, device: torch.device,
+                            dist_ctx: DistContext = DistContext()) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-member dev cross-entropy and frame accuracy ([M] each, CPU, float32 forward); ranks share the frames
+    and all-reduce."""
     was_training = trainee.module.training
     trainee.module.eval()
     n = frame_set.num_frames
@@ -300,16 +294,82 @@ def evaluate(trainee: Trainee, frame_set: FrameSet, batch_size: int, device: tor
     return sums[0].float(), sums[1].float()
 
 
-# ------------------------------------------------------------------------------------------------------- the loop
+# ------------------------------------------------------------------------------------------------------ one epoch
 def _epoch_seed(seed: int, epoch: int) -> int:
     """Seed of the batch order of one member in one epoch: depends on nothing else, which makes resume exact."""
     return (seed * 1_000_003 + epoch) % (2**63)
 
 
-_RUNTIME_FIELDS = {"device", "num_threads", "progress", "eval_batch_size"}
-"""TrainConfig fields that may change between a run and its resumption without changing the result."""
+@dataclass
+class EpochStats:
+    """What one epoch of training measured, per member: mean train loss and accuracy, and the time it took."""
+
+    train_loss: torch.Tensor  # [M]
+    train_acc: torch.Tensor  # [M]
+    frames: torch.Tensor  # [M] frames this process (all ranks together) trained on
+    seconds: float
 
 
+def train_one_epoch(trainee: Trainee, optimizer: torch.optim.Optimizer, train_cfg: TrainConfig, train_set: FrameSet,
+                    seeds: Sequence[int], lr_factors: Sequence[float], epoch: int, device: torch.device,
+                    loss_fn: LossFn | None = None, dist_ctx: DistContext = DistContext(),
+                    desc: str = "train") -> EpochStats:
+    """One pass over ``train_set`` for every member, each in its own shuffled order, at its own learning rate.
+
+    ``lr_factors[m]`` is member m's newbob factor (0 freezes a stopped member). Optimizer updates are linear in the
+    rate, so the optimizer runs at the largest member rate and each member's parameter change is scaled by its
+    share. Under DDP each rank takes a contiguous 1/world share of every global batch and scales its loss so that
+    the all-reduced gradient is the gradient of the mean loss over the global batch.
+    """
+    M = trainee.num_members
+    params = list(trainee.module.parameters())
+    n, bsz = train_set.num_frames, train_cfg.batch_size
+    steps_per_epoch = math.ceil(n / bsz)
+    total_steps = steps_per_epoch * train_cfg.epochs
+    factors = torch.tensor([float(f) for f in lr_factors])
+    ref = float(factors.max())
+    share = (factors / ref).to(device).view(M, 1, 1)
+    scale_members = bool((factors / ref != 1.0).any())
+    gens = [torch.Generator(device=train_set.device).manual_seed(_epoch_seed(s, epoch)) for s in seeds]
+    perms = torch.stack([torch.randperm(n, generator=g, device=train_set.device) for g in gens])
+    sums = torch.zeros(3, M, dtype=torch.float64, device=device)  # loss, correct, frames
+    trainee.module.train()
+    synchronize(device)
+    t0 = time.perf_counter()
+    bar = tqdm(range(steps_per_epoch), desc=f"{desc} epoch {epoch}", unit="batch", leave=False,
+               disable=not (train_cfg.progress and dist_ctx.is_main))
+    for k in bar:
+        step = (epoch - 1) * steps_per_epoch + k
+        for group in optimizer.param_groups:
+            group["lr"] = base_lr(train_cfg, step, total_steps) * ref
+        idx = perms[:, k * bsz:(k + 1) * bsz]
+        global_b = idx.shape[1]
+        idx = idx.tensor_split(dist_ctx.world, dim=1)[dist_ctx.rank]
+        b = idx.shape[1]
+        loss_terms, logits, y = compute_loss(trainee, train_set, idx, device, loss_fn, train_cfg.bf16)
+        rank_scale = dist_ctx.world * b / global_b if dist_ctx.world > 1 else 1.0
+        optimizer.zero_grad(set_to_none=True)
+        (loss_terms.sum() * rank_scale).backward()
+        if scale_members:
+            before = [p.detach().clone() for p in params]
+            optimizer.step()
+            with torch.no_grad():
+                for p, old in zip(params, before):
+                    p.copy_(torch.lerp(old, p, share))
+        else:
+            optimizer.step()
+        with torch.no_grad():
+            sums[0] += loss_terms.detach().double() * b
+            sums[1] += (logits.detach().argmax(-1) == y).sum(1).double()
+            sums[2] += b
+    bar.close()
+    dist_ctx.all_reduce_sum(sums)
+    synchronize(device)
+    sums = sums.cpu()
+    return EpochStats(sums[0] / sums[2], sums[1] / sums[2], sums[2], time.perf_counter() - t0)
+
+
+# ----------------------------------------------------------------------------------------------------- checkpoints
 def _make_optimizer(cfg: TrainConfig, params: list[nn.Parameter], device: torch.device) -> torch.optim.Optimizer:
     fused = {"fused": True} if device.type == "cuda" else {}
     if cfg.optimizer == "sgd":
@@ -319,23 +379,55 @@ def _make_optimizer(cfg: TrainConfig, params: list[nn.Parameter], device: torch.
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **fused)
 
 
-def _rng_state(device: torch.device) -> dict:
-    state = {"torch": torch.get_rng_state()}
+@dataclass
+class Progress:
+    """Everything :func:`fit` carries from one epoch to the next (what a checkpoint restores)."""
+
+    epoch: int
+    states: list[MemberState]
+    best: list[dict[str, torch.Tensor] | None]
+
+
+def save_checkpoint(path: Path, trainee: Trainee, optimizer: torch.optim.Optimizer, progress: Progress,
+                    seeds: Sequence[int], train_cfg: TrainConfig, device: torch.device) -> None:
+    """Write model, optimizer, member states, best weights, RNG states and settings atomically (rank 0 only)."""
+    rng = {"torch": torch.get_rng_state()}
     if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
+        rng["cuda"] = torch.cuda.get_rng_state(device)
+    ckpt = {
+        "epoch": progress.epoch,
+        "model": trainee.module.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "members": [dataclasses.asdict(s) for s in progress.states],
+        "best": progress.best,
+        "rng": rng,
+        "seeds": list(seeds),
+        "train_cfg": dataclasses.asdict(train_cfg),
+    }
+    with atomic_write(path, "wb") as f:
+        torch.save(ckpt, f)
 
 
-def _set_rng_state(state: dict, device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
+def load_checkpoint(path: Path, trainee: Trainee, optimizer: torch.optim.Optimizer, seeds: Sequence[int],
+                    train_cfg: TrainConfig, device: torch.device, desc: str = "train") -> Progress:
+    """Restore what :func:`save_checkpoint` wrote into ``trainee`` and ``optimizer``; warn if settings changed."""
+    ckpt = torch.load(path, map_location=device, weights_only=True)
+    trainee.module.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    torch.set_rng_state(ckpt["rng"]["torch"])
+    if device.type == "cuda" and "cuda" in ckpt["rng"]:
+        torch.cuda.set_rng_state(ckpt["rng"]["cuda"], device)
+    changed = {k for k, v in dataclasses.asdict(train_cfg).items()
+               if k not in _RUNTIME_FIELDS and ckpt["train_cfg"].get(k) != v}
+    if changed or list(ckpt["seeds"]) != list(seeds):
+        logger.warning("%s: resuming a run started with other settings (%s): the result will not match an "
+                       "uninterrupted run", desc, ", ".join(sorted(changed)) or "seeds")
+    logger.info("%s: resumed from %s after epoch %d", desc, path, ckpt["epoch"])
+    best = [None if b is None else {k: v.cpu() for k, v in b.items()} for b in ckpt["best"]]
+    return Progress(ckpt["epoch"], [MemberState(**s) for s in ckpt["members"]], best)
 
 
-EpochCallback = Callable[[int, list[dict]], None]
-"""Called after each epoch's checkpoint with (epoch, the epoch's metrics row of every member)."""
-
-
+# ------------------------------------------------------------------------------------------------------- the loop
 def fit(
     trainee: Trainee,
     train_cfg: TrainConfig,
@@ -356,85 +448,20 @@ def fit(
     M = trainee.num_members
     if len(seeds) != M:
         raise ValueError(f"{M} members but {len(seeds)} seeds")
-    params = list(trainee.module.parameters())
-    optimizer = _make_optimizer(train_cfg, params, device)
-    states = [MemberState() for _ in range(M)]
-    best: list[dict[str, torch.Tensor] | None] = [None] * M
-    start_epoch = 0
+    optimizer = _make_optimizer(train_cfg, list(trainee.module.parameters()), device)
     if checkpoint_path.exists():
-        ckpt = torch.load(checkpoint_path, map_location=device, weights_only=True)
-        trainee.module.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        states = [MemberState(**s) for s in ckpt["members"]]
-        best = [None if b is None else {k: v.cpu() for k, v in b.items()} for b in ckpt["best"]]
-        _set_rng_state(ckpt["rng"], device)
-        start_epoch = ckpt["epoch"]
-        changed = {k for k, v in dataclasses.asdict(train_cfg).items()
-                   if k not in _RUNTIME_FIELDS and ckpt["train_cfg"].get(k) != v}
-        if changed or list(ckpt["seeds"]) != list(seeds):
-            logger.warning("%s: resuming a run started with other settings (%s): the result will not match an "
-                           "uninterrupted run", desc, ", ".join(sorted(changed)) or "seeds")
-        logger.info("%s: resumed from %s after epoch %d", desc, checkpoint_path, start_epoch)
-
-    n, bsz = train_set.num_frames, train_cfg.batch_size
-    steps_per_epoch = math.ceil(n / bsz)
-    total_steps = steps_per_epoch * train_cfg.epochs
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=train_cfg.bf16 and device.type == "cuda")
-    gens = [torch.Generator(device=train_set.device) for _ in range(M)]
-    epoch = start_epoch
+        progress = load_checkpoint(checkpoint_path, trainee, optimizer, seeds, train_cfg, device, desc)
+    else:
+        progress = Progress(0, [MemberState() for _ in range(M)], [None] * M)
+    states, best = progress.states, progress.best
+    steps_per_epoch = math.ceil(train_set.num_frames / train_cfg.batch_size)
     while not all(s.stopped for s in states):
-        epoch += 1
-        active = torch.tensor([s.stopped is None for s in states])
-        factors = torch.tensor([s.lr_factor if s.stopped is None else 0.0 for s in states])
-        ref = float(factors.max())
-        share = (factors / ref).to(device).view(M, 1, 1)
-        scale_members = bool((factors / ref != 1.0).any())
-        for m in range(M):
-            gens[m].manual_seed(_epoch_seed(seeds[m], epoch))
-        perms = torch.stack([torch.randperm(n, generator=g, device=train_set.device) for g in gens])
-        sums = torch.zeros(3, M, dtype=torch.float64, device=device)  # loss, correct, frames
-        trainee.module.train()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
-        bar = tqdm(range(steps_per_epoch), desc=f"{desc} epoch {epoch}", unit="batch", leave=False,
-                   disable=not (train_cfg.progress and dist_ctx.is_main))
-        for k in bar:
-            step = (epoch - 1) * steps_per_epoch + k
-            for group in optimizer.param_groups:
-                group["lr"] = base_lr(train_cfg, step, total_steps) * ref
-            idx = perms[:, k * bsz:(k + 1) * bsz]
-            global_b = idx.shape[1]
-            idx = idx.tensor_split(dist_ctx.world, dim=1)[dist_ctx.rank]
-            b = idx.shape[1]
-            x = train_set.windows(idx.reshape(-1)).to(device, non_blocking=True).view(M, b, -1)
-            y = train_set.targets[idx].to(device, non_blocking=True)
-            with autocast:
-                logits = trainee(x)
-            loss_terms = _member_losses(logits, idx, y, loss_fn)
-            rank_scale = dist_ctx.world * b / global_b if dist_ctx.world > 1 else 1.0
-            loss = loss_terms.sum() * rank_scale
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if scale_members:
-                before = [p.detach().clone() for p in params]
-                optimizer.step()
-                with torch.no_grad():
-                    for p, old in zip(params, before):
-                        p.copy_(torch.lerp(old, p, share))
-            else:
-                optimizer.step()
-            with torch.no_grad():
-                sums[0] += loss_terms.detach().double() * b
-                sums[1] += (logits.detach().argmax(-1) == y).sum(1).double()
-                sums[2] += b
-        bar.close()
-        dist_ctx.all_reduce_sum(sums)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        seconds = time.perf_counter() - t0
-        dev_loss, dev_acc = evaluate(trainee, dev_set, train_cfg.eval_batch_size, device, dist_ctx)
-        sums = sums.cpu()
+        epoch = progress.epoch + 1
+        active = [s.stopped is None for s in states]
+        factors = [s.lr_factor if s.stopped is None else 0.0 for s in states]
+        stats = train_one_epoch(trainee, optimizer, train_cfg, train_set, seeds, factors, epoch, device, loss_fn,
+                                dist_ctx, desc)
+        dev_loss, dev_acc = compute_validation_loss(trainee, dev_set, train_cfg.eval_batch_size, device, dist_ctx)
         rows = []
         for m in range(M):
             if not active[m]:
@@ -442,13 +469,14 @@ def fit(
                 continue
             row = {
                 "epoch": epoch,
-                "train_loss": float(sums[0, m] / sums[2, m]),
-                "train_acc": float(sums[1, m] / sums[2, m]),
+                "train_loss": float(stats.train_loss[m]),
+                "train_acc": float(stats.train_acc[m]),
                 "dev_loss": float(dev_loss[m]),
                 "dev_acc": float(dev_acc[m]),
-                "lr": base_lr(train_cfg, epoch * steps_per_epoch - 1, total_steps) * states[m].lr_factor,
-                "seconds": seconds,
-                "frames_per_s": float(sums[2, m]) / seconds,
+                "lr": base_lr(train_cfg, epoch * steps_per_epoch - 1, steps_per_epoch * train_cfg.epochs)
+                * states[m].lr_factor,
+                "seconds": stats.seconds,
+                "frames_per_s": float(stats.frames[m]) / stats.seconds,
             }
             states[m].history.append(row)
             improved = row["dev_acc"] > states[m].best_dev_acc
@@ -460,45 +488,16 @@ def fit(
                         desc, f" member {m}" if M > 1 else "", epoch, row["train_loss"], row["train_acc"],
                         row["dev_loss"], row["dev_acc"], row["lr"], row["frames_per_s"],
                         f" | stop: {states[m].stopped}" if states[m].stopped else "")
+        progress.epoch = epoch
         if dist_ctx.is_main:
-            ckpt = {
-                "epoch": epoch,
-                "model": trainee.module.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "members": [dataclasses.asdict(s) for s in states],
-                "best": best,
-                "rng": _rng_state(device),
-                "seeds": list(seeds),
-                "train_cfg": dataclasses.asdict(train_cfg),
-            }
-            with atomic_write(checkpoint_path, "wb") as f:
-                torch.save(ckpt, f)
+            save_checkpoint(checkpoint_path, trainee, optimizer, progress, seeds, train_cfg, device)
         dist_ctx.barrier()
         if epoch_callback is not None:
             epoch_callback(epoch, rows)
     return states, [b if b is not None else trainee.member_state(m) for m, b in enumerate(best)]
 
 
-def _member_losses(logits: torch.Tensor, idx: torch.Tensor, y: torch.Tensor, loss_fn: LossFn | None) -> torch.Tensor:
-    """Mean loss of each member over its own batch: [M] (cross-entropy on hard targets unless ``loss_fn``)."""
-    M, b = y.shape
-    if b == 0:  # a rank with no share of a tiny last batch still joins DDP's gradient all-reduce
-        return logits.float().sum((1, 2)) * 0.0
-    if loss_fn is None:
-        ce = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="none")
-        return ce.view(M, b).mean(1)
-    return torch.stack([loss_fn(logits[m], idx[m], y[m]) for m in range(M)])
-
-
 # ---------------------------------------------------------------------------------------------------- public API
-def save_model(path: Path, model_cfg: ModelConfig, num_classes: int, state: dict[str, torch.Tensor],
-               extra: dict | None = None) -> None:
-    """Write model.pt atomically: weights, the ModelConfig (as a dict) and the number of classes."""
-    payload = {"model_cfg": model_cfg.to_dict(), "num_classes": num_classes, "state_dict": state, **(extra or {})}
-    with atomic_write(path, "wb") as f:
-        torch.save(payload, f)
-
-
 def write_member_outputs(out_dir: Path, model_cfg: ModelConfig, num_classes: int, state: MemberState,
                          weights: dict[str, torch.Tensor], train_cfg: TrainConfig, seed: int) -> TrainResult:
     """model.pt + metrics.json of one trained model (a baseline, or one ensemble member)."""
@@ -531,6 +530,7 @@ def train(
     num_classes: int,
     loss_fn: LossFn | None = None,
     epoch_callback: EpochCallback | None = None,
+    device: str | torch.device = "auto",
 ) -> TrainResult:
     """Train one DNN on ``train_set`` frames, choosing epochs on ``dev_set``; resumes from out_dir/checkpoint.pt.
 
@@ -539,9 +539,9 @@ def train(
     """
     if train_cfg.num_threads:
         torch.set_num_threads(train_cfg.num_threads)
-    device = resolve_device(train_cfg.device)
+    device = select_device(str(device))
     return train_one(model_cfg, train_cfg, train_set, dev_set, Path(out_dir), num_classes, device,
-                     init_distributed(device), loss_fn, epoch_callback)
+                     dist_context(device), loss_fn, epoch_callback)
 
 
 def train_one(
@@ -586,50 +586,3 @@ def check_targets(train_set: FrameSet, dev_set: FrameSet, num_classes: int) -> N
     for name, s in (("train", train_set), ("dev", dev_set)):
         if s.num_frames and (int(s.targets.min()) < 0 or int(s.targets.max()) >= num_classes):
             raise ValueError(f"{name} targets outside [0, {num_classes})")
-
-
-def load_model(path: Path, device: str | torch.device = "cpu") -> DNN:
-    """A :class:`DNN` from a model.pt written by :func:`train` (or an ensemble member), in eval mode."""
-    payload = torch.load(Path(path), map_location=device, weights_only=True)
-    model = DNN(ModelConfig(**payload["model_cfg"]), payload["num_classes"])
-    model.load_state_dict(payload["state_dict"])
-    return model.to(device).eval()
-
-
-@torch.no_grad()
-def iter_log_posteriors(model: DNN, frame_set: FrameSet, batch_size: int = 4096,
-                        temperature: float = 1.0) -> Iterator[tuple[int, torch.Tensor]]:
-    """(first frame, log-softmax(z / T) [b, C] float32 on the model's device) in frame order, batch by batch.
-
-    Streaming form of :func:`log_posteriors` for consumers (top-k soft targets, decoding) that must not hold
-    [N, C] at once. Runs in float32: soft targets at high T live in the small logit differences bf16 rounds away.
-    """
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    for start in range(0, frame_set.num_frames, batch_size):
-        idx = torch.arange(start, min(frame_set.num_frames, start + batch_size), device=frame_set.device)
-        logits = model(frame_set.windows(idx).to(device, torch.float32)).float()
-        yield start, torch.log_softmax(logits / temperature, dim=-1)
-    model.train(was_training)
-
-
-def log_posteriors(model: DNN, frame_set: FrameSet, batch_size: int = 4096, temperature: float = 1.0) -> torch.Tensor:
-    """log-softmax(z / T) for every frame of ``frame_set`` in frame order: [N, C] float32 on the CPU.
-
-    Utterance u occupies rows ``frame_set.utt_offsets()[u]`` onwards, ``frame_set.utt_lengths[u]`` of them.
-    """
-    out = torch.empty(frame_set.num_frames, model.num_classes)
-    for start, logp in iter_log_posteriors(model, frame_set, batch_size, temperature):
-        out[start:start + logp.shape[0]] = logp.cpu()
-    return out
-
-
-@torch.no_grad()
-def frame_accuracy(model: DNN, frame_set: FrameSet, batch_size: int = 4096) -> float:
-    """Fraction of frames whose arg-max output is the aligned pdf."""
-    correct = torch.zeros((), dtype=torch.int64, device=next(model.parameters()).device)
-    for start, logp in iter_log_posteriors(model, frame_set, batch_size):
-        y = frame_set.targets[start:start + logp.shape[0]].to(logp.device)
-        correct += (logp.argmax(-1) == y).sum()
-    return int(correct) / max(1, frame_set.num_frames)

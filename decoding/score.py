@@ -19,10 +19,8 @@ import jiwer
 import numpy as np
 
 from features.atomic import atomic_write
-from features.errors import InputError
 
-__all__ = ["UttErrors", "WerResult", "align_words", "compute_wer", "normalize_transcript", "read_text",
-           "write_scoring_files", "write_text"]
+__all__ = ["UttErrors", "WerResult", "align_words", "compute_wer", "normalize_transcript", "write_scoring_files"]
 
 SUB_COST, INS_COST, DEL_COST = 4, 3, 3  # sclite's word-alignment penalties
 
@@ -161,28 +159,6 @@ def compute_wer(refs: Mapping[str, Sequence[str]], hyps: Mapping[str, Sequence[s
         sentences=len(per_utt), sentence_errors=sum(u.errors > 0 for u in per_utt.values()),
         per_utt=per_utt, missing_hyps=missing, levenshtein_errors=_levenshtein(ref_lists, hyp_lists),
     )
-
-
-def read_text(path: Path) -> dict[str, list[str]]:
-    """A Kaldi ``text`` file (``<utt> word word ...``; an id alone is an empty transcript) as utt -> words."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError("missing text file", path)
-    texts: dict[str, list[str]] = {}
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        parts = line.split()
-        if not parts:
-            continue
-        if parts[0] in texts:
-            raise InputError(f"utterance {parts[0]!r} appears twice", path, n)
-        texts[parts[0]] = parts[1:]
-    return texts
-
-
-def write_text(path: Path, texts: Mapping[str, Sequence[str]]) -> None:
-    """Write utt -> words as a Kaldi ``text`` file, sorted by utterance id (e.g. ``hyp.txt``)."""
-    with atomic_write(path) as f:
-        f.writelines(f"{utt} {' '.join(texts[utt])}".rstrip() + "\n" for utt in sorted(texts))
 
 
 def _alignment_text(alignment: Sequence[tuple[str | None, str | None]]) -> str:

@@ -24,11 +24,12 @@ import torch
 from tqdm import tqdm
 
 from features.atomic import atomic_dir, write_text_atomic
-from features.audio import load_audio, read_table
+from features.audio import load_audio
 from features.cmvn import apply_cmvn, compute_cmvn_stats
 from features.errors import InputError
 from features.fbank import FbankConfig, MfccConfig, compute_fbank_batch, compute_mfcc_batch, num_frames
 from features.kaldi_io import load_mat_scp, read_mat_scp, write_mat_ark_scp
+from features.tables import read_table
 
 logger = logging.getLogger(__name__)
 
@@ -38,25 +39,25 @@ PRODUCED_FILES = frozenset({"feats.scp", "cmvn.scp", "utt2num_frames"})
 
 @dataclass
 class FeatureConfig:
-    """What to extract and how to spread the work.
+    """What to extract, and on what device in batches of how many utterances.
 
     ``batch_size`` utterances go through one feature call: large batches keep a GPU busy, while on a CPU
-    small ones are as fast (see ``python -m features.bench``).
+    small ones are as fast (see ``python -m features.bench``). How many processes share the work is not part of
+    the config (it never changes the numbers): :func:`make_feats` takes ``nj``.
     """
 
     kind: str = "fbank"
     fbank: FbankConfig = field(default_factory=FbankConfig)
     mfcc: MfccConfig = field(default_factory=MfccConfig)
     sample_rate: int = 16000
-    nj: int = 2
     device: str = "cpu"
     batch_size: int = 8
 
     def __post_init__(self) -> None:
         if self.kind not in ("fbank", "mfcc"):
             raise ValueError(f"FeatureConfig.kind must be 'fbank' or 'mfcc', got {self.kind!r}")
-        if self.nj < 1 or self.batch_size < 1:
-            raise ValueError("FeatureConfig.nj and batch_size must be >= 1")
+        if self.batch_size < 1:
+            raise ValueError("FeatureConfig.batch_size must be >= 1")
 
 
 @dataclass
@@ -223,8 +224,9 @@ def _drain(progress: mp.Queue[int], bar: tqdm) -> None:
             return
 
 
-def make_feats(data_dir: Path, out_dir: Path, cfg: FeatureConfig | None = None) -> dict:
-    """Extract features for every utterance of ``data_dir`` into the Kaldi data dir ``out_dir``.
+def make_feats(data_dir: Path, out_dir: Path, cfg: FeatureConfig | None = None, nj: int = 1) -> dict:
+    """Extract features for every utterance of ``data_dir`` into the Kaldi data dir ``out_dir`` with ``nj``
+    worker processes.
 
     Writes ``feats.scp`` (+ ``data/raw_<kind>_<name>.<job>.ark``), ``utt2num_frames``, ``cmvn.scp``
     (per-speaker stats, ``data/cmvn_<name>.ark``), copies every other file of the source dir (``wav.scp text
@@ -245,7 +247,9 @@ def make_feats(data_dir: Path, out_dir: Path, cfg: FeatureConfig | None = None) 
     utts = [utt for utt, _ in wav_rows]
     speakers = _speakers(data_dir, utts)
     entries = [(utt, spec, lineno) for lineno, (utt, spec) in enumerate(wav_rows, start=1)]
-    nj = min(cfg.nj, len(entries))
+    if nj < 1:
+        raise ValueError(f"nj must be >= 1, got {nj}")
+    nj = min(nj, len(entries))
     final = out_dir.resolve()
     name = final.name
     with atomic_dir(final) as tmp:

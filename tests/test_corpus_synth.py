@@ -19,7 +19,8 @@ from asr_kd.corpus.augment import (
     utterance_rng,
 )
 from asr_kd.corpus.kaldi_dir import validate_data_dir
-from asr_kd.corpus.sentences import cmu_lexicon, load_sentences, normalize_sentence
+from asr_kd.corpus.sentences import load_sentences, normalize_sentence
+from asr_kd.corpus.summary import CorpusSummary
 from asr_kd.corpus.synth import (
     SynthConfig,
     estimated_seconds,
@@ -27,6 +28,7 @@ from asr_kd.corpus.synth import (
     prepare_synth,
 )
 from asr_kd.corpus.voices import UNSEEN_VOICE, align_words_to_phones, tile_phones
+from decoding.lexicon import cmu_lexicon
 
 
 def _table(path: Path) -> dict[str, str]:
@@ -110,20 +112,20 @@ def test_tiny_plan_has_disjoint_splits_and_test_only_unseen_voice() -> None:
 
 # ---------------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def ci_corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+def ci_corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, CorpusSummary]:
     out = tmp_path_factory.mktemp("synth") / "data"
-    return out, prepare_synth(out, SynthConfig(size="ci", nj=2))
+    return out, prepare_synth(out, SynthConfig(size="ci"), nj=2)
 
 
 @pytest.mark.slow
-def test_ci_build_gives_valid_dirs_with_sane_timings(ci_corpus: tuple[Path, dict]) -> None:
+def test_ci_build_gives_valid_dirs_with_sane_timings(ci_corpus: tuple[Path, CorpusSummary]) -> None:
     out, summary = ci_corpus
     lexicon = set(cmu_lexicon())
     for split in ("train", "dev", "test"):
         d = out / split
         report = validate_data_dir(d, lexicon_words=lexicon)
         assert report.oov_counts == {}
-        assert report.num_utts == summary["splits"][split]["utts"] > 0
+        assert report.num_utts == summary.splits[split].utts > 0
         durs = {u: float(v) for u, v in _table(d / "utt2dur").items()}
         text = _table(d / "text")
         for utt, path in _table(d / "wav.scp").items():
@@ -143,7 +145,7 @@ def test_ci_build_gives_valid_dirs_with_sane_timings(ci_corpus: tuple[Path, dict
 
 
 @pytest.mark.slow
-def test_ci_build_splits_and_voices(ci_corpus: tuple[Path, dict]) -> None:
+def test_ci_build_splits_and_voices(ci_corpus: tuple[Path, CorpusSummary]) -> None:
     out, _ = ci_corpus
     text = {split: _table(out / split / "text") for split in ("train", "dev", "test")}
     sentences = {split: set(t.values()) for split, t in text.items()}
@@ -162,15 +164,15 @@ def test_ci_build_splits_and_voices(ci_corpus: tuple[Path, dict]) -> None:
 
 
 @pytest.mark.slow
-def test_manifest_checksums_and_reuse(ci_corpus: tuple[Path, dict]) -> None:
+def test_manifest_checksums_and_reuse(ci_corpus: tuple[Path, CorpusSummary]) -> None:
     out, summary = ci_corpus
     manifest = json.loads((out / "manifest.json").read_text())
     wavs = list((out / "wav").rglob("*.wav"))
-    assert len(wavs) == sum(s["utts"] for s in summary["splits"].values())
+    assert len(wavs) == sum(s.utts for s in summary.splits.values())
     assert all(str(p.relative_to(out)) in manifest["sha256"] for p in wavs)
     assert "train/phones.ctm" in manifest["sha256"] and "local/lm_extra.txt" in manifest["sha256"]
     mtime = (out / "train" / "text").stat().st_mtime_ns
-    assert prepare_synth(out, SynthConfig(size="ci", nj=1)) == summary  # same config: reused, not rebuilt
+    assert prepare_synth(out, SynthConfig(size="ci"), nj=1) == summary  # same config: reused, not rebuilt
     assert (out / "train" / "text").stat().st_mtime_ns == mtime
 
 
@@ -179,9 +181,9 @@ def test_same_seed_same_bytes_whatever_nj(tmp_path: Path) -> None:
     # One voice per engine keeps it quick; the unseen (festival ked) voice comes with the test split.
     cfg = {"size": "ci", "train_hours": 0.004, "dev_utts": 2, "test_utts": 4, "seed": 3,
            "seen_voices": ("espeak_enus_m3", "festival_kal", "flite_awb")}
-    a = prepare_synth(tmp_path / "a", SynthConfig(nj=1, **cfg))
-    b = prepare_synth(tmp_path / "b", SynthConfig(nj=2, **cfg))
-    assert a["splits"] == b["splits"]
+    a = prepare_synth(tmp_path / "a", SynthConfig(**cfg), nj=1)
+    b = prepare_synth(tmp_path / "b", SynthConfig(**cfg), nj=2)
+    assert a.splits == b.splits
     sums = [json.loads((tmp_path / x / "manifest.json").read_text())["sha256"] for x in ("a", "b")]
     # wav.scp holds absolute paths, which differ between the two directories by construction.
     for s in sums:

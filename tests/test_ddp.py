@@ -20,7 +20,8 @@ CLASSES = 5
 # 49-frame global batches split 25 + 24 over two ranks, and the last batch of an epoch (33 frames) 17 + 16:
 # unequal shares on purpose, since the loss scaling must make them add up to one process's mean
 TRAIN_CFG = TrainConfig(batch_size=49, epochs=2, lr=1e-2, optimizer="sgd", momentum=0.9, weight_decay=1e-4,
-                        early_stopping=False, progress=False, device="cpu", num_threads=1, seed=11)
+                        early_stopping=False, progress=False, num_threads=1, seed=11,
+                        bf16=False)  # the equivalence is one of float32 arithmetic
 
 
 def structured_set(seed: int) -> FrameSet:

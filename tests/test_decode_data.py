@@ -1,4 +1,4 @@
-"""Decoding a user's Kaldi data dir with a trained experiment (asr_kd.decode_data), on the shared CI experiment.
+"""Decoding a user's Kaldi data dir with a trained experiment (asr_kd.pipeline.decode_data), on the shared CI experiment.
 
 New recordings must go through the very front-end the systems were trained on: the checks are that every
 utterance gets a hypothesis from every system, that audio at another rate is resampled, that the same 16 kHz
@@ -19,8 +19,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from asr_kd.conf.schema import register
-from asr_kd.decode_data import decode_data_dir
-from asr_kd.workspace import Workspace
+from asr_kd.pipeline.decode_data import decode_data_dir
+from asr_kd.pipeline.workspace import Workspace
 from features.errors import InputError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -105,7 +105,7 @@ def test_every_system_decodes_resampled_audio(ci_experiment_copy: Path, tmp_path
         wer = json.loads((out / "wer.json").read_text())
         assert wer["ref_words"] == ref_words == summary[system]["wer"]["words"]
         assert 0.0 <= summary[system]["wer"]["all"] == pytest.approx(wer["wer"])
-        tuned = json.loads((work / "exp" / "decode" / system / "wer.json").read_text())["acoustic_scale"]
+        tuned = json.loads((work / "exp" / "decode" / system / "tuning.json").read_text())["acoustic_scale"]
         assert summary[system]["acoustic_scale"] == tuned
     assert json.loads((work / "exp" / "decode" / "new.json").read_text())["utts"] == len(utts)
 

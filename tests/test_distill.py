@@ -21,8 +21,16 @@ from asr_kd.distill import (
 )
 from asr_kd.frames import FrameSet
 from asr_kd.model import ModelConfig
-from asr_kd.soft_targets import SoftTargetConfig, SoftTargets, compute_soft_targets, index_dtype, top_k_targets
-from asr_kd.train import TrainConfig, frame_accuracy, load_model, train
+from asr_kd.soft_targets import (
+    SoftTargetConfig,
+    SoftTargets,
+    compute_soft_targets,
+    compute_soft_targets_at,
+    index_dtype,
+    top_k_targets,
+)
+from asr_kd.inference import frame_accuracy, load_model
+from asr_kd.train import TrainConfig, train
 
 
 def dense_reference(z, p_dense, hard, temperature, hard_weight):
@@ -190,7 +198,7 @@ def structured_frames(num_utts: int, seed: int, prefix: str) -> FrameSet:
 
 def train_cfg(epochs: int = 3, **kw) -> TrainConfig:
     return TrainConfig(optimizer="adam", lr=3e-3, lr_schedule="constant", batch_size=64, epochs=epochs,
-                       early_stopping=False, device="cpu", bf16=False, progress=False, **kw)
+                       early_stopping=False, bf16=False, progress=False, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -241,10 +249,11 @@ def test_online_and_stored_losses_agree(data, teacher):
 @pytest.mark.slow
 def test_temperature_sweep_and_small_data(data, teacher, teacher_path, tmp_path):
     train_set, dev_set, test_set = data
-    sweep = temperature_sweep(MODEL, train_cfg(1), DistillConfig(top_k=3, temperatures_sweep=[1.0, 4.0]),
-                              train_set, dev_set, [teacher], tmp_path / "sweep", NUM_CLASSES)
+    soft = compute_soft_targets_at([teacher], train_set, SoftTargetConfig(top_k=3), [1.0, 4.0])
+    sweep = temperature_sweep(MODEL, train_cfg(1), DistillConfig(top_k=3), train_set, dev_set, soft,
+                              tmp_path / "sweep", NUM_CLASSES)
     assert set(sweep["per_temperature"]) == {"1", "4"} and sweep["best_temperature"] in (1.0, 4.0)
-    assert SoftTargets.load(tmp_path / "sweep" / "soft_T4").temperature == 4.0
+    assert json.loads((tmp_path / "sweep" / "T4" / "distill.json").read_text())["temperature"] == 4.0
     assert json.loads((tmp_path / "sweep" / "sweep.json").read_text()) == sweep
 
     utt2spk = {u: f"spk{i % 3}" for i, u in enumerate(train_set.utt_ids)}
@@ -266,7 +275,7 @@ def test_temperature_sweep_and_small_data(data, teacher, teacher_path, tmp_path)
 
 
 def test_distill_bench_runs_and_reports_storage():
-    from asr_kd.distill_bench import DistillBenchConfig, bench_distill, format_report
+    from asr_kd.bench import DistillBenchConfig, bench_distill, format_report
 
     cfg = DistillBenchConfig(preset="tiny", num_classes=50, members=2, batch_size=32, steps=2, warmup_steps=1,
                              rounds=1, top_k=5, num_frames=600, storage_k=(5, None), storage_classes=(50,),

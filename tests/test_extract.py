@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from features.audio import load_audio, read_table
+from features.audio import load_audio
+from features.tables import read_table
 from features.cmvn import compute_cmvn_stats
 from features.errors import InputError
 from features.extract import FeatureConfig, load_feats, make_feats
@@ -49,7 +50,7 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.slow
 def test_make_feats_fbank_nj2(data_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "fbank" / "train"
-    summary = make_feats(data_dir, out, FeatureConfig(nj=2, batch_size=2))
+    summary = make_feats(data_dir, out, FeatureConfig(batch_size=2), nj=2)
     utts = [u for u, _ in read_table(data_dir / "wav.scp")]
     waves = {u: load_audio(spec) for u, spec in read_table(data_dir / "wav.scp")}
     assert summary["utts"] == 5 and summary["speakers"] == 3 and summary["dim"] == 40
@@ -85,7 +86,7 @@ def test_make_feats_fbank_nj2(data_dir: Path, tmp_path: Path) -> None:
 
 def test_make_feats_mfcc_in_process(data_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "mfcc"
-    summary = make_feats(data_dir, out, FeatureConfig(kind="mfcc", nj=1))
+    summary = make_feats(data_dir, out, FeatureConfig(kind="mfcc"), nj=1)
     feats = load_mat_scp(out / "feats.scp")
     wave = load_audio(str(data_dir / "wav" / "s0.wav"))
     assert summary["dim"] == 13 and feats["c-0"].shape == (1 + (len(wave) - 400) // 160, 13)
@@ -104,7 +105,7 @@ def test_missing_wav_names_wav_scp_line_nj2(data_dir: Path, tmp_path: Path) -> N
     (bad / "wav.scp").write_text("\n".join(lines) + "\n")
     out = tmp_path / "out"
     with pytest.raises(InputError) as e:
-        make_feats(bad, out, FeatureConfig(nj=2))
+        make_feats(bad, out, FeatureConfig(), nj=2)
     assert e.value.path == bad / "wav.scp" and e.value.line == 4
     assert f"{bad / 'wav.scp'}:4:" in str(e.value) and "/nonexistent/c0.wav' does not exist" in str(e.value)
     assert not out.exists() and list(tmp_path.glob(".out.*")) == []  # nothing half-written left behind
@@ -116,11 +117,11 @@ def test_inconsistent_speaker_files(data_dir: Path, tmp_path: Path) -> None:
     (bad / "wav.scp").write_text((data_dir / "wav.scp").read_text())
     (bad / "utt2spk").write_text("a-0 a\na-1 a\nb-0 b\nc-0 c\n")
     with pytest.raises(InputError, match="no speaker"):
-        make_feats(bad, tmp_path / "out", FeatureConfig(nj=1))
+        make_feats(bad, tmp_path / "out", FeatureConfig(), nj=1)
     (bad / "utt2spk").write_text((data_dir / "utt2spk").read_text())
     (bad / "spk2utt").write_text("a a-0\nb a-1 b-0\nc c-0 c-1\n")
     with pytest.raises(InputError) as e:
-        make_feats(bad, tmp_path / "out", FeatureConfig(nj=1))
+        make_feats(bad, tmp_path / "out", FeatureConfig(), nj=1)
     assert e.value.path == bad / "spk2utt" and e.value.line == 2
 
 
@@ -129,7 +130,7 @@ def test_too_short_audio_is_an_input_error(tmp_path: Path) -> None:
     (tmp_path / "wav.scp").write_text(f"u {tmp_path / 'x.wav'}\n")
     (tmp_path / "utt2spk").write_text("u s\n")
     with pytest.raises(InputError, match="shorter than one") as e:
-        make_feats(tmp_path, tmp_path / "out", FeatureConfig(nj=1))
+        make_feats(tmp_path, tmp_path / "out", FeatureConfig(), nj=1)
     assert e.value.line == 1
 
 

@@ -16,7 +16,7 @@ import pytest
 
 from decoding.decode import DecodeConfig, decode_loglikes, posteriors_to_loglikes, tune_and_decode
 from decoding.graph import GraphConfig, make_hclg, remove_input_symbols
-from decoding.lang import DictConfig, LangConfig, load_lang, prepare_dict, prepare_lang, read_lexicon
+from decoding.lang import LexiconConfig, LangConfig, load_lang, prepare_dict, prepare_lang, read_lexicon
 from decoding.lm import LmConfig, make_lang_test, train_lm
 from decoding.tree_io import ConstantNode, SplitNode, TableNode, context_dependency_bytes
 
@@ -35,7 +35,7 @@ FRAMES_PER_STATE = 3
 def lang_test(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("graph")
     (root / "lm.txt").write_text(LM_TEXT)
-    prepare_dict([root / "lm.txt"], root / "dict", DictConfig(oov_policy="spn"))
+    prepare_dict([root / "lm.txt"], root / "dict", LexiconConfig(oov_policy="spn"))
     prepare_lang(root / "dict", root / "lang", LangConfig())
     arpa = train_lm([root / "lm.txt"], root / "lm", LmConfig(order=3, prune_threshold=0.0))
     make_lang_test(root / "lang", arpa, root / "lang_test")
@@ -125,13 +125,13 @@ def test_decoding_returns_the_crafted_word_sequence(lang_test: Path, tmp_path: P
     assert max_label <= tm.num_transition_ids, "disambiguation transition-ids left in HCLG"
 
     loglikes = {utt: _loglikes(words, lang_test, ctx, topo, tm.num_pdfs, sil) for utt, (words, sil) in UTTS.items()}
-    result = decode_loglikes(tmp_path / "graph", tm, loglikes, DecodeConfig(nj=1))
+    result = decode_loglikes(tmp_path / "graph", tm, loglikes, DecodeConfig(), nj=1)
     assert result.hyps == {utt: words for utt, (words, _) in UTTS.items()}
     assert not result.failed and not result.partial
     assert result.frames == sum(m.shape[0] for m in loglikes.values())
     assert result.real_time_factor > 0
 
-    parallel = decode_loglikes(tmp_path / "graph", tm, loglikes, DecodeConfig(nj=2))
+    parallel = decode_loglikes(tmp_path / "graph", tm, loglikes, DecodeConfig(), nj=2)
     assert parallel.hyps == result.hyps
 
 
@@ -146,8 +146,10 @@ def test_wrong_acoustics_give_other_words_and_tuning_picks_a_scale(lang_test: Pa
     unlikely = ["MAT", "MAT", "DOG", "A"]
     dev = {"d1": _loglikes(unlikely, lang_test, ctx, topo, tm.num_pdfs)}
     scales = (0.05, 0.1, 0.2)
-    best, dev_wer, test = tune_and_decode(tmp_path / "graph", tm, dev, {"d1": unlikely}, dev,
-                                          DecodeConfig(nj=1), acoustic_scales=scales)
+    tuned = tune_and_decode(tmp_path / "graph", tm, dev, {"d1": unlikely}, dev, DecodeConfig(),
+                            acoustic_scales=scales, nj=1)
+    best, dev_wer, test = tuned.acoustic_scale, tuned.dev_wer, tuned.test
+    assert tuned.dev.hyps == test.hyps  # dev and test are the same utterances here
     assert set(dev_wer) == set(scales)
     assert dev_wer[best].wer == 0.0 and best == max(s for s in scales if dev_wer[s].wer == 0.0)
     assert test.hyps == {"d1": unlikely}

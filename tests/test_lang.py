@@ -11,7 +11,7 @@ import pytest
 
 from decoding.lang import (
     ARPABET,
-    DictConfig,
+    LexiconConfig,
     LangConfig,
     load_lang,
     prepare_dict,
@@ -130,7 +130,7 @@ def test_position_dependent_phones(tmp_path: Path, lang_dir: Path) -> None:
 def test_prepare_dict_uses_cmudict_without_stress_and_reports_oovs(tmp_path: Path) -> None:
     (tmp_path / "text").write_text("utt-1 READ THE BOOK\nutt-2 ZORBLAXT READ\n")
     (tmp_path / "extra.txt").write_text("THE RED BOOK\n")
-    report = prepare_dict([tmp_path / "text", tmp_path / "extra.txt"], tmp_path / "dict", DictConfig())
+    report = prepare_dict([tmp_path / "text", tmp_path / "extra.txt"], tmp_path / "dict", LexiconConfig())
     lexicon = read_lexicon(tmp_path / "dict" / "lexicon.txt")
     prons = {}
     for word, pron in lexicon:
@@ -146,11 +146,11 @@ def test_prepare_dict_uses_cmudict_without_stress_and_reports_oovs(tmp_path: Pat
     assert set(nonsil) == used and nonsil == [p for p in ARPABET if p in used]
     assert (tmp_path / "dict" / "silence_phones.txt").read_text().split() == ["SIL", "SPN"]
 
-    report = prepare_dict([tmp_path / "text"], tmp_path / "dict_spn", DictConfig(oov_policy="spn"))
+    report = prepare_dict([tmp_path / "text"], tmp_path / "dict_spn", LexiconConfig(oov_policy="spn"))
     assert report["mapped_to_unk"] == ["ZORBLAXT"] and report["g2p"] == {}
     assert "ZORBLAXT" not in {w for w, _ in read_lexicon(tmp_path / "dict_spn" / "lexicon.txt")}
 
-    prepare_dict([tmp_path / "extra.txt"], tmp_path / "dict_stress", DictConfig(keep_stress=True))
+    prepare_dict([tmp_path / "extra.txt"], tmp_path / "dict_stress", LexiconConfig(keep_stress=True))
     stressed = dict(read_lexicon(tmp_path / "dict_stress" / "lexicon.txt"))
     assert stressed["RED"] == ("R", "EH1", "D")
     assert "EH1" in (tmp_path / "dict_stress" / "nonsilence_phones.txt").read_text().split()

@@ -8,7 +8,7 @@ import pytest
 import soundfile as sf
 
 from asr_kd.corpus.kaldi_dir import validate_data_dir
-from asr_kd.corpus.librispeech import prepare_librispeech
+from asr_kd.corpus.librispeech import import_librispeech_parts
 from features.errors import InputError
 
 # part -> speaker -> chapter -> (sample rate, [(seconds, transcript)])
@@ -42,7 +42,7 @@ def _write_fixture(root: Path) -> None:
 def test_parts_become_valid_data_dirs(tmp_path: Path) -> None:
     src, dst = tmp_path / "LibriSpeech", tmp_path / "data"
     _write_fixture(src)
-    reports = prepare_librispeech(src, dst, ["dev-clean", "test-clean"])
+    reports = import_librispeech_parts(src, dst, ["dev-clean", "test-clean"])
     assert set(reports) == {"dev-clean", "test-clean"}
     dev = dst / "dev_clean"
     assert reports["dev-clean"].num_utts == 3 and reports["dev-clean"].num_speakers == 2
@@ -68,7 +68,7 @@ def test_transcript_without_audio_names_the_line(tmp_path: Path) -> None:
     _write_fixture(src)
     (src / "dev-clean" / "84" / "121123" / "84-121123-0001.flac").unlink()
     with pytest.raises(InputError, match=r"84-121123\.trans\.txt:2: no audio 84-121123-0001\.flac"):
-        prepare_librispeech(src, tmp_path / "data", ["dev-clean"])
+        import_librispeech_parts(src, tmp_path / "data", ["dev-clean"])
     assert not (tmp_path / "data" / "dev_clean").exists()
 
 
@@ -78,13 +78,13 @@ def test_empty_transcript_and_corrupt_flac(tmp_path: Path) -> None:
     trans = src / "test-clean" / "1089" / "134686" / "1089-134686.trans.txt"
     trans.write_text("1089-134686-0000\n")
     with pytest.raises(InputError, match=r"1089-134686\.trans\.txt:1: empty transcript"):
-        prepare_librispeech(src, tmp_path / "data", ["test-clean"])
+        import_librispeech_parts(src, tmp_path / "data", ["test-clean"])
     trans.write_text("1089-134686-0000 HE HOPED\n")
     (trans.parent / "1089-134686-0000.flac").write_bytes(b"fLaC but not really")
     with pytest.raises(InputError, match=r"trans\.txt:1: cannot read audio"):
-        prepare_librispeech(src, tmp_path / "data", ["test-clean"])
+        import_librispeech_parts(src, tmp_path / "data", ["test-clean"])
 
 
 def test_missing_part(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="part 'train-clean-100' not found"):
-        prepare_librispeech(tmp_path, tmp_path / "data", ["train-clean-100"])
+        import_librispeech_parts(tmp_path, tmp_path / "data", ["train-clean-100"])

@@ -10,7 +10,7 @@ import pytest
 from kaldingram.ppl import compute_ppl
 from kaldingram.prune import ArpaParser
 
-from decoding.lang import DictConfig, LangConfig, load_lang, prepare_dict, prepare_lang
+from decoding.lang import LexiconConfig, LangConfig, load_lang, prepare_dict, prepare_lang
 from decoding.lm import LmConfig, _arpa_vocabulary, make_lang_test, perplexity, train_lm
 from features.errors import InputError
 
@@ -85,7 +85,7 @@ def test_pruning_drops_ngrams(texts: dict[str, Path], tmp_path: Path) -> None:
 
 
 def test_make_lang_test_compiles_g_with_backoff_disambiguation(texts: dict[str, Path], tmp_path: Path) -> None:
-    prepare_dict([texts["text"], texts["extra"]], tmp_path / "dict", DictConfig(oov_policy="spn"))
+    prepare_dict([texts["text"], texts["extra"]], tmp_path / "dict", LexiconConfig(oov_policy="spn"))
     prepare_lang(tmp_path / "dict", tmp_path / "lang", LangConfig())
     arpa = train_lm([texts["text"], texts["extra"]], tmp_path / "lm", LmConfig(order=3))
     make_lang_test(tmp_path / "lang", arpa, tmp_path / "lang_test")

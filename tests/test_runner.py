@@ -7,8 +7,8 @@ import logging
 import pytest
 from omegaconf import OmegaConf
 
-from asr_kd.runner import read_summary, run_stage
-from asr_kd.workspace import Workspace
+from asr_kd.pipeline.runner import read_summary, run_stage
+from asr_kd.pipeline.workspace import Workspace
 
 
 def test_stage_runs_once_and_records(tmp_path):

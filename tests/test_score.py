@@ -10,7 +10,8 @@ from pathlib import Path
 import jiwer
 import pytest
 
-from decoding.score import align_words, compute_wer, normalize_transcript, read_text, write_scoring_files, write_text
+from decoding.score import align_words, compute_wer, normalize_transcript, write_scoring_files
+from features.tables import read_text, write_text
 from features.errors import InputError
 
 SCLITE = "/usr/lib/sctk/bin/sclite"

@@ -13,15 +13,8 @@ import torch
 from asr_kd.frames import FrameSet, load_frameset
 from asr_kd.model import PRESETS
 from asr_kd.priors import DISABLED_LOG_PRIOR, log_priors
-from asr_kd.train import (
-    MemberState,
-    TrainConfig,
-    base_lr,
-    frame_accuracy,
-    load_model,
-    log_posteriors,
-    train,
-)
+from asr_kd.inference import frame_accuracy, load_model, log_posteriors
+from asr_kd.train import MemberState, TrainConfig, base_lr, train
 from features.cmvn import compute_cmvn_stats
 from features.errors import InputError
 from features.kaldi_io import write_mat_ark_scp, write_vec_int_ark_scp
@@ -42,7 +35,7 @@ def structured_set(num_utts: int, seed: int) -> FrameSet:
 
 
 def cfg(**kw) -> TrainConfig:
-    base = {"batch_size": 32, "epochs": 3, "lr": 3e-3, "progress": False, "device": "cpu", "seed": 3}
+    base = {"batch_size": 32, "epochs": 3, "lr": 3e-3, "progress": False, "seed": 3}
     return TrainConfig(**{**base, **kw})
 
 

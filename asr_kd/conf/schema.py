@@ -1,20 +1,22 @@
-"""The experiment config: every stage's own dataclass, composed into one typed tree for hydra.
+"""The experiment config: every library function's own dataclass, composed into one typed tree for hydra.
 
-Each module defines the config of its own stage (``SynthConfig`` next to ``prepare_synth``, ``TrainConfig``
-next to ``train``...); this file only composes them, so a field is documented where it is used. Recipes
-(``recipes/*/conf/*.yaml``) override fields; the command line overrides the recipe
-(``python -m asr_kd.cli --config-dir conf --config-name tiny stage=baseline train.lr=0.002``).
-Model shapes are a hydra config group (``model=paper``, ``model=small``...) built from
-:data:`asr_kd.model.PRESETS`.
+Each library module defines the config of its own step (``SynthConfig`` next to ``prepare_synth``, ``TrainConfig``
+next to ``train``...); this file only composes them, and holds the few settings that belong to the pipeline
+itself (which stage, where, how many jobs, decoding sweeps). It imports no stage code: the pipeline modules
+import it, never the other way round. Recipes (``recipes/*/conf/*.yaml``) override fields; the command line
+overrides the recipe (``python -m asr_kd.cli --config-dir conf --config-name tiny stage=baseline train.lr=0.002``).
+Two fields are hydra config groups: ``corpus`` (one option per corpus of :data:`asr_kd.corpus.registry.CORPORA`:
+``corpus=librispeech corpus.source_dir=/data/LS``) and ``model`` (:data:`asr_kd.model.PRESETS`: ``model=paper``).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
 
-from asr_kd.corpus.synth import SynthConfig
-from asr_kd.decode_data import DecodeDataConfig
+from asr_kd.corpus.registry import CORPORA
 from asr_kd.distill import DistillConfig, SmallDataConfig
 from asr_kd.ensemble import EnsembleConfig
 from asr_kd.model import PRESETS, ModelConfig
@@ -23,22 +25,9 @@ from asr_kd.train import TrainConfig
 from decoding.decode import DecodeConfig
 from decoding.gmm import MonoConfig, TriConfig
 from decoding.graph import GraphConfig
-from decoding.lang import DictConfig as LexiconConfig
-from decoding.lang import LangConfig
+from decoding.lang import LangConfig, LexiconConfig
 from decoding.lm import LmConfig
 from features.extract import FeatureConfig
-
-
-@dataclass
-class CorpusConfig:
-    """Which corpus the recipe runs on: the built-in TTS corpus, a LibriSpeech copy, or Kaldi data dirs."""
-
-    name: str = "synth"  # synth | librispeech | kaldi
-    synth: SynthConfig = field(default_factory=SynthConfig)
-    # librispeech: the folder holding train-clean-100/ ...; kaldi: a folder with train/ dev/ test/ data dirs
-    source_dir: str | None = None
-    librispeech_parts: dict[str, str] = field(
-        default_factory=lambda: {"train": "train-clean-100", "dev": "dev-clean", "test": "test-clean"})
 
 
 @dataclass
@@ -52,15 +41,30 @@ class DecodeStageConfig:
 
 
 @dataclass
+class DecodeDataConfig:
+    """``stage=decode_data decode_data.dir=/path/to/data``: which dir, which systems, under what name.
+
+    ``systems`` empty means every system the experiment has trained (the GMM and each DNN system it decoded);
+    ``name`` defaults to the dir's own name and becomes ``data/<name>`` and ``exp/decode/<system>/<name>``.
+    """
+
+    dir: str | None = None
+    systems: list[str] = field(default_factory=list)
+    name: str | None = None
+
+
+@dataclass
 class ExperimentConfig:
     """One whole experiment, corpus to report."""
 
-    stage: str = "all"  # which stage cli.py runs (run.sh passes one at a time)
+    stage: str = "all"  # which stage cli.py runs (run.sh passes one at a time); "list" prints them
     force: bool = False  # redo a stage even if its .done marker exists
+    debug: bool = False  # show the full traceback of an input error instead of its one-line message
     work_dir: str = "."  # data/ and exp/ go below it
-    nj: int = 2  # parallel jobs for CPU stages (Kaldi's nj)
-    device: str = "auto"  # auto | cpu | cuda
-    corpus: CorpusConfig = field(default_factory=CorpusConfig)
+    results_dir: str | None = None  # where the report publishes RESULTS.md (None: <work_dir>/results)
+    nj: int = 2  # parallel jobs for CPU stages (Kaldi's nj); never changes a result
+    device: str = "auto"  # auto | cpu | cuda: where the DNNs compute (asr_kd.device.select_device)
+    corpus: Any = MISSING  # a config group: one option per registered corpus
     fbank: FeatureConfig = field(default_factory=lambda: FeatureConfig(kind="fbank"))
     mfcc: FeatureConfig = field(default_factory=lambda: FeatureConfig(kind="mfcc"))
     lm_extra_sentences: int = -1  # sentences of the corpus's extra LM text used beside train text (-1: all, 0: none)
@@ -81,8 +85,11 @@ class ExperimentConfig:
 
 
 def register() -> None:
-    """Make the schema and the model presets known to hydra (``defaults: [asr_kd, {model: small}]``)."""
+    """Make the schema, the corpora and the model presets known to hydra
+    (``defaults: [asr_kd, {corpus: synth}, {model: small}, _self_]``)."""
     cs = ConfigStore.instance()
     cs.store(name="asr_kd", node=ExperimentConfig)
+    for name, corpus in CORPORA.items():
+        cs.store(group="corpus", name=name, node=corpus.config)
     for name, preset in PRESETS.items():
         cs.store(group="model", name=name, node=preset)

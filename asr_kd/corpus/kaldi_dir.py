@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,18 +18,15 @@ import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
+from asr_kd.corpus.summary import CorpusSummary, SplitSummary
 from features.atomic import atomic_dir, write_text_atomic
-from features.audio import load_audio, read_table
+from features.audio import load_audio
 from features.errors import InputError
+from features.tables import c_sorted, read_table, write_table
 
 logger = logging.getLogger(__name__)
 
 REQUIRED_FILES = ("wav.scp", "text", "utt2spk")
-
-
-def c_sorted(keys: Iterable[str]) -> list[str]:
-    """Sort as ``LC_ALL=C sort`` does: by UTF-8 bytes."""
-    return sorted(keys, key=lambda k: k.encode("utf-8"))
 
 
 def spk2utt_from_utt2spk(utt2spk: Mapping[str, str]) -> dict[str, list[str]]:
@@ -38,11 +35,6 @@ def spk2utt_from_utt2spk(utt2spk: Mapping[str, str]) -> dict[str, list[str]]:
     for utt in c_sorted(utt2spk):
         spk2utt.setdefault(utt2spk[utt], []).append(utt)
     return {spk: spk2utt[spk] for spk in c_sorted(spk2utt)}
-
-
-def write_table(path: Path, table: Mapping[str, str]) -> None:
-    """Write ``key value`` lines in C order, atomically."""
-    write_text_atomic(path, "".join(f"{k} {table[k]}\n" for k in c_sorted(table)))
 
 
 def write_spk2utt(data_dir: Path, utt2spk: Mapping[str, str]) -> None:
@@ -82,6 +74,11 @@ class ValidationReport:
     hours: float | None  # from the audio headers (or utt2dur when audio is not checked); None if unknown
     oov_counts: dict[str, int] = field(default_factory=dict)  # word -> occurrences, most frequent first
     converted: int = 0  # utterances whose audio an import rewrote as 16 kHz mono wav
+
+    def split_summary(self) -> SplitSummary:
+        """The corpus-level description of this dir (what the report shows for any corpus)."""
+        return SplitSummary(self.num_utts, self.num_speakers, None if self.hours is None else round(self.hours, 4),
+                            self.num_words)
 
     @property
     def oov_rate(self) -> float:
@@ -286,3 +283,32 @@ def import_kaldi_dir(src: Path, dst: Path, sample_rate: int = 16000, require_tex
     report = validate_data_dir(dst, check_audio=False, require_text=require_text)
     report.converted = converted
     return report
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The "kaldi" corpus: a user's own data dirs
+@dataclass
+class KaldiDirConfig:
+    """Your own corpus as Kaldi data dirs ``source_dir/{train,dev,test}`` (wav.scp, text, utt2spk)."""
+
+    source_dir: str | None = None
+    sample_rate: int = 16000
+    splits: tuple[str, ...] = ("train", "dev", "test")
+
+
+def prepare_kaldi(out_dir: Path, cfg: KaldiDirConfig, nj: int = 1) -> CorpusSummary:
+    """Validate and import ``cfg.source_dir/<split>`` into ``out_dir/<split>`` for every split.
+
+    Every source dir is validated before anything is written (a bad line stops the import with its file and
+    line, and nothing prepared earlier is touched); audio at another rate is resampled into ``out_dir/<split>/wav``.
+    ``nj`` is accepted for the common corpus signature; imports run in this process.
+    """
+    if not cfg.source_dir:
+        raise InputError("corpus=kaldi needs corpus.source_dir=<folder holding train/ dev/ test/ data dirs>")
+    source = Path(cfg.source_dir)
+    for split in cfg.splits:
+        validate_data_dir(source / split, check_audio=True)
+    reports = {split: import_kaldi_dir(source / split, Path(out_dir) / split, cfg.sample_rate) for split in cfg.splits}
+    return CorpusSummary("kaldi", {s: r.split_summary() for s, r in reports.items()},
+                         details={"source_dir": str(source.resolve()),
+                                  "converted": {s: r.converted for s, r in reports.items()}})

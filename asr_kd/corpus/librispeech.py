@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from asr_kd.corpus.summary import CorpusSummary
 from features.atomic import atomic_dir
 from features.errors import InputError
 
@@ -67,8 +69,8 @@ def _read_part(part_dir: Path) -> tuple[dict[str, str], dict[str, str], dict[str
     return wav, text, utt2spk, where
 
 
-def prepare_librispeech(src_dir: Path, dst_dir: Path, parts: Sequence[str] | Mapping[str, str],
-                        sample_rate: int = 16000) -> dict[str, ValidationReport]:
+def import_librispeech_parts(src_dir: Path, dst_dir: Path, parts: Sequence[str] | Mapping[str, str],
+                            sample_rate: int = 16000) -> dict[str, ValidationReport]:
     """One Kaldi data dir per part: ``dst_dir/<part with '-' as '_'>`` (``dev-clean`` -> ``dev_clean``), or
     ``dst_dir/<name>`` when ``parts`` maps part -> name (a recipe's splits: ``{"dev-clean": "dev"}``).
 
@@ -94,3 +96,28 @@ def prepare_librispeech(src_dir: Path, dst_dir: Path, parts: Sequence[str] | Map
         reports[part] = report
         logger.info("%s (%d files resampled)", report.summary(), converted)
     return reports
+
+
+@dataclass
+class LibriSpeechConfig:
+    """A local LibriSpeech copy (``source_dir`` holds ``train-clean-100/ dev-clean/ ...`` as unpacked from
+    OpenSLR 12) and which part becomes which Kaldi split."""
+
+    source_dir: str | None = None
+    parts: dict[str, str] = field(
+        default_factory=lambda: {"train": "train-clean-100", "dev": "dev-clean", "test": "test-clean"})
+    sample_rate: int = 16000
+
+
+def prepare_librispeech(out_dir: Path, cfg: LibriSpeechConfig, nj: int = 1) -> CorpusSummary:
+    """The corpus interface: ``out_dir/<split>`` for every split of ``cfg.parts`` (see :func:`import_librispeech_parts`).
+
+    ``nj`` is accepted for the common corpus signature; the import reads transcripts and headers in this process.
+    """
+    if not cfg.source_dir:
+        raise InputError("corpus=librispeech needs corpus.source_dir=<folder holding train-clean-100/ ...>")
+    split_of = {part: split for split, part in cfg.parts.items()}
+    reports = import_librispeech_parts(Path(cfg.source_dir), Path(out_dir), split_of, cfg.sample_rate)
+    return CorpusSummary("librispeech", {split_of[part]: r.split_summary() for part, r in reports.items()},
+                         details={"source_dir": str(Path(cfg.source_dir).resolve()), "parts": dict(cfg.parts),
+                                  "converted": {split_of[part]: r.converted for part, r in reports.items()}})

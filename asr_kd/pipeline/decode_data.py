@@ -4,7 +4,7 @@ The new recordings go through exactly the front-end the systems were trained on:
 imported (resampled to the experiment's rate) as ``data/<name>``, fbank (DNNs) and MFCC (GMM) features are
 computed with the experiment's settings into ``data/fbank/<name>`` and ``data/mfcc/<name>`` with per-speaker
 CMVN taken from the new dir's own speakers, and each system decodes with the experiment's HCLG at the acoustic
-scale it chose on dev (``exp/decode/<system>/wer.json``). Hypotheses go to
+scale it chose on dev (``exp/decode/<system>/tuning.json``). Hypotheses go to
 ``exp/decode/<system>/<name>/hyp.txt``; a dir with transcripts is also scored, exactly as dev and test are.
 
 No alignment exists for new audio, so DNN inputs are a :class:`~asr_kd.frames.FrameSet` without targets: decoding
@@ -22,17 +22,13 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from asr_kd.corpus.kaldi_dir import import_kaldi_dir
-from asr_kd.frames import load_unaligned_frameset
-from asr_kd.priors import log_priors
-from asr_kd.stages import device_of, dnn_systems, obj, score_split, write_json
-from asr_kd.systems import split_by_utterance
-from asr_kd.workspace import SPLITS, Workspace
-from decoding.decode import DecodeResult, decode_loglikes, posteriors_to_loglikes
+from asr_kd.pipeline import experiment as xp
+from asr_kd.pipeline.workspace import SPLITS, Workspace
+from decoding.decode import DecodeResult, decode_loglikes
 from decoding.gmm import gmm_loglikes, load_gmm_feats
-from decoding.score import write_text
 from features.errors import InputError
 from features.extract import make_feats
-from features.kaldi_io import read_vector
+from features.tables import write_text
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +60,7 @@ def decode_data_dir(cfg: DictConfig, ws: Workspace, data_dir: Path, systems: Seq
     ``systems`` names any of gmm, baseline, ensemble, distilled, small_hard, small_soft (empty: all trained
     ones). Returns, per system, the acoustic scale used, how many utterances were decoded / failed / ended
     off a final state, the real-time factor, and, when ``data_dir`` has ``text``, the WER summary of
-    :func:`asr_kd.stages.score_split` (also written to ``exp/decode/<system>/<name>/wer.json``).
+    :func:`asr_kd.pipeline.experiment.score_split` (also written to ``exp/decode/<system>/<name>/wer.json``).
 
     Bad input (missing audio, unsorted tables...) raises :class:`InputError` naming the file and line before
     anything is written; the experiment's own data and results (train/dev/test) are never touched.
@@ -74,7 +70,7 @@ def decode_data_dir(cfg: DictConfig, ws: Workspace, data_dir: Path, systems: Seq
     _check_name(name)
     _check_trained(ws)
     _check_front_end(cfg, ws)
-    dnns = dnn_systems(cfg, ws)  # the DNN systems the experiment trained and decoded; the GMM always exists
+    dnns = xp.dnn_systems(cfg, ws)  # the DNN systems the experiment trained and decoded; the GMM always exists
     available = ["gmm", *dnns]
     wanted = list(systems) or available
     unknown = [s for s in wanted if s not in available]
@@ -88,47 +84,43 @@ def decode_data_dir(cfg: DictConfig, ws: Workspace, data_dir: Path, systems: Seq
     needs = {"fbank": any(s != "gmm" for s in wanted), "mfcc": "gmm" in wanted}  # DNNs read fbank, the GMM MFCC
     for kind, out in (("fbank", ws.fbank), ("mfcc", ws.mfcc)):
         if needs[kind]:
-            feat_cfg = obj(cfg[kind])
-            feat_cfg.nj = cfg.nj
-            make_feats(ws.data(name), out(name), feat_cfg)
+            make_feats(ws.data(name), out(name), xp.to_object(cfg[kind]), cfg.nj)
 
-    device = device_of(cfg)
+    device = xp.device_of(cfg)
     if needs["fbank"]:
-        frames = load_unaligned_frameset(ws.fbank(name), device, cfg.model.left_context, cfg.model.right_context)
-        prior = log_priors(read_vector(ws.ali("train") / "pdf_counts"))
+        frames = xp.unaligned_frames(cfg, ws, name, device)
+        prior = xp.decode_prior(ws)
     summary = {"data_dir": str(data_dir), "name": name, "utts": report.num_utts, "labelled": labelled}
     for system in wanted:
         if system == "gmm":
             loglikes = {u: gmm_loglikes(ws.tri, f) for u, f in load_gmm_feats(ws.mfcc(name)).items()}
         else:
-            log_post = dnns[system].log_posteriors(frames, device).float().cpu().numpy()
-            loglikes = split_by_utterance(posteriors_to_loglikes(log_post, prior), frames)
+            loglikes = xp.hybrid_loglikes(dnns[system], frames, prior, device)
         summary[system] = _decode_system(cfg, ws, system, name, loglikes, labelled)
-    write_json(ws.root / "exp" / "decode" / f"{name}.json", summary)
+    xp.write_json(ws.decode_data_summary(name), summary)
     return summary
 
 
 def _decode_system(cfg: DictConfig, ws: Workspace, system: str, name: str, loglikes: dict[str, np.ndarray],
                    labelled: bool) -> dict:
     """Decode one system's log-likelihoods at its tuned scale; write hyp.txt, and the WER files if labelled."""
-    decoder = obj(cfg.decode.decoder)
-    decoder.nj = cfg.nj
+    decoder = xp.to_object(cfg.decode.decoder)
     decoder.acoustic_scale = tuned_acoustic_scale(ws, system, decoder.acoustic_scale)
-    result: DecodeResult = decode_loglikes(ws.graph, ws.tri / "final.mdl", loglikes, decoder)
+    result: DecodeResult = decode_loglikes(ws.graph, ws.model, loglikes, decoder, cfg.nj)
     out = ws.decode(system, name)
     write_text(out / "hyp.txt", result.hyps)
     summary = {"acoustic_scale": decoder.acoustic_scale, "decoded": len(result.hyps), "failed": len(result.failed),
                "partial": len(result.partial), "rtf": result.real_time_factor}
     if labelled:
-        summary["wer"] = score_split(ws, system, name, result.hyps)
+        summary["wer"], _ = xp.score_split(ws, system, name, result.hyps)
         log.info("%s on %s: WER %.2f%% (acoustic scale %g)", system, name, summary["wer"]["all"],
                  decoder.acoustic_scale)
     return summary
 
 
 def tuned_acoustic_scale(ws: Workspace, system: str, default: float) -> float:
-    """The acoustic scale ``system`` chose on dev (exp/decode/<system>/wer.json), else ``default``."""
-    path = ws.root / "exp" / "decode" / system / "wer.json"
+    """The acoustic scale ``system`` chose on dev (exp/decode/<system>/tuning.json), else ``default``."""
+    path = ws.decode_tuning(system)
     if not path.exists():
         log.warning("%s: no tuned acoustic scale (%s missing); using %g", system, path, default)
         return default
@@ -146,7 +138,7 @@ def _check_name(name: str) -> None:
 
 def _check_trained(ws: Workspace) -> None:
     """The graph, the transition model and the priors must exist: decoding needs the trained experiment."""
-    for path in (ws.graph / "HCLG.fst", ws.tri / "final.mdl", ws.ali("train") / "pdf_counts"):
+    for path in (ws.graph / "HCLG.fst", ws.model, ws.pdf_counts):
         if not path.exists():
             raise InputError("the experiment is not trained this far (run the recipe through the decode stage)",
                              path)

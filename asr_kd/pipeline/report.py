@@ -1,12 +1,16 @@
 """The headline output: the paper's tables, filled from what the stages measured, as Markdown + JSON + PNG.
 
 Nothing here computes a result: every number is read from the ``summary.json`` a stage wrote
-(:func:`asr_kd.runner.read_summary`) or from a model's ``metrics.json``. The same Markdown body goes to
-``exp/report/report.md`` and, with the command/machine/date header Kaldi's RESULTS files carry, to the
-recipe's ``RESULTS.md`` (``results.json`` beside it).
+(:func:`asr_kd.pipeline.runner.read_summary`) or from a model's ``metrics.json``. The same Markdown body goes to
+``exp/report/report.md`` and, with the command/machine/date header Kaldi's RESULTS files carry, to
+``RESULTS.md`` in the results dir of the run's config (``recipes/<recipe>/results/<config>/`` for a recipe run in
+place, ``<work_dir>/results/`` otherwise), so one config's results never overwrite another's. Every publication
+is also appended to ``history.json`` there, and RESULTS.md lists the earlier runs newest first, as icefall's
+RESULTS files do.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -23,9 +27,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from asr_kd.distill import gain_kept  # noqa: E402
-from asr_kd.runner import git_commit, machine_description, read_summary  # noqa: E402
-from asr_kd.stages import STAGES  # noqa: E402
-from asr_kd.workspace import Workspace  # noqa: E402
+from asr_kd.pipeline.runner import git_commit, machine_description, read_summary  # noqa: E402
+from asr_kd.pipeline.workspace import Workspace  # noqa: E402
 from features.atomic import write_text_atomic  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -46,9 +49,9 @@ def _get(d: dict | None, *keys: str) -> Any:
     return d
 
 
-def collect(ws: Workspace) -> dict:
-    """Everything the report shows, gathered from the stages' summaries (missing stages stay missing)."""
-    summaries = {name: read_summary(ws, name) for name in STAGES}
+def collect(ws: Workspace, stages: list[str]) -> dict:
+    """Everything the report shows, gathered from the summaries of ``stages`` (missing stages stay missing)."""
+    summaries = {name: read_summary(ws, name) for name in stages}
     s = {name: (rec or {}).get("summary") for name, rec in summaries.items()}
     decode = s.get("decode") or {}
     ens = s.get("ensemble") or {}
@@ -202,12 +205,12 @@ def _details_md(r: dict) -> list[str]:
 def _plot_curves(ws: Workspace, out: Path) -> None:
     """Dev frame accuracy per epoch of every trained network (baseline, members, students)."""
     fig, ax = plt.subplots(figsize=(7, 4))
-    for metrics in sorted((ws.root / "exp" / "dnn").glob("**/metrics.json")):
+    for metrics in sorted(ws.dnn_root.glob("**/metrics.json")):
         epochs = json.loads(metrics.read_text()).get("epochs", [])
         accs = [e.get("dev_acc") for e in epochs if e.get("dev_acc") is not None]
         if not accs:
             continue
-        name = str(metrics.parent.relative_to(ws.root / "exp" / "dnn"))
+        name = str(metrics.parent.relative_to(ws.dnn_root))
         member = name.startswith("ensemble/")
         ax.plot(range(1, len(accs) + 1), [100 * a if a <= 1 else a for a in accs], color="0.7" if member else None,
                 label=None if member else name, linewidth=1 if member else 2)
@@ -257,17 +260,69 @@ def _plot_table1(r: dict, out: Path) -> None:
     plt.close(fig)
 
 
-def write_report(cfg: DictConfig, ws: Workspace) -> dict:
-    """Write exp/report/{report.md, report.json, *.png} and the recipe's RESULTS.md + results.json."""
-    r = collect(ws)
+def _headline(r: dict) -> dict:
+    """The numbers a history row keeps of a run: Table 1's frame accuracies and WERs, the gain kept, the 3% row."""
+    t1 = r["table1"]
+    small = _get(r.get("small_data"), "systems") or {}
+    return {
+        **{f"{system}_{key}": t1[system][key] for system in t1 for key in ("dev_frame_acc", "test_wer")},
+        **{f"gain_kept_{k}": v for k, v in r["gain_kept"].items()},
+        **{f"{k}_test_frame_acc": _get(small, k, "test") for k in ("small_hard", "small_soft")},
+    }
+
+
+def _history_md(history: list[dict]) -> list[str]:
+    if len(history) < 2:
+        return []
+    keys = list(history[0]["headline"])
+    lines = ["## History (newest first)", "",
+             "| date | commit | machine | total s | " + " | ".join(keys) + " | command |",
+             "|---" * (len(keys) + 5) + "|"]
+    for h in history:
+        lines.append(f"| {h['date']} | {h['git_commit']} | {h['machine']} | {h['total_seconds']:.0f} | "
+                     + " | ".join(_fmt(h["headline"].get(k), 3 if k.startswith("gain") else 1) for k in keys)
+                     + f" | `{h['command']}` |")
+    return lines
+
+
+def publish_results(results_dir: Path, report_dir: Path, meta: dict, r: dict, body: list[str],
+                    header: list[str]) -> None:
+    """RESULTS.md, results.json, the charts and history.json of one config's results dir.
+
+    A new run goes on top of ``history.json``; re-publishing the same run (the report stage forced again)
+    replaces its entry instead of adding one. Nothing of another config's results dir is touched.
+    """
+    results_dir.mkdir(parents=True, exist_ok=True)
+    for png in report_dir.glob("*.png"):
+        shutil.copy2(png, results_dir / png.name)
+    history_path = results_dir / "history.json"
+    history = json.loads(history_path.read_text()) if history_path.exists() else []
+    entry = {"run": meta["run"], "date": meta["date"], "git_commit": meta["git_commit"],
+             "machine": f"{meta['machine']['cpus']} CPUs, GPU {meta['machine']['gpu']}",
+             "command": meta["command"], "total_seconds": meta["total_seconds"], "headline": _headline(r)}
+    history = [entry] + [h for h in history if h.get("run") != meta["run"]]
+    write_text_atomic(history_path, json.dumps(history, indent=1) + "\n")
+    results_header = ["# RESULTS (generated by asr_kd.pipeline.report from a real run; do not edit by hand)", "",
+                      "Command (from the repository root):", "", "```", meta["command"], "```", ""]
+    write_text_atomic(results_dir / "RESULTS.md",
+                      "\n".join(results_header + header[2:] + body + [""] + _history_md(history)) + "\n")
+    write_text_atomic(results_dir / "results.json", json.dumps({k: v for k, v in r.items() if k != "config"},
+                                                               indent=2, default=str) + "\n")
+
+
+def write_report(cfg: DictConfig, ws: Workspace, stages: list[str]) -> dict:
+    """Write exp/report/{report.md, report.json, *.png} and publish them to the config's results dir."""
+    r = collect(ws, stages)
     out = ws.report
     out.mkdir(parents=True, exist_ok=True)
     _plot_curves(ws, out / "training_curves.png")
     _plot_sweep(r, out / "temperature_sweep.png")
     _plot_table1(r, out / "table1.png")
+    finished = [str((read_summary(ws, name) or {}).get("finished")) for name in stages if name != "report"]
     meta = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "git_commit": git_commit(Path(__file__).resolve().parent.parent),
+        "run": hashlib.sha256("|".join(finished).encode()).hexdigest()[:12],  # same stage outputs, same run
+        "git_commit": git_commit(Path(__file__).resolve().parents[2]),
         "machine": machine_description(),
         "command": os.environ.get("ASR_KD_COMMAND", " ".join(sys.argv)),
         "total_seconds": round(sum(r["stage_seconds"].values()), 1),
@@ -283,14 +338,7 @@ def write_report(cfg: DictConfig, ws: Workspace) -> dict:
               f"- total time of all stages: {meta['total_seconds']:.0f} s", ""]
     write_text_atomic(out / "report.md", "\n".join(header + body) + "\n")
     write_text_atomic(out / "report.json", json.dumps(r, indent=2, default=str) + "\n")
-    results_header = ["# RESULTS (generated by asr_kd.report from a real run; do not edit by hand)", "",
-                      "Command (from the repository root):", "", "```", meta["command"], "```", ""]
-    charts = ws.root / "results"
-    charts.mkdir(exist_ok=True)
-    for png in out.glob("*.png"):
-        shutil.copy2(png, charts / png.name)
-    write_text_atomic(ws.root / "RESULTS.md",
-                      "\n".join(results_header + header[2:] + [ln.replace("](", "](results/") for ln in body]) + "\n")
-    write_text_atomic(ws.root / "results.json", json.dumps({k: v for k, v in r.items() if k != "config"},
-                                                           indent=2, default=str) + "\n")
-    return {"report": str(out / "report.md"), "total_seconds": meta["total_seconds"]}
+    results_dir = Path(cfg.results_dir) if cfg.get("results_dir") else ws.root / "results"
+    publish_results(results_dir, out, meta, r, body, header)
+    return {"report": str(out / "report.md"), "results": str(results_dir / "RESULTS.md"),
+            "total_seconds": meta["total_seconds"]}

@@ -1,0 +1,93 @@
+"""Where this process computes and who it is in a torchrun job: the one place that decides device and rank.
+
+Every stage, trainer and benchmark asks :func:`select_device` and :func:`dist_context` instead of reading
+``LOCAL_RANK``/``WORLD_SIZE`` or calling ``torch.cuda.is_available()`` itself, so the placement rules live here:
+
+* ``auto`` means this rank's GPU (``cuda:LOCAL_RANK``) when CUDA is available, else the CPU; ``cuda`` means
+  ``cuda:LOCAL_RANK``; anything else (``cpu``, ``cuda:1``) is taken literally.
+* On a GPU, :func:`torch.cuda.set_device` is called before anything is allocated, so that NCCL, the caching
+  allocator and any ``tensor.cuda()`` without an index land on this rank's GPU and not all on ``cuda:0``.
+* Under torchrun (``WORLD_SIZE`` > 1) :func:`dist_context` joins the process group once per process: NCCL
+  when this rank computes on a GPU, gloo otherwise.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistContext:
+    """This process's place in a torchrun job (rank 0 of 1 when not launched by torchrun)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 writes the shared outputs (model files, summaries, reports)."""
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+    def all_reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
+        """Sum ``t`` over ranks in place (a no-op in a single process); returns ``t``."""
+        if self.world > 1:
+            dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        return t
+
+
+def launch_env() -> DistContext:
+    """Rank, world size and local rank as torchrun sets them (0, 1, 0 without torchrun); joins nothing."""
+    return DistContext(int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")),
+                       int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def select_device(name: str = "auto") -> torch.device:
+    """The device this process computes on (see the module docstring); selects the GPU before any tensor."""
+    local_rank = launch_env().local_rank
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device("cuda", local_rank) if name == "cuda" else torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"device={name!r} asked for, but CUDA is not available on this machine")
+        torch.cuda.set_device(device)
+    return device
+
+
+def dist_context(device: torch.device) -> DistContext:
+    """Join the torchrun process group (NCCL for a GPU rank, gloo for a CPU rank) once; a no-op without torchrun."""
+    env = launch_env()
+    if env.world <= 1:
+        return env
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return DistContext(dist.get_rank(), dist.get_world_size(), env.local_rank)
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued GPU work (timings must not stop the clock before the kernels ran); no-op on a CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bf16_native(device: torch.device) -> bool:
+    """Whether ``device`` computes bf16 matrix products in hardware: CUDA GPUs that support it, and CPUs with
+    AVX512-BF16 or AMX. Elsewhere bf16 is emulated, slower than float32, so callers fall back to float32."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    return False
+
+
+def autocast(device: torch.device, bf16: bool) -> torch.autocast:
+    """bf16 autocast for a training or inference step when asked for and native on ``device``, else a no-op."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16 and bf16_native(device))

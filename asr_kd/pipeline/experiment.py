@@ -1,0 +1,113 @@
+"""What a (partly) trained experiment holds, read the same way by every stage and by ``decode_data``.
+
+These helpers sit below :mod:`asr_kd.pipeline.stages` and :mod:`asr_kd.pipeline.decode_data`: the frame sets a
+split turns into, the DNN systems trained so far, the priors of hybrid decoding, and the scoring of a split's
+hypotheses (overall and per voice condition, with the icefall-style files beside them).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from asr_kd.device import select_device
+from asr_kd.frames import FrameSet, load_frameset, load_unaligned_frameset
+from asr_kd.pipeline.workspace import Workspace
+from asr_kd.priors import log_priors
+from asr_kd.systems import System, split_by_utterance
+from decoding.decode import posteriors_to_loglikes
+from decoding.score import WerResult, compute_wer, write_scoring_files
+from features.atomic import write_text_atomic
+from features.kaldi_io import read_vector
+from features.tables import read_dict, read_text
+
+DNN_SYSTEMS = ("baseline", "ensemble", "distilled", "small_hard", "small_soft")
+"""Every DNN system the recipe may train, in report order."""
+
+
+def to_object(node: DictConfig) -> Any:
+    """The typed dataclass behind a config node (hydra keeps them as DictConfig)."""
+    return OmegaConf.to_object(node)
+
+
+def write_json(path: Path, data: dict) -> None:
+    write_text_atomic(path, json.dumps(data, indent=2, default=str) + "\n")
+
+
+def device_of(cfg: DictConfig) -> torch.device:
+    """The device this process computes on (:func:`asr_kd.device.select_device` of ``cfg.device``)."""
+    return select_device(cfg.device)
+
+
+def num_pdfs(ws: Workspace) -> int:
+    """Number of tied states: the DNN's output classes."""
+    return int(ws.num_pdfs_file.read_text().split()[0])
+
+
+def utt2subset(ws: Workspace, split: str) -> dict[str, str]:
+    """Voice condition (seen/unseen) of each utterance of a split, where the corpus provides one."""
+    path = ws.data(split) / "utt2subset"
+    return read_dict(path) if path.exists() else {}
+
+
+def frames(cfg: DictConfig, ws: Workspace, split: str, device: torch.device) -> FrameSet:
+    """A split's aligned frames (fbank + CMVN, pdf targets) with the model's context, on ``device``."""
+    return load_frameset(ws.fbank(split), ws.ali(split), device=device, left=cfg.model.left_context,
+                         right=cfg.model.right_context)
+
+
+def unaligned_frames(cfg: DictConfig, ws: Workspace, split: str, device: torch.device) -> FrameSet:
+    """Every utterance of a feature dir, aligned or not (decoding needs no labels)."""
+    return load_unaligned_frameset(ws.fbank(split), device, cfg.model.left_context, cfg.model.right_context)
+
+
+def member_paths(ws: Workspace) -> list[Path]:
+    return sorted(ws.dnn("ensemble").glob("member*/model.pt"))
+
+
+def system_paths(ws: Workspace) -> dict[str, list[Path]]:
+    """The model files of every DNN system (missing ones have no files yet)."""
+    single = {"baseline": ws.dnn("baseline"), "distilled": ws.dnn("distilled"),
+              "small_hard": ws.small_data / "small_hard", "small_soft": ws.small_data / "small_soft"}
+    paths = {name: [d / "model.pt"] if (d / "model.pt").exists() else [] for name, d in single.items()}
+    paths["ensemble"] = member_paths(ws)
+    return {name: paths[name] for name in DNN_SYSTEMS}
+
+
+def dnn_systems(cfg: DictConfig, ws: Workspace) -> dict[str, System]:
+    """The DNN systems trained so far that ``cfg.decode.systems`` asks for, in report order."""
+    return {name: System(name, paths, cfg.ensemble.combine if name == "ensemble" else "arith")
+            for name, paths in system_paths(ws).items() if paths and name in cfg.decode.systems}
+
+
+def hybrid_loglikes(system: System, frame_set: FrameSet, prior: np.ndarray,
+                    device: torch.device) -> dict[str, np.ndarray]:
+    """Per-utterance scaled log-likelihoods log p(s|x) - log p(s) of a DNN system, for the decoder."""
+    log_post = system.log_posteriors(frame_set, device).float().cpu().numpy()
+    return split_by_utterance(posteriors_to_loglikes(log_post, prior), frame_set)
+
+
+def decode_prior(ws: Workspace) -> np.ndarray:
+    """log p(s) from the training alignments' pdf counts."""
+    return log_priors(read_vector(ws.pdf_counts))
+
+
+def score_split(ws: Workspace, system: str, split: str, hyps: dict[str, list[str]]) -> tuple[dict, WerResult]:
+    """WER of one system on one split, overall and per voice condition, with the scoring files beside it.
+
+    Returns the summary (percent WER ``all`` and per subset, error counts) and the full result (per-utterance
+    errors, which the report's confidence intervals resample).
+    """
+    refs = read_text(ws.data(split) / "text")
+    result = compute_wer(refs, hyps)
+    write_scoring_files(ws.decode(system, split), f"{system}-{split}", refs, hyps, result)
+    scores = {"all": result.wer, "ins": result.ins, "del": result.dels, "sub": result.subs, "words": result.ref_words}
+    subsets = utt2subset(ws, split)
+    for subset in sorted(set(subsets.values())):
+        utts = [u for u in refs if subsets.get(u) == subset]
+        scores[subset] = compute_wer({u: refs[u] for u in utts}, {u: hyps.get(u, []) for u in utts}).wer
+    return scores, result

@@ -1,0 +1,239 @@
+"""The recipe's stages, corpus to report, each a function ``(cfg, ws) -> summary``; :data:`STAGES` is their order.
+
+These are the only places where the packages meet: each stage reads what earlier stages left in the
+:class:`~asr_kd.pipeline.workspace.Workspace`, calls one library function per step, and returns a small JSON-able
+summary that :mod:`asr_kd.pipeline.report` turns into tables. ``recipes/<corpus>/run.sh`` runs them by number
+through :mod:`asr_kd.cli`; :func:`asr_kd.pipeline.runner.run_stage` adds the ``.done`` markers, logs and configs.
+:data:`STAGES` is the one definition of the stage list: ``run.sh --help``, the recipes' numbered stages and the
+README table are checked against it by the tests.
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Callable
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from asr_kd.corpus.registry import corpus_for
+from asr_kd.device import dist_context
+from asr_kd.distill import run_small_data, temperature_sweep
+from asr_kd.ensemble import evaluate_ensemble, train_ensemble
+from asr_kd.inference import load_model
+from asr_kd.pipeline import experiment as xp
+from asr_kd.pipeline.report import write_report
+from asr_kd.pipeline.workspace import SPLITS, Workspace
+from asr_kd.soft_targets import SoftTargets, compute_soft_targets_at
+from asr_kd.systems import System, frame_accuracies
+from asr_kd.train import train
+from decoding.align_eval import boundary_accuracy
+from decoding.decode import tune_and_decode
+from decoding.gmm import align, gmm_loglikes, load_gmm_feats, train_mono, train_tri
+from decoding.graph import make_hclg
+from decoding.lang import prepare_dict, prepare_lang
+from decoding.lm import make_lang_test, perplexity, train_lm
+from features.atomic import write_text_atomic
+from features.extract import make_feats
+from features.tables import read_dict, read_text, write_text
+
+log = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------------------------------------- data prep
+def stage_corpus(cfg: DictConfig, ws: Workspace) -> dict:
+    """The corpus as Kaldi data dirs data/{train,dev,test} (built-in TTS corpus, or the user's)."""
+    _, corpus = corpus_for(OmegaConf.get_type(cfg.corpus))
+    return corpus.prepare(ws.corpus, xp.to_object(cfg.corpus), cfg.nj).to_dict()
+
+
+def stage_features(cfg: DictConfig, ws: Workspace) -> dict:
+    """40-d log-mel fbank (the DNN input) and 13-d MFCC (the GMM input), per-speaker CMVN stats."""
+    summary = {}
+    for kind, node, out in (("fbank", cfg.fbank, ws.fbank), ("mfcc", cfg.mfcc, ws.mfcc)):
+        for split in SPLITS:
+            summary[f"{kind}/{split}"] = make_feats(ws.data(split), out(split), xp.to_object(node), cfg.nj)
+    return summary
+
+
+def _lm_extra_text(cfg: DictConfig, ws: Workspace) -> list:
+    """The part of the corpus's extra LM text this experiment uses (it sets the vocabulary and the HCLG size)."""
+    if not ws.lm_extra.exists() or cfg.lm_extra_sentences == 0:
+        return []
+    if cfg.lm_extra_sentences < 0:
+        return [ws.lm_extra]
+    with ws.lm_extra.open(encoding="utf-8") as f:
+        lines = [line for _, line in zip(range(cfg.lm_extra_sentences), f)]
+    write_text_atomic(ws.lm_extra_used, "".join(lines))
+    return [ws.lm_extra_used]
+
+
+def stage_lang(cfg: DictConfig, ws: Workspace) -> dict:
+    """Lexicon, L.fst, a trigram LM, G.fst, dev/test perplexity and OOV rate."""
+    extra = _lm_extra_text(cfg, ws)
+    texts = [ws.data(s) / "text" for s in SPLITS] + extra
+    oov = prepare_dict(texts, ws.dict_dir, xp.to_object(cfg.dict))
+    prepare_lang(ws.dict_dir, ws.lang, xp.to_object(cfg.lang))
+    arpa = train_lm([ws.data("train") / "text"] + extra, ws.lm_dir, xp.to_object(cfg.lm))
+    make_lang_test(ws.lang, arpa, ws.lang_test)
+    ppl = {split: perplexity(arpa, ws.data(split) / "text") for split in ("dev", "test")}
+    xp.write_json(ws.perplexity, ppl)
+    return {"oov": oov, "perplexity": ppl}
+
+
+# ---------------------------------------------------------------------------------------------- GMM-HMM
+def stage_mono(cfg: DictConfig, ws: Workspace) -> dict:
+    """Flat-start monophone GMM-HMM (Kaldi train_mono)."""
+    return train_mono(ws.mfcc("train"), ws.lang, ws.mono, xp.to_object(cfg.mono), nj=cfg.nj)
+
+
+def stage_tri(cfg: DictConfig, ws: Workspace) -> dict:
+    """Tied-state triphones (our decision tree); alignments of every split (the DNN targets)."""
+    summary = {"train": train_tri(ws.mfcc("train"), ws.lang, ws.mono, ws.tri, xp.to_object(cfg.tri), nj=cfg.nj)}
+    for split in SPLITS:
+        summary[f"align/{split}"] = align(ws.tri, ws.mfcc(split), ws.lang, ws.ali(split), nj=cfg.nj)
+        ctm = ws.data(split) / "phones.ctm"
+        if split != "train" and ctm.exists():
+            summary[f"boundaries/{split}"] = boundary_accuracy(ws.ali(split), ws.model, ctm, ws.lang / "phones.txt")
+    return summary
+
+
+def _decode_tuned(cfg: DictConfig, ws: Workspace, system: str, loglikes: Callable[[str], dict[str, np.ndarray]]
+                  ) -> dict:
+    """Pick the acoustic scale on dev by WER, then decode test with it (test never tunes anything); score both."""
+    tuned = tune_and_decode(ws.graph, ws.model, loglikes("dev"), read_text(ws.data("dev") / "text"), loglikes("test"),
+                            xp.to_object(cfg.decode.decoder), list(cfg.decode.acoustic_scales), nj=cfg.nj)
+    result: dict = {"acoustic_scale": tuned.acoustic_scale,
+                    "dev_wer_by_scale": {s: w.wer for s, w in tuned.dev_wer.items()},
+                    "rtf": tuned.test.real_time_factor}
+    for split, decoded in (("dev", tuned.dev), ("test", tuned.test)):
+        write_text(ws.decode(system, split) / "hyp.txt", decoded.hyps)
+        result[split], _ = xp.score_split(ws, system, split, decoded.hyps)
+        result[split].update(no_path=decoded.failed, no_final_state=decoded.partial)
+    xp.write_json(ws.decode_tuning(system), result)
+    log.info("%s: dev WER %.2f%%, test WER %.2f%% (acoustic scale %g)", system, result["dev"]["all"],
+             result["test"]["all"], tuned.acoustic_scale)
+    return result
+
+
+def stage_graph(cfg: DictConfig, ws: Workspace) -> dict:
+    """HCLG for the triphone model + trigram LM; the GMM baseline's WER (Kaldi's tri1 number)."""
+    graph = make_hclg(ws.lang_test, ws.tri / "tree", ws.model, ws.graph, xp.to_object(cfg.graph))
+
+    def gmm_ll(split: str) -> dict[str, np.ndarray]:
+        return {u: gmm_loglikes(ws.tri, f) for u, f in load_gmm_feats(ws.mfcc(split)).items()}
+
+    return {"graph": graph, "gmm": _decode_tuned(cfg, ws, "gmm", gmm_ll)}
+
+
+# ---------------------------------------------------------------------------------------------- DNNs
+def _evaluate(cfg: DictConfig, ws: Workspace, system: System, splits: tuple[str, ...] = ("dev", "test")) -> dict:
+    """Frame accuracy (%) of a system on the given splits (and per voice condition where there is one)."""
+    device = xp.device_of(cfg)
+    result = {}
+    for split in splits:
+        fs = xp.frames(cfg, ws, split, device)
+        result[split] = frame_accuracies(system.log_posteriors(fs, device), fs, xp.utt2subset(ws, split))
+    return result
+
+
+def stage_baseline(cfg: DictConfig, ws: Workspace) -> dict:
+    """The baseline: one DNN on hard alignment targets."""
+    device = xp.device_of(cfg)
+    out = ws.dnn("baseline")
+    train(xp.to_object(cfg.model), xp.to_object(cfg.train), xp.frames(cfg, ws, "train", device),
+          xp.frames(cfg, ws, "dev", device), out, xp.num_pdfs(ws), device=device)
+    return _evaluate(cfg, ws, System("baseline", [out / "model.pt"]), splits=("train", "dev", "test"))
+
+
+def stage_ensemble(cfg: DictConfig, ws: Workspace) -> dict:
+    """N members differing only in their random initialisation; each member and their average evaluated."""
+    device = xp.device_of(cfg)
+    train_ensemble(xp.to_object(cfg.model), xp.to_object(cfg.train), xp.to_object(cfg.ensemble),
+                   xp.frames(cfg, ws, "train", device), xp.frames(cfg, ws, "dev", device), ws.dnn("ensemble"),
+                   xp.num_pdfs(ws), device)
+    dist_context(device).barrier()  # under torchrun each rank trained its share; evaluate once all are there
+    sets = {split: xp.frames(cfg, ws, split, device) for split in ("dev", "test")}
+    members = evaluate_ensemble([p.parent for p in xp.member_paths(ws)], sets, cfg.ensemble.combine)
+    acc = _evaluate(cfg, ws, System("ensemble", xp.member_paths(ws), cfg.ensemble.combine))
+    return {"members": members, "ensemble": acc}
+
+
+def stage_soft_targets(cfg: DictConfig, ws: Workspace) -> dict:
+    """The ensemble's temperature-softened posteriors on the training frames, top-k, stored once."""
+    device = xp.device_of(cfg)
+    teachers = [load_model(p, device=device) for p in xp.member_paths(ws)]
+    sweep = compute_soft_targets_at(teachers, xp.frames(cfg, ws, "train", device), xp.to_object(cfg.soft_targets),
+                                    cfg.distill.temperatures_sweep)
+    summary = {}
+    for temperature, soft in sweep.items():
+        soft.save(ws.soft_targets("ensemble", temperature))
+        summary[f"T={temperature:g}"] = {"bytes_per_frame": soft.bytes_per_frame,
+                                         "mean_mass_kept": float(soft.mass_kept.float().mean())}
+    return summary
+
+
+def stage_distill(cfg: DictConfig, ws: Workspace) -> dict:
+    """Students on the ensemble's stored soft targets, one per temperature; the best on dev is "distilled"."""
+    device = xp.device_of(cfg)
+    soft = {float(t): SoftTargets.load(ws.soft_targets("ensemble", t), device=device)
+            for t in cfg.distill.temperatures_sweep}
+    sweep = temperature_sweep(xp.to_object(cfg.model), xp.to_object(cfg.train), xp.to_object(cfg.distill),
+                              xp.frames(cfg, ws, "train", device), xp.frames(cfg, ws, "dev", device), soft,
+                              ws.distill_sweep, xp.num_pdfs(ws), device)
+    best = sweep["best_temperature"]
+    accuracy = {}
+    for tag, row in sweep["per_temperature"].items():
+        student = ws.distill_sweep / f"T{tag}" / "model.pt"
+        accuracy[float(tag)] = _evaluate(cfg, ws, System(f"distilled_T{tag}", [student]))
+        accuracy[float(tag)]["epochs_run"] = row["epochs_run"]
+    ws.dnn("distilled").mkdir(parents=True, exist_ok=True)
+    shutil.copy2(ws.distill_sweep / f"T{best:g}" / "model.pt", ws.dnn("distilled") / "model.pt")
+    return {"best_temperature": best, "sweep": accuracy, "distilled": accuracy[best]}
+
+
+def stage_small_data(cfg: DictConfig, ws: Workspace) -> dict:
+    """The 3% experiment: hard vs soft targets (from a full-data teacher) on 3% of the utterances."""
+    device = xp.device_of(cfg)
+    sets = {split: xp.frames(cfg, ws, split, device) for split in SPLITS}
+    teachers = {"baseline": [ws.dnn("baseline") / "model.pt"], "ensemble": xp.member_paths(ws)}
+    return run_small_data(xp.to_object(cfg.model), xp.to_object(cfg.train), xp.to_object(cfg.small_data),
+                          xp.to_object(cfg.distill), sets, read_dict(ws.data("train") / "utt2spk"), teachers,
+                          ws.small_data, xp.num_pdfs(ws))
+
+
+# ---------------------------------------------------------------------------------------------- decoding
+def stage_decode(cfg: DictConfig, ws: Workspace) -> dict:
+    """Hybrid decoding of every DNN system: (log posterior - log prior) x scale -> HCLG -> WER."""
+    device = xp.device_of(cfg)
+    prior = xp.decode_prior(ws)
+    # Every utterance is decoded, also those the GMM failed to align (they have no frame-accuracy label, but
+    # they do have a reference transcript and count in the WER).
+    sets = {split: xp.unaligned_frames(cfg, ws, split, device) for split in ("dev", "test")}
+    summary = {}
+    for name, system in xp.dnn_systems(cfg, ws).items():
+        summary[name] = _decode_tuned(cfg, ws, name,
+                                      lambda split, s=system: xp.hybrid_loglikes(s, sets[split], prior, device))
+    return summary
+
+
+def stage_report(cfg: DictConfig, ws: Workspace) -> dict:
+    """The comparison report (Markdown + JSON + PNG) and the config's RESULTS.md."""
+    return write_report(cfg, ws, list(STAGES))
+
+
+STAGES: dict[str, Callable[[DictConfig, Workspace], dict]] = {
+    "corpus": stage_corpus,
+    "features": stage_features,
+    "lang": stage_lang,
+    "mono": stage_mono,
+    "tri": stage_tri,
+    "graph": stage_graph,
+    "baseline": stage_baseline,
+    "ensemble": stage_ensemble,
+    "soft_targets": stage_soft_targets,
+    "distill": stage_distill,
+    "small_data": stage_small_data,
+    "decode": stage_decode,
+    "report": stage_report,
+}

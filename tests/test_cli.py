@@ -1,0 +1,62 @@
+"""The command line's contract for bad input: one clear line naming the file and line, exit status 2, nothing
+already prepared lost; the traceback only with debug=true (and always in the stage's log)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _kaldi_dirs(root: Path, bad_text: bool) -> Path:
+    """train/dev/test data dirs of two utterances each; with ``bad_text`` the dev transcript of line 2 is empty."""
+    for split in ("train", "dev", "test"):
+        d = root / split
+        d.mkdir(parents=True)
+        utts = [f"spk1-{split}{i}" for i in range(2)]
+        for u in utts:
+            sf.write(d / f"{u}.wav", np.zeros(1600, dtype=np.float32), 16000, subtype="PCM_16")
+        (d / "wav.scp").write_text("".join(f"{u} {d / u}.wav\n" for u in utts))
+        (d / "utt2spk").write_text("".join(f"{u} spk1\n" for u in utts))
+        texts = ["HELLO WORLD", "" if bad_text and split == "dev" else "GOOD MORNING"]
+        (d / "text").write_text("".join(f"{u} {t}".rstrip() + "\n" for u, t in zip(utts, texts)))
+    return root
+
+
+def _cli(work: Path, *args: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "asr_kd.cli", "--config-dir", str(REPO / "recipes" / "kaldi" / "conf"),
+           "--config-name", "default", f"work_dir={work}", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=work, env=dict(os.environ, KALDI_ROOT="/tmp"))
+
+
+def test_bad_data_dir_ends_in_one_line_and_exit_2(tmp_path: Path) -> None:
+    src = _kaldi_dirs(tmp_path / "src", bad_text=True)
+    work = tmp_path / "work"
+    work.mkdir()
+    result = _cli(work, "stage=corpus", f"corpus.source_dir={src}")
+    assert result.returncode == 2, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: {src / 'dev' / 'text'}:2:") and "empty" in last, result.stderr
+    assert "Traceback" not in result.stderr and "HYDRA_FULL_ERROR" not in result.stderr
+    assert "Traceback" in (work / "exp" / "stages" / "corpus" / "log.txt").read_text()  # kept in the stage log
+    assert not (work / "data" / "train").exists()  # validated before anything was imported
+
+    debug = _cli(work, "stage=corpus", f"corpus.source_dir={src}", "debug=true")
+    assert debug.returncode != 0 and "Traceback" in debug.stderr
+
+
+def test_a_good_import_is_kept_when_a_later_run_fails(tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    good = _kaldi_dirs(tmp_path / "good", bad_text=False)
+    assert _cli(work, "stage=corpus", f"corpus.source_dir={good}").returncode == 0
+    text = (work / "data" / "dev" / "text").read_text()
+    bad = _kaldi_dirs(tmp_path / "bad", bad_text=True)
+    failed = _cli(work, "stage=corpus", "force=true", f"corpus.source_dir={bad}")
+    assert failed.returncode == 2
+    assert (work / "data" / "dev" / "text").read_text() == text  # nothing already computed is lost
