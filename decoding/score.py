@@ -111,6 +111,23 @@ class WerResult:
                 "ser": 100.0 * self.sentence_errors / self.sentences if self.sentences else 0.0,
                 "missing_hyps": len(self.missing_hyps), "levenshtein_errors": self.levenshtein_errors}
 
+    @classmethod
+    def from_utts(cls, per_utt: Mapping[str, UttErrors], missing_hyps: Sequence[str] = ()) -> WerResult:
+        """Corpus counts summed over ``per_utt``: the one place totals are formed, for a whole test set or any
+        part of it (a speaker, a subset). jiwer's edit distance is recomputed from the alignments' tokens."""
+        utts = list(per_utt.values())
+        ins, dels, subs = (sum(getattr(u, k) for u in utts) for k in ("ins", "dels", "subs"))
+        ref_words = sum(u.ref_words for u in utts)
+        sides = [([r for r, _ in u.alignment if r is not None], [h for _, h in u.alignment if h is not None])
+                 for u in utts]
+        return cls(
+            ins=ins, dels=dels, subs=subs, ref_words=ref_words,
+            wer=100.0 * (ins + dels + subs) / ref_words if ref_words else 0.0,
+            sentences=len(utts), sentence_errors=sum(u.errors > 0 for u in utts),
+            per_utt=dict(per_utt), missing_hyps=list(missing_hyps),
+            levenshtein_errors=_levenshtein([r for r, _ in sides], [h for _, h in sides]),
+        )
+
 
 def _levenshtein(refs: list[list[str]], hyps: list[list[str]]) -> int:
     """jiwer's total edit distance; jiwer refuses empty references, which cost len(hyp) insertions anyway."""
@@ -126,14 +143,14 @@ def compute_wer(refs: Mapping[str, Sequence[str]], hyps: Mapping[str, Sequence[s
     """WER of ``hyps`` against ``refs`` over the utterances of ``refs``, both normalized first.
 
     An utterance with no hypothesis (decoding failed) counts as an empty hypothesis: all its reference words
-    are deletions, as sclite scores a missing hypothesis line; such utterances are listed in ``missing_hyps``.
+    are deletions (Kaldi's ``compute-wer --mode=all``; sclite given ``trn`` files silently skips the utterance
+    instead, which flatters a system that fails on hard ones); such utterances are listed in ``missing_hyps``.
     Hypotheses for utterances not in ``refs`` are an error (they would otherwise vanish from the count).
     """
     extra = sorted(set(hyps) - set(refs))
     if extra:
         raise ValueError(f"{len(extra)} hypotheses have no reference, e.g. {extra[:3]}")
     per_utt, missing = {}, []
-    ref_lists, hyp_lists = [], []
     for utt in sorted(refs):
         ref = normalize_transcript(refs[utt])
         if utt not in hyps:
@@ -147,18 +164,7 @@ def compute_wer(refs: Mapping[str, Sequence[str]], hyps: Mapping[str, Sequence[s
             ins=sum(r is None for r, _ in alignment),
             alignment=alignment,
         )
-        ref_lists.append(ref)
-        hyp_lists.append(hyp)
-    ins = sum(u.ins for u in per_utt.values())
-    dels = sum(u.dels for u in per_utt.values())
-    subs = sum(u.subs for u in per_utt.values())
-    ref_words = sum(u.ref_words for u in per_utt.values())
-    return WerResult(
-        ins=ins, dels=dels, subs=subs, ref_words=ref_words,
-        wer=100.0 * (ins + dels + subs) / ref_words if ref_words else 0.0,
-        sentences=len(per_utt), sentence_errors=sum(u.errors > 0 for u in per_utt.values()),
-        per_utt=per_utt, missing_hyps=missing, levenshtein_errors=_levenshtein(ref_lists, hyp_lists),
-    )
+    return WerResult.from_utts(per_utt, missing)
 
 
 def _alignment_text(alignment: Sequence[tuple[str | None, str | None]]) -> str:

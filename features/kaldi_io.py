@@ -22,8 +22,8 @@ os.environ.setdefault("KALDI_ROOT", "/tmp")  # kaldi_io prints a banner at impor
 import kaldi_io as _kio
 
 from features.atomic import atomic_write, write_text_atomic
-from features.tables import read_table
 from features.errors import InputError
+from features.tables import read_table
 
 T = TypeVar("T")
 
