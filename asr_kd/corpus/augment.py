@@ -102,6 +102,18 @@ def run_sox(audio: np.ndarray, effects: list[str]) -> np.ndarray:
     return np.frombuffer(proc.stdout, dtype=np.float32).copy()
 
 
+def _mean_power(x: np.ndarray) -> float:
+    """Mean of squares, accumulated in float64 over a fresh contiguous copy.
+
+    The copy makes the result a function of the values alone, never of where they sit in memory: numpy sums
+    an aligned array in one pairwise pass, but one that is not aligned to its dtype (a view at an odd offset
+    into a byte buffer) in buffered chunks, in another order, to another float32 result. float64 keeps the
+    rounding of a long sum of squares far below what a 16-bit wav can show.
+    """
+    x64 = np.array(x, dtype=np.float64, order="C", copy=True)
+    return float(np.mean(x64 * x64))
+
+
 def _noise(kind: str, n: int, rng: np.random.Generator, babble_bank: list[np.ndarray], talkers: int) -> np.ndarray:
     if kind == "white":
         return rng.standard_normal(n).astype(np.float32)
@@ -116,7 +128,7 @@ def _noise(kind: str, n: int, rng: np.random.Generator, babble_bank: list[np.nda
         out = np.zeros(n, dtype=np.float32)
         for _ in range(talkers):
             src = babble_bank[rng.integers(len(babble_bank))]
-            src = src / (np.sqrt(np.mean(src**2)) + 1e-9)
+            src = src / np.float32(np.sqrt(_mean_power(src)) + 1e-9)
             tiled = np.tile(src, n // len(src) + 2)
             offset = int(rng.integers(len(src)))
             out += tiled[offset:offset + n]
@@ -126,8 +138,8 @@ def _noise(kind: str, n: int, rng: np.random.Generator, babble_bank: list[np.nda
 
 def add_noise(audio: np.ndarray, noise: np.ndarray, snr_db: float) -> np.ndarray:
     """Mix ``noise`` into ``audio`` at exactly ``snr_db`` (powers over the whole utterance)."""
-    p_signal = float(np.mean(audio.astype(np.float64) ** 2))
-    p_noise = float(np.mean(noise.astype(np.float64) ** 2)) + 1e-12
+    p_signal = _mean_power(audio)
+    p_noise = _mean_power(noise) + 1e-12
     scale = np.sqrt(p_signal / (p_noise * 10.0 ** (snr_db / 10.0)))
     return (audio + scale * noise).astype(np.float32)
 

@@ -95,8 +95,9 @@ def _serve(request: dict) -> None:
 def speak(voice: str, rate: int, pitch: int, texts: list[str]) -> list[EspeakOutput]:
     """Synthesize ``texts`` with one espeak-ng voice in a fresh child process."""
     request = json.dumps({"voice": voice, "rate": rate, "pitch": pitch, "texts": texts}).encode()
-    proc = subprocess.run([sys.executable, "-m", "asr_kd.corpus.espeak"], input=request, capture_output=True,
-                          check=False)
+    # This very file, isolated (-I): ``-m`` would look the module up from the current directory first (a recipe
+    # runs in its work dir), so what spoke could depend on where the corpus is built.
+    proc = subprocess.run([sys.executable, "-I", __file__], input=request, capture_output=True, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"espeak-ng ({voice}) failed: {proc.stderr.decode(errors='replace').strip()}")
     outputs, pos, stream = [], 0, proc.stdout

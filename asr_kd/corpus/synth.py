@@ -13,8 +13,9 @@ What makes it informative rather than trivial:
 * the synthesizer's own phone and word timings (``phones.ctm``/``words.ctm``, scaled by the speed factor),
   against which forced alignments can be graded.
 
-Everything is a function of (config, seed): the manifest lists a sha256 for every written file, and two builds
-with the same config produce the same checksums regardless of ``nj``.
+Everything is a function of (config, seed): the manifest lists a sha256 for every written file (keyed by its
+path relative to the corpus dir), and two builds with the same config produce the same manifest and the same
+bytes regardless of ``nj``, of the order in which workers finish, and of the directory they are built in.
 """
 from __future__ import annotations
 
@@ -228,12 +229,16 @@ def _ctm_lines(utt: str, segments: list[Segment]) -> str:
     return "".join(lines)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+def _sha256(path: Path, corpus_dir: Path) -> str:
+    """Checksum of what ``path`` says, not of where the corpus lies, so that it is the same in any directory.
+
+    wav.scp is the one file that holds the corpus dir: it must list absolute paths (Kaldi tools open them from
+    anywhere), so it is hashed in a canonical form with that prefix written as ``<corpus_dir>/``.
+    """
+    data = path.read_bytes()
+    if path.name == "wav.scp":
+        data = data.replace(f"{corpus_dir}/".encode(), b"<corpus_dir>/")
+    return hashlib.sha256(data).hexdigest()
 
 
 def _config_json(cfg: SynthConfig) -> dict:
@@ -330,7 +335,7 @@ def prepare_synth(out_dir: Path, cfg: SynthConfig, nj: int = 1) -> CorpusSummary
     # Only what this build wrote (a rebuild with another config may leave older wavs beside them).
     written = [Path(r["wav"]) for r in results.values()] + [lm_extra_path]
     written += [p for split in SPLITS for p in (out_dir / split).iterdir() if not p.name.startswith(".")]
-    checksums = {str(p.relative_to(out_dir)): _sha256(p) for p in sorted(written)}
+    checksums = {str(p.relative_to(out_dir)): _sha256(p, out_dir) for p in sorted(written)}
     manifest = {"config": _config_json(cfg), "summary": summary.to_dict(), "sha256": checksums}
     write_text_atomic(manifest_path, json.dumps(manifest, indent=1, sort_keys=True) + "\n")
     logger.info("built %s in %.1f s: %s", out_dir, time.time() - t0, summary.splits)

@@ -42,6 +42,8 @@ parse_args() {  # parse_args DEFAULT_CONFIG "$@"
   done
   export ASR_KD_COMMAND="${ASR_KD_COMMAND:-recipes/$(basename "$recipe_dir")/run.sh $*}"  # for RESULTS.md
   bash "$repo/recipes/tools/install.sh"
+  # The code of this checkout, whatever the venv's editable install points at or the work dir holds.
+  export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}"
   export KALDI_ROOT=${KALDI_ROOT:-/tmp} PYTHONUNBUFFERED=1
   [ -t 2 ] || export TQDM_MININTERVAL=${TQDM_MININTERVAL:-30}  # progress bars in a log file: a line every 30 s
   if [ -z "$work_dir" ]; then
