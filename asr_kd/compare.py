@@ -12,11 +12,14 @@ The result is a JSON-able dict::
      "bootstrap": {"num_samples", "seed", "level", "method", "resampled": "utterances", "paired": true},
      "groups": {"all" | <subset>: {"utterances": n,
                                    "systems": {name: {"interval": Interval.as_dict(), "counts": {...}}},
-                                   "pairs": [{"name_a": a, "name_b": b, **PairedDifference.as_dict()}]}}}
+                                   "pairs": [{"name_a": a, "name_b": b, **PairedDifference.as_dict()}],
+                                   "shares": [{"base": a, "better": b, "candidate": c, "share": Interval.as_dict()
+                                               or None, "undefined": reason or None}]}}}
 
 Pairs follow the order the systems were given: for systems (s1, s2, s3) the pairs are (s1, s2), (s1, s3), (s2, s3)
 and each ``diff`` is b - a (``a``/``b`` hold the two systems' intervals), so list the reference system (the
-baseline) first.
+baseline) first. ``shares`` asks for (base, better, candidate) triples: the share of the better system's gain over
+the base that the candidate keeps (the paper's distilled-vs-ensemble claim), with its paired-bootstrap interval.
 """
 from __future__ import annotations
 
@@ -25,7 +28,7 @@ from itertools import combinations
 
 import numpy as np
 
-from asr_kd.stats import Method, paired_difference, rate_interval
+from asr_kd.stats import Method, paired_difference, rate_interval, share_of_gain
 from decoding.score import WerResult, compute_wer
 from features.errors import InputError
 
@@ -50,9 +53,27 @@ def _groups(utts: Sequence[str], subsets: Mapping[str, str] | None) -> dict[str,
     return groups
 
 
+Share = tuple[str, str, str]
+"""(base, better, candidate): how much of better's gain over base the candidate keeps."""
+
+
+def _share(numers: Mapping[str, np.ndarray], denom: np.ndarray, share: Share, stats_kw: dict) -> dict:
+    base, better, candidate = share
+    missing = [s for s in share if s not in numers]
+    if missing:
+        raise InputError(f"share {share}: no system {missing[0]!r}")
+    row = {"base": base, "better": better, "candidate": candidate, "share": None, "undefined": None}
+    try:
+        row["share"] = share_of_gain(numers[base], numers[better], numers[candidate], denom, **stats_kw).as_dict()
+    except ValueError as e:  # no gain at all on this group: the share is undefined, and the report says so
+        row["undefined"] = str(e)
+    return row
+
+
 def _group_report(label: str, numers: Mapping[str, np.ndarray], denom: np.ndarray, counts: Mapping[str, dict], *,
-                  higher_is_better: bool, stats_kw: dict) -> dict:
-    """Each system's interval and counts and every pair's paired difference on one group of utterances."""
+                  higher_is_better: bool, stats_kw: dict, shares: Sequence[Share] = ()) -> dict:
+    """Each system's interval and counts, every pair's paired difference and the asked shares of gain on one group
+    of utterances."""
     if denom.sum() == 0:
         raise InputError(f"group {label!r}: nothing to score (no reference words or frames), the rate is "
                          "undefined")
@@ -61,7 +82,8 @@ def _group_report(label: str, numers: Mapping[str, np.ndarray], denom: np.ndarra
     pairs = [{"name_a": a, "name_b": b,
               **paired_difference(numers[a], numers[b], denom, higher_is_better=higher_is_better, **stats_kw).as_dict()}
              for a, b in combinations(numers, 2)]
-    return {"utterances": int(denom.size), "systems": systems, "pairs": pairs}
+    return {"utterances": int(denom.size), "systems": systems, "pairs": pairs,
+            "shares": [_share(numers, denom, share, stats_kw) for share in shares]}
 
 
 def _result(metric: str, higher_is_better: bool, names: Sequence[str], stats_kw: dict, groups: dict) -> dict:
@@ -75,7 +97,7 @@ def _stats_kw(num_samples: int, seed: int, level: float, method: Method) -> dict
 
 def compare_wer(refs: Mapping[str, Sequence[str]], systems: Mapping[str, Mapping[str, Sequence[str]]], *,
                 subsets: Mapping[str, str] | None = None, num_samples: int = 1000, seed: int = 0,
-                level: float = 0.95, method: Method = "percentile") -> dict:
+                level: float = 0.95, method: Method = "percentile", shares: Sequence[Share] = ()) -> dict:
     """WER (%) of each system against ``refs``, with intervals, and each pair's difference (see the module doc).
 
     Utterances a system has no hypothesis for count as all deletions and are counted in its
@@ -104,7 +126,7 @@ def compare_wer(refs: Mapping[str, Sequence[str]], systems: Mapping[str, Mapping
                                             [u for u in r.missing_hyps if u in member_set]).summary()
                   for name, r in results.items()}
         groups[label] = _group_report(label, {name: e[idx] for name, e in errors.items()}, words[idx], counts,
-                                      higher_is_better=False, stats_kw=stats_kw)
+                                      higher_is_better=False, stats_kw=stats_kw, shares=shares)
     return _result("wer", False, list(systems), stats_kw, groups)
 
 
@@ -117,7 +139,7 @@ def _correct_frames(system: str, utt: str, ali: np.ndarray, pred: np.ndarray) ->
 
 def compare_frame_accuracy(alignments: Mapping[str, np.ndarray], predictions: Mapping[str, Mapping[str, np.ndarray]],
                            *, subsets: Mapping[str, str] | None = None, num_samples: int = 1000, seed: int = 0,
-                           level: float = 0.95, method: Method = "percentile") -> dict:
+                           level: float = 0.95, method: Method = "percentile", shares: Sequence[Share] = ()) -> dict:
     """Frame accuracy (%) of each system's per-frame arg-max pdf ids against the alignment's pdf ids.
 
     ``alignments`` and each system's ``predictions`` map utterance -> int vector of one pdf id per frame. Every
@@ -148,7 +170,7 @@ def compare_frame_accuracy(alignments: Mapping[str, np.ndarray], predictions: Ma
                          "accuracy": 100.0 * int(c[idx].sum()) / n_frames if n_frames else 0.0}
                   for name, c in correct.items()}
         groups[label] = _group_report(label, {name: c[idx] for name, c in correct.items()}, frames[idx], counts,
-                                      higher_is_better=True, stats_kw=stats_kw)
+                                      higher_is_better=True, stats_kw=stats_kw, shares=shares)
     return _result("frame_accuracy", True, list(predictions), stats_kw, groups)
 
 
@@ -189,6 +211,14 @@ def format_comparison(result: dict) -> str:
                 lines.append(f"| {p['name_b']} vs {p['name_a']} | {d['estimate']:+.2f} | "
                              f"[{d['low']:+.2f}, {d['high']:+.2f}] | {p['prob_b_better']:.3f} | "
                              f"{p['prob_a_better']:.3f} | {'yes' if p['significant'] else 'no'} |")
+        if g.get("shares"):
+            lines += ["", f"| share of gain kept | share | {pct} interval |", "|---|---:|---|"]
+            for sh in g["shares"]:
+                what = f"{sh['candidate']} of {sh['better']} over {sh['base']}"
+                iv = sh["share"]
+                lines.append(f"| {what} | undefined ({sh['undefined']}) | - |" if iv is None else
+                             f"| {what} | {100 * iv['estimate']:.0f}% | [{100 * iv['low']:.0f}%, "
+                             f"{100 * iv['high']:.0f}%] |")
         lines.append("")
     lines.append(f"Paired bootstrap over utterances: {boot['num_samples']} replicates, seed {boot['seed']}, "
                  f"{boot['method']} intervals; 'better' = {better} {title}; a replicate where both are equal counts "

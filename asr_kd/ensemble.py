@@ -197,9 +197,10 @@ def ensemble_log_posteriors(models: Sequence[DNN], frame_set: FrameSet, temperat
 @torch.no_grad()
 def evaluate_ensemble(member_dirs: Sequence[Path], sets: Mapping[str, FrameSet], combine: str = "arith",
                       batch_size: int = 4096) -> dict:
-    """Frame accuracy of every member, their mean and (sample) std, and of the ensemble, for each named set.
+    """Frame accuracy (%) of every member, their mean and (sample) std, and of the ensemble, for each named set.
 
-    Returns ``{split: {"members": [...], "member_mean", "member_std", "ensemble", "combine", "frames"}}``.
+    Returns ``{split: {"members": [...], "member_mean", "member_std", "ensemble", "combine", "frames"}}``, every
+    accuracy in percent like every other frame accuracy the pipeline reports.
     """
     results = {}
     device = next(iter(sets.values())).device if sets else torch.device("cpu")
@@ -212,12 +213,12 @@ def evaluate_ensemble(member_dirs: Sequence[Path], sets: Mapping[str, FrameSet],
             member_correct += (member_lp.argmax(-1) == y).sum(1).cpu()
             ens_correct += int((combine_log_probs(member_lp, combine).argmax(-1) == y).sum())
         n = max(1, frame_set.num_frames)
-        accs = (member_correct.double() / n)
+        accs = 100.0 * member_correct.double() / n
         results[split] = {
             "members": accs.tolist(),
             "member_mean": float(accs.mean()),
             "member_std": float(accs.std()) if len(models) > 1 else 0.0,
-            "ensemble": ens_correct / n,
+            "ensemble": 100.0 * ens_correct / n,
             "combine": combine,
             "frames": frame_set.num_frames,
         }

@@ -100,9 +100,19 @@ def _compare_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", choices=METHODS, default="percentile",
                    help="interval: bootstrap 'percentile' (default) or Kaldi compute-wer-bootci's 'normal' "
                         "(replicates' mean +- z * SD)")
+    p.add_argument("--share", type=_share_triple, action="append", default=[], metavar="BASE,BETTER,CANDIDATE",
+                   help="also report the share of BETTER's gain over BASE that CANDIDATE keeps, with its interval "
+                        "(e.g. baseline,ensemble,distilled); repeatable")
     p.add_argument("--json", metavar="OUT", help="also write the result as JSON to OUT ('-': JSON on stdout only)")
     _common(p)
     return p
+
+
+def _share_triple(text: str) -> tuple[str, str, str]:
+    names = tuple(text.split(","))
+    if len(names) != 3 or not all(names):
+        raise argparse.ArgumentTypeError(f"expected BASE,BETTER,CANDIDATE system names, got {text!r}")
+    return names  # type: ignore[return-value]
 
 
 def _systems(pairs: Sequence[tuple[str, Path]], flag: str) -> dict[str, Path]:
@@ -115,7 +125,8 @@ def _systems(pairs: Sequence[tuple[str, Path]], flag: str) -> dict[str, Path]:
 
 
 def _compare(args: argparse.Namespace) -> None:
-    stats_kw = {"num_samples": args.samples, "seed": args.seed, "level": args.level, "method": args.method}
+    stats_kw = {"num_samples": args.samples, "seed": args.seed, "level": args.level, "method": args.method,
+                "shares": args.share}
     if args.ali:
         preds = _systems(args.pred, "--pred")
         ali = load_vec_int_scp(args.ali)

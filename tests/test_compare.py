@@ -115,3 +115,25 @@ def test_format_comparison_tables() -> None:
                                                     method="normal", level=0.9))
     assert "| system | frame accuracy | 90% interval | correct | frames |" in text
     assert "| strong vs weak | +" in text and "| yes |" in text and "normal intervals" in text
+
+
+def test_shares_of_gain_have_known_answers_and_undefined_gains_are_reported() -> None:
+    base, better = _hyps(2), _hyps(6)
+    result = compare_wer(REFS, {"base": base, "better": better, "same_as_better": dict(better), "same_as_base":
+                                dict(base)}, num_samples=200,
+                         shares=[("base", "better", "same_as_better"), ("base", "better", "same_as_base"),
+                                 ("base", "same_as_base", "better")])
+    kept, none, undefined = result["groups"]["all"]["shares"]
+    assert kept["share"]["estimate"] == pytest.approx(1.0) and kept["share"]["low"] == pytest.approx(1.0)
+    assert none["share"]["estimate"] == pytest.approx(0.0) and none["share"]["high"] == pytest.approx(0.0)
+    assert undefined["share"] is None and "gain" in undefined["undefined"]  # base and "better" are the same
+    frames = compare_frame_accuracy({"a": np.array([1, 1, 1, 1]), "b": np.array([2, 2])},
+                                    {"hard": {"a": np.array([0, 0, 1, 1]), "b": np.array([0, 0])},
+                                     "full": {"a": np.array([1, 1, 1, 1]), "b": np.array([2, 2])},
+                                     "soft": {"a": np.array([1, 1, 1, 0]), "b": np.array([2, 0])}},
+                                    num_samples=100, shares=[("hard", "full", "soft")])
+    share = frames["groups"]["all"]["shares"][0]["share"]
+    assert share["estimate"] == pytest.approx((4 - 2) / (6 - 2))  # soft recovers 2 of the 4 frames hard lost
+    assert "share of gain kept" in format_comparison(frames)
+    with pytest.raises(InputError, match="no system 'nope'"):
+        compare_wer(REFS, {"base": base}, shares=[("base", "nope", "base")])

@@ -114,10 +114,10 @@ def test_ensemble_posteriors_and_evaluation(tmp_path: Path) -> None:
 
     report = evaluate_ensemble(dirs, {"dev": dev_set, "train": train_set}, combine="arith")
     dev = report["dev"]
-    member_acc = (members.argmax(-1) == dev_set.targets).double().mean(1)
+    member_acc = 100.0 * (members.argmax(-1) == dev_set.targets).double().mean(1)  # percent, as everywhere
     assert dev["members"] == pytest.approx(member_acc.tolist())
     assert dev["member_mean"] == pytest.approx(float(member_acc.mean()))
     assert dev["member_std"] == pytest.approx(float(member_acc.std()))
     ens_pred = combine_log_probs(torch.stack([log_posteriors(m, dev_set) for m in models]), "arith").argmax(-1)
-    assert dev["ensemble"] == pytest.approx(float((ens_pred == dev_set.targets).double().mean()))
+    assert dev["ensemble"] == pytest.approx(100.0 * float((ens_pred == dev_set.targets).double().mean()))
     assert set(report) == {"dev", "train"} and report["train"]["frames"] == train_set.num_frames

@@ -177,3 +177,20 @@ def test_remove_input_symbols_epsilons_exactly_the_given_labels() -> None:
     ok, ilabels, olabels, weight = kaldifst.get_linear_symbol_sequence(out)
     assert ok and ilabels == [1, 2] and olabels == [10, 11]
     assert weight.value == pytest.approx(1.5)
+
+
+@pytest.mark.slow
+def test_utterances_without_a_path_or_a_final_state_are_counted(lang_test: Path, tmp_path: Path) -> None:
+    """No surviving path (every frame impossible) gives no hypothesis and a place in ``failed``; a path that
+    cannot reach a final state (too few frames for any sentence) is kept, as Kaldi's --allow-partial does, and
+    listed in ``partial``. Both are scored: a missing hypothesis counts as all deletions."""
+    topo = _topology(lang_test)
+    ctx = khg.monophone_context_dependency(list(topo.phones), topo.get_phone_to_num_pdf_classes())
+    tm = khg.TransitionModel(ctx, topo)
+    make_hclg(lang_test, ctx, tm, tmp_path / "graph", GraphConfig())
+    good = _loglikes(["THE", "DOG", "SAT"], lang_test, ctx, topo, tm.num_pdfs)
+    loglikes = {"good": good, "impossible": np.full_like(good, -np.inf), "short": good[:2]}
+    result = decode_loglikes(tmp_path / "graph", tm, loglikes, DecodeConfig(), nj=1)
+    assert result.failed == ["impossible"] and "impossible" not in result.hyps
+    assert result.partial == ["short"] and "short" in result.hyps
+    assert result.hyps["good"] == ["THE", "DOG", "SAT"]

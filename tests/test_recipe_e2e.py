@@ -40,19 +40,23 @@ def test_report_has_every_row(ci_experiment: Path):
     report = json.loads((report_dir / "report.json").read_text())
     for system in ("baseline", "ensemble", "distilled"):
         row = report["table1"][system]
-        for key in ("dev_frame_acc", "test_frame_acc", "test_frame_acc_unseen", "dev_wer", "test_wer",
-                    "test_wer_seen", "test_wer_unseen"):
-            assert isinstance(row[key], (int, float)), (system, key, row)
-            assert 0.0 <= row[key] <= 200.0
-    small = report["small_data"]["systems"]
+        for key in ("dev_frame_acc", "test_frame_acc", "test_unseen_frame_acc", "dev_wer", "test_wer",
+                    "test_seen_wer", "test_unseen_wer"):
+            cell = row[key]
+            assert isinstance(cell["estimate"], float), (system, key, row)
+            assert 0.0 <= cell["low"] <= cell["estimate"] <= cell["high"] <= 200.0
+    small = report["small_data_table"]
     for system in ("baseline_full", "small_hard", "small_soft"):
-        assert isinstance(small[system]["train"], (int, float)) and isinstance(small[system]["test"], (int, float))
+        assert isinstance(small[system]["train"], float) and isinstance(small[system]["test"]["estimate"], float)
     assert set(report["temperature_sweep"]) == {"1.0", "2.0"}
+    assert {c["claim"] for c in report["comparisons"]} >= {"ensemble vs baseline", "distilled vs ensemble",
+                                                           "3% soft vs 3% hard"}
     md = (report_dir / "report.md").read_text()
-    for row in ("baseline single model", "| ensemble", "distilled single model", "baseline, 20%",
-                "soft targets, 20%", "Temperature sweep", "Ensemble members", "Time per stage"):
+    for row in ("baseline single model", "x ensemble", "distilled single model", "baseline, 20%",
+                "soft targets, 20%", "Which differences are real", "Temperature sweep", "Ensemble members",
+                "Convergence", "Where the time went"):
         assert row in md, row
-    for png in ("training_curves.png", "temperature_sweep.png", "table1.png"):
+    for png in ("training_curves.png", "temperature_sweep.png", "table1.png", "comparisons.png"):
         assert (report_dir / png).stat().st_size > 1000
     results = (ci_experiment / "results" / "RESULTS.md").read_text()
     assert results.startswith("# RESULTS") and "git commit" in results

@@ -18,7 +18,7 @@ def test_ensemble_stage_spreads_members_over_two_ranks(ci_experiment_copy: Path)
     work = ci_experiment_copy
     shutil.rmtree(work / "exp" / "dnn" / "ensemble")
     torchrun = Path(sys.executable).parent / "torchrun"
-    env = dict(os.environ, KALDI_ROOT="/tmp", OMP_NUM_THREADS="1")
+    env = dict(os.environ, KALDI_ROOT="/tmp", OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))  # this checkout's code
     result = subprocess.run(
         [str(torchrun), "--standalone", "--nproc-per-node=2", "-m", "asr_kd.cli",
          "--config-dir", str(REPO / "recipes" / "synth" / "conf"), "--config-name", "ci",

@@ -54,6 +54,14 @@ class DecodeDataConfig:
 
 
 @dataclass
+class ReportConfig:
+    """How the report's confidence intervals are drawn (paired bootstrap over utterances)."""
+
+    bootstrap_samples: int = 1000
+    seed: int = 0
+
+
+@dataclass
 class ExperimentConfig:
     """One whole experiment, corpus to report."""
 
@@ -81,6 +89,7 @@ class ExperimentConfig:
     distill: DistillConfig = field(default_factory=DistillConfig)
     small_data: SmallDataConfig = field(default_factory=SmallDataConfig)
     decode: DecodeStageConfig = field(default_factory=DecodeStageConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
     decode_data: DecodeDataConfig = field(default_factory=DecodeDataConfig)  # stage=decode_data: a new data dir
 
 

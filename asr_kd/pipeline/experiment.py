@@ -18,11 +18,11 @@ from asr_kd.device import select_device
 from asr_kd.frames import FrameSet, load_frameset, load_unaligned_frameset
 from asr_kd.pipeline.workspace import Workspace
 from asr_kd.priors import log_priors
-from asr_kd.systems import System, split_by_utterance
+from asr_kd.systems import System, frame_accuracies, split_by_utterance
 from decoding.decode import posteriors_to_loglikes
 from decoding.score import WerResult, compute_wer, write_scoring_files
 from features.atomic import write_text_atomic
-from features.kaldi_io import read_vector
+from features.kaldi_io import load_vec_int_scp, read_vector, write_vec_int_ark_scp
 from features.tables import read_dict, read_text
 
 DNN_SYSTEMS = ("baseline", "ensemble", "distilled", "small_hard", "small_soft")
@@ -82,6 +82,29 @@ def dnn_systems(cfg: DictConfig, ws: Workspace) -> dict[str, System]:
     """The DNN systems trained so far that ``cfg.decode.systems`` asks for, in report order."""
     return {name: System(name, paths, cfg.ensemble.combine if name == "ensemble" else "arith")
             for name, paths in system_paths(ws).items() if paths and name in cfg.decode.systems}
+
+
+def evaluate_system(cfg: DictConfig, ws: Workspace, system: System, splits: tuple[str, ...] = ("dev", "test")
+                    ) -> dict:
+    """Frame accuracy (%) of a system on each split, overall and per voice condition; the per-frame arg-max pdf
+    of every aligned utterance is kept in ``ws.eval(system, split)/pred.scp`` (what the report's intervals and
+    ``asr-kd-compare --ali --pred`` recompute the accuracy from)."""
+    device = device_of(cfg)
+    result = {}
+    for split in splits:
+        fs = frames(cfg, ws, split, device)
+        log_post = system.log_posteriors(fs, device)
+        pred = log_post.argmax(dim=1).to(torch.int32).cpu().numpy()
+        out = ws.eval(system.name, split)
+        per_utt = split_by_utterance(pred, fs)
+        write_vec_int_ark_scp(((u, per_utt[u]) for u in fs.utt_ids), out / "pred.ark", out / "pred.scp")
+        result[split] = frame_accuracies(log_post, fs, utt2subset(ws, split))
+    return result
+
+
+def predictions(ws: Workspace, system: str, split: str) -> dict[str, np.ndarray]:
+    """The per-frame arg-max pdfs :func:`evaluate_system` kept."""
+    return load_vec_int_scp(ws.eval(system, split) / "pred.scp")
 
 
 def hybrid_loglikes(system: System, frame_set: FrameSet, prior: np.ndarray,

@@ -1,12 +1,15 @@
-"""The headline output: the paper's tables, filled from what the stages measured, as Markdown + JSON + PNG.
+"""The headline output: the paper's tables with confidence intervals, and which differences are real.
 
-Nothing here computes a result: every number is read from the ``summary.json`` a stage wrote
-(:func:`asr_kd.pipeline.runner.read_summary`) or from a model's ``metrics.json``. The same Markdown body goes to
-``exp/report/report.md`` and, with the command/machine/date header Kaldi's RESULTS files carry, to
-``RESULTS.md`` in the results dir of the run's config (``recipes/<recipe>/results/<config>/`` for a recipe run in
-place, ``<work_dir>/results/`` otherwise), so one config's results never overwrite another's. Every publication
-is also appended to ``history.json`` there, and RESULTS.md lists the earlier runs newest first, as icefall's
-RESULTS files do.
+Numbers come from what the stages wrote, never from here: accuracies and WERs are recomputed from the per-frame
+predictions (``exp/eval/<system>/<split>/pred.scp``) and hypotheses (``exp/decode/<system>/<split>/hyp.txt``)
+with :mod:`asr_kd.compare` (the same functions as ``asr-kd-compare``), which adds a paired-bootstrap 95%
+interval over utterances to every number and every difference; everything else (member spread, the 3% train
+accuracies, convergence, set-up, times) is read from the stages' ``summary.json`` and the models' metrics.json.
+
+The same Markdown body goes to ``exp/report/report.md`` and, with the command/machine/date header Kaldi's RESULTS
+files carry, to ``RESULTS.md`` in the results dir of the run's config (``recipes/<recipe>/results/<config>/`` for
+a recipe run in place, ``<work_dir>/results/`` otherwise), so one config's results never overwrite another's.
+Every publication is also added to ``history.json`` there, and RESULTS.md lists the runs newest first.
 """
 from __future__ import annotations
 
@@ -20,28 +23,37 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+from omegaconf import DictConfig, OmegaConf
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from omegaconf import DictConfig, OmegaConf  # noqa: E402
-
-from asr_kd.distill import gain_kept  # noqa: E402
-from asr_kd.pipeline.runner import git_commit, machine_description, read_summary  # noqa: E402
-from asr_kd.pipeline.workspace import Workspace  # noqa: E402
-from features.atomic import write_text_atomic  # noqa: E402
+from asr_kd.compare import compare_frame_accuracy, compare_wer
+from asr_kd.pipeline import charts
+from asr_kd.pipeline import experiment as xp
+from asr_kd.pipeline.runner import git_commit, machine_description, read_summary
+from asr_kd.pipeline.workspace import Workspace
+from features.atomic import write_text_atomic
+from features.kaldi_io import load_vec_int_scp
+from features.tables import read_text
 
 log = logging.getLogger(__name__)
 
 PAPER_TABLE1 = {"baseline": (58.9, 10.9), "ensemble": (61.1, 10.7), "distilled": (60.8, 10.7)}
 PAPER_SMALL = {"baseline_full": (63.4, 58.9), "small_hard": (67.3, 44.5), "small_soft": (65.4, 57.0)}
+MAIN_SYSTEMS = ("baseline", "ensemble", "distilled")
+SMALL_SYSTEMS = ("small_hard", "small_soft", "baseline")  # the full-data baseline last: the 3% models' target
+KEPT = ("baseline", "ensemble", "distilled")  # share of the ensemble's gain over the baseline the student keeps
+RECOVERED = ("small_hard", "baseline", "small_soft")  # share of the 3% gap the soft targets close
+CLAIMS = (  # (claim, system A, system B): the report says whether B - A is real
+    ("ensemble vs baseline", "baseline", "ensemble"),
+    ("distilled vs baseline", "baseline", "distilled"),
+    ("distilled vs ensemble", "ensemble", "distilled"),
+    ("3% soft vs 3% hard", "small_hard", "small_soft"),
+    ("3% soft vs full baseline", "baseline", "small_soft"),
+)
+CONVERGENCE_POINTS = 0.2
+"""A model whose last epoch still raised dev frame accuracy by more than this (points) is flagged unconverged."""
 
 
-def _fmt(value: Any, digits: int = 1) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
-
-
-def _get(d: dict | None, *keys: str) -> Any:
+def _get(d: Any, *keys: str) -> Any:
     for k in keys:
         if not isinstance(d, dict) or k not in d:
             return None
@@ -49,71 +61,219 @@ def _get(d: dict | None, *keys: str) -> Any:
     return d
 
 
-def collect(ws: Workspace, stages: list[str]) -> dict:
-    """Everything the report shows, gathered from the summaries of ``stages`` (missing stages stay missing)."""
+def _fmt(value: Any, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _iv(cell: dict | None, digits: int = 1, signed: bool = False) -> str:
+    """``56.3 [55.1, 57.5]`` from an interval dict (``-`` when missing)."""
+    if not cell:
+        return "-"
+    f = f"{{:{'+' if signed else ''}.{digits}f}}"
+    est, low, high = (cell[k] + 0.0 for k in ("estimate", "low", "high"))  # + 0.0: no "-0.00"
+    return f"{f.format(est)} [{f.format(low)}, {f.format(high)}]"
+
+
+# ------------------------------------------------------------------------------------------------ statistics
+def _have(ws: Workspace, systems: tuple[str, ...], split: str, kind: str) -> bool:
+    path = ws.eval if kind == "frames" else ws.decode
+    name = "pred.scp" if kind == "frames" else "hyp.txt"
+    return all((path(s, split) / name).exists() for s in systems)
+
+
+def comparisons(ws: Workspace, num_samples: int, seed: int) -> dict:
+    """Frame-accuracy and WER comparisons of the main systems and of the 3% systems on dev and test.
+
+    ``{"frames"|"wer": {"main"|"small": {split: compare_* result}}}``; a comparison whose files are missing
+    (a stage not run yet) is left out.
+    """
+    out: dict = {"frames": {}, "wer": {}}
+    for family, systems, share in (("main", MAIN_SYSTEMS, KEPT), ("small", SMALL_SYSTEMS, RECOVERED)):
+        for split in ("dev", "test"):
+            subsets = xp.utt2subset(ws, split) or None
+            kw = {"subsets": subsets, "num_samples": num_samples, "seed": seed, "shares": [share]}
+            if _have(ws, systems, split, "frames"):
+                preds = {s: xp.predictions(ws, s, split) for s in systems}
+                ali = load_vec_int_scp(ws.ali(split) / "pdf.scp")
+                aligned = {u: ali[u] for u in preds[systems[0]]}
+                out["frames"].setdefault(family, {})[split] = compare_frame_accuracy(aligned, preds, **kw)
+            if _have(ws, systems, split, "wer"):
+                hyps = {s: read_text(ws.decode(s, split) / "hyp.txt") for s in systems}
+                refs = read_text(ws.data(split) / "text")
+                out["wer"].setdefault(family, {})[split] = compare_wer(refs, hyps, **kw)
+    return out
+
+
+def _groups(stats: dict, metric: str, family: str) -> dict[str, dict]:
+    """The comparison groups by name: ``dev``, ``test``, ``test seen``, ``test unseen``."""
+    groups = {}
+    for split, result in (_get(stats, metric, family) or {}).items():
+        for label, group in result["groups"].items():
+            groups[split if label == "all" else f"{split} {label}"] = group
+    return groups
+
+
+def _system_cell(stats: dict, metric: str, family: str, group: str, system: str) -> dict | None:
+    return _get(_groups(stats, metric, family), group, "systems", system, "interval")
+
+
+def _claims(stats: dict) -> list[dict]:
+    rows = []
+    for claim, a, b in CLAIMS:
+        family = "main" if {a, b} <= set(MAIN_SYSTEMS) else "small"
+        for metric in ("frames", "wer"):
+            for group_name, group in _groups(stats, metric, family).items():
+                pair = next((p for p in group["pairs"] if {p["name_a"], p["name_b"]} == {a, b}), None)
+                if pair is None:
+                    continue
+                flip = pair["name_a"] != a  # report B - A as the claim reads
+                d = pair["diff"]
+                diff = {"estimate": -d["estimate"], "low": -d["high"], "high": -d["low"]} if flip else d
+                rows.append({"claim": claim, "metric": "frame accuracy" if metric == "frames" else "WER",
+                             "group": group_name, "a": a, "b": b, "diff": diff,
+                             "prob_b_better": pair["prob_a_better" if flip else "prob_b_better"],
+                             "significant": pair["significant"]})
+    return rows
+
+
+def _shares(stats: dict, family: str) -> dict[str, dict]:
+    """``{metric: {group: share row}}`` of the family's share of gain."""
+    return {metric: {g: grp["shares"][0] for g, grp in _groups(stats, metric, family).items() if grp["shares"]}
+            for metric in ("frames", "wer")}
+
+
+# ------------------------------------------------------------------------------------------------ the rest
+def _convergence(ws: Workspace) -> list[dict]:
+    """Every trained network: epochs, why it stopped, what its last epoch still gained on dev."""
+    rows = []
+    for metrics in sorted(ws.dnn_root.glob("**/metrics.json")):
+        m = json.loads(metrics.read_text())
+        accs = [100 * e["dev_acc"] for e in m.get("epochs", []) if e.get("dev_acc") is not None]
+        last_gain = accs[-1] - accs[-2] if len(accs) > 1 else None
+        rows.append({"model": str(metrics.parent.relative_to(ws.dnn_root)), "epochs": len(accs),
+                     "stopped": m.get("stopped"), "best_epoch": m.get("best_epoch"),
+                     "best_dev_acc": 100 * m["best_dev_acc"] if m.get("best_dev_acc") is not None else None,
+                     "last_dev_acc": accs[-1] if accs else None, "last_epoch_gain": last_gain,
+                     "converged": m.get("stopped") != "max epochs" and (last_gain is None
+                                                                         or last_gain <= CONVERGENCE_POINTS)})
+    return rows
+
+
+def collect(ws: Workspace, stages: list[str], num_samples: int = 1000, seed: int = 0) -> dict:
+    """Everything the report shows (missing stages stay missing)."""
     summaries = {name: read_summary(ws, name) for name in stages}
     s = {name: (rec or {}).get("summary") for name, rec in summaries.items()}
-    decode = s.get("decode") or {}
-    ens = s.get("ensemble") or {}
-    distill = s.get("distill") or {}
-    acc = {"baseline": s.get("baseline"), "ensemble": _get(ens, "ensemble"), "distilled": _get(distill, "distilled")}
+    stats = comparisons(ws, num_samples, seed)
     table1 = {}
-    for system, frame_acc in acc.items():
-        table1[system] = {
-            "dev_frame_acc": _get(frame_acc, "dev", "all"),
-            "test_frame_acc": _get(frame_acc, "test", "all"),
-            "test_frame_acc_seen": _get(frame_acc, "test", "seen"),
-            "test_frame_acc_unseen": _get(frame_acc, "test", "unseen"),
-            "dev_wer": _get(decode, system, "dev", "all"),
-            "test_wer": _get(decode, system, "test", "all"),
-            "test_wer_seen": _get(decode, system, "test", "seen"),
-            "test_wer_unseen": _get(decode, system, "test", "unseen"),
-        }
-    kept = {}
-    for key in ("dev_frame_acc", "test_frame_acc", "test_frame_acc_unseen"):
-        b, e, d = (table1[k][key] for k in ("baseline", "ensemble", "distilled"))
-        if None not in (b, e, d) and e != b:
-            kept[key] = round(gain_kept(b, e, d), 3)
+    for system in MAIN_SYSTEMS:
+        cell = {}
+        for metric, key in (("frames", "frame_acc"), ("wer", "wer")):
+            for group in ("dev", "test", "test seen", "test unseen"):
+                cell[f"{group.replace(' ', '_')}_{key}"] = _system_cell(stats, metric, "main", group, system)
+        table1[system] = cell
+    small_systems = _get(s.get("small_data"), "systems") or {}
+    small = {}
+    for key, system in (("baseline_full", "baseline"), ("small_hard", "small_hard"), ("small_soft", "small_soft")):
+        small[key] = {"train": _get(small_systems, key, "train"),
+                      "dev": _system_cell(stats, "frames", "small", "dev", system),
+                      "test": _system_cell(stats, "frames", "small", "test", system),
+                      "test_wer": _system_cell(stats, "wer", "small", "test", system)}
+    decode = s.get("decode") or {}
     return {
         "table1": table1,
-        "gain_kept": kept,
-        "gmm": _get(s.get("graph"), "gmm"),
-        "ensemble_members": _get(ens, "members"),
-        "temperature_sweep": {str(t): v for t, v in (_get(distill, "sweep") or {}).items()},
-        "best_temperature": _get(distill, "best_temperature"),
+        "comparisons": _claims(stats),
+        "gain_kept": _shares(stats, "main"),
+        "small_data_recovered": _shares(stats, "small"),
+        "small_data_table": small,
         "small_data": s.get("small_data"),
-        "small_data_wer": {k: decode.get(k) for k in ("small_hard", "small_soft") if k in decode},
+        "gmm": _get(s.get("graph"), "gmm"),
+        "ensemble_members": _get(s.get("ensemble"), "members"),
+        "temperature_sweep": {str(t): v for t, v in (_get(s.get("distill"), "sweep") or {}).items()},
+        "best_temperature": _get(s.get("distill"), "best_temperature"),
+        "convergence": _convergence(ws),
         "soft_targets": s.get("soft_targets"),
         "lang": s.get("lang"),
-        "alignment": {k: v for k, v in (s.get("tri") or {}).items() if k.startswith("boundaries")},
+        "alignment": {k: v for k, v in (s.get("tri") or {}).items() if k.startswith(("boundaries", "align"))},
         "tree": _get(s.get("tri"), "train"),
         "graph": _get(s.get("graph"), "graph"),
-        "decode_rtf": {"gmm": _get(s.get("graph"), "gmm", "rtf"), **{k: v.get("rtf") for k, v in decode.items()}},
+        "decoding": {name: {"acoustic_scale": v.get("acoustic_scale"), "rtf": v.get("rtf"),
+                            "no_path": {sp: len(_get(v, sp, "no_path") or []) for sp in ("dev", "test")},
+                            "no_final_state": {sp: len(_get(v, sp, "no_final_state") or []) for sp in ("dev", "test")}}
+                     for name, v in {"gmm": _get(s.get("graph"), "gmm") or {}, **decode}.items() if v},
         "corpus": s.get("corpus"),
+        "bootstrap": {"num_samples": num_samples, "seed": seed, "level": 0.95, "resampled": "utterances"},
         "stage_seconds": {name: rec["seconds"] for name, rec in summaries.items() if rec},
     }
 
 
+# ------------------------------------------------------------------------------------------------ Markdown
 def _table1_md(r: dict) -> list[str]:
-    lines = ["## Table 1 analogue: frame accuracy and WER (%)", "",
+    lines = ["## Table 1 analogue: frame accuracy and WER (%), 95% intervals", "",
              "| system | dev frame acc | test frame acc | test acc seen / unseen voice | dev WER | test WER "
              "| test WER seen / unseen | paper: frame acc / WER |",
              "|---|---|---|---|---|---|---|---|"]
-    names = {"baseline": "baseline single model", "ensemble": "ensemble", "distilled": "distilled single model"}
+    names = {"baseline": "baseline single model", "ensemble": f"{_n_members(r)}x ensemble",
+             "distilled": "distilled single model"}
     for key, label in names.items():
         row = r["table1"][key]
-        paper = PAPER_TABLE1[key]
-        lines.append(f"| {label} | {_fmt(row['dev_frame_acc'])} | {_fmt(row['test_frame_acc'])} | "
-                     f"{_fmt(row['test_frame_acc_seen'])} / {_fmt(row['test_frame_acc_unseen'])} | "
-                     f"{_fmt(row['dev_wer'])} | {_fmt(row['test_wer'])} | "
-                     f"{_fmt(row['test_wer_seen'])} / {_fmt(row['test_wer_unseen'])} | {paper[0]} / {paper[1]} |")
-    if r["gain_kept"]:
-        kept = ", ".join(f"{k.replace('_frame_acc', '')}: {100 * v:.0f}%" for k, v in r["gain_kept"].items())
-        lines += ["", f"Share of the ensemble's frame-accuracy gain kept by the distilled model: {kept} "
-                      "(paper: more than 80%)."]
+        lines.append(f"| {label} | {_iv(row['dev_frame_acc'])} | {_iv(row['test_frame_acc'])} | "
+                     f"{_fmt(_get(row, 'test_seen_frame_acc', 'estimate'))} / "
+                     f"{_fmt(_get(row, 'test_unseen_frame_acc', 'estimate'))} | {_iv(row['dev_wer'])} | "
+                     f"{_iv(row['test_wer'])} | {_fmt(_get(row, 'test_seen_wer', 'estimate'))} / "
+                     f"{_fmt(_get(row, 'test_unseen_wer', 'estimate'))} | "
+                     f"{PAPER_TABLE1[key][0]} / {PAPER_TABLE1[key][1]} |")
     if r["gmm"]:
         lines += ["", f"GMM-HMM (tri1) baseline: dev WER {_fmt(r['gmm']['dev']['all'])}%, "
-                      f"test WER {_fmt(r['gmm']['test']['all'])}%."]
+                      f"test WER {_fmt(r['gmm']['test']['all'])}% "
+                      f"(seen / unseen voice {_fmt(r['gmm']['test'].get('seen'))} / "
+                      f"{_fmt(r['gmm']['test'].get('unseen'))}%)."]
+    return lines
+
+
+def _n_members(r: dict) -> int | str:
+    return len(_get(r, "ensemble_members", "dev", "members") or []) or "N"
+
+
+def _share_md(title: str, shares: dict, paper: str) -> list[str]:
+    groups = sorted({g for rows in shares.values() for g in rows}, key=_group_order)
+    if not groups:
+        return []
+    lines = [title, "", "| metric | " + " | ".join(groups) + f" | {paper} |", "|---" * (len(groups) + 2) + "|"]
+    for metric, label in (("frames", "frame accuracy"), ("wer", "WER")):
+        cells = []
+        for g in groups:
+            row = shares.get(metric, {}).get(g)
+            share = row and row["share"]
+            cells.append("undefined (no gain)" if row and not share else "-" if not row else
+                         f"{100 * share['estimate']:.0f}% [{100 * share['low']:.0f}%, {100 * share['high']:.0f}%]")
+        lines.append(f"| {label} | " + " | ".join(cells) + " | |")
+    return lines
+
+
+def _group_order(g: str) -> tuple[int, str]:
+    return (["dev", "test", "test seen", "test unseen"].index(g) if g in ("dev", "test", "test seen",
+                                                                          "test unseen") else 9, g)
+
+
+def _claims_md(r: dict) -> list[str]:
+    if not r["comparisons"]:
+        return []
+    lines = ["## Which differences are real (paired bootstrap over utterances, 95% intervals)", "",
+             "B - A in points; for frame accuracy + means B is better, for WER - means B is better. "
+             "*Significant* means the interval excludes 0.", "",
+             "| claim (B vs A) | metric | set | B - A [95% interval] | P(B better) | significant |",
+             "|---|---|---|---|---|---|"]
+    for c in r["comparisons"]:
+        lines.append(f"| {c['claim']} | {c['metric']} | {c['group']} | {_iv(c['diff'], 2, signed=True)} | "
+                     f"{c['prob_b_better']:.3f} | {'**yes**' if c['significant'] else 'no'} |")
+    members = r.get("ensemble_members") or {}
+    if members:
+        lines += ["", "Seed noise for reference: the ensemble's members are the same model trained from different "
+                      "random initialisations; their frame accuracy spreads by "
+                  + ", ".join(f"{split} {min(m['members']):.1f}-{max(m['members']):.1f} "
+                              f"(sd {m['member_std']:.2f})" for split, m in members.items())
+                  + " points. A difference within that spread is what retraining alone can give."]
+    lines += ["", "![comparisons](comparisons.png)"]
     return lines
 
 
@@ -121,23 +281,45 @@ def _small_md(r: dict) -> list[str]:
     small = r.get("small_data")
     if not small:
         return []
-    lines = ["## Soft targets as a regularizer (the paper's 3% experiment): frame accuracy (%)", "",
-             f"Training subset: {_fmt(_get(small, 'fraction_percent'))}% of the training utterances "
-             f"({_get(small, 'num_utts')} utterances); soft-target teacher: {_get(small, 'teacher')}.", "",
-             "| system and training set | train frame acc | dev frame acc | test frame acc | test WER "
-             "| paper: train / test |",
-             "|---|---|---|---|---|---|"]
-    pct = f"{_get(small, 'fraction_percent'):g}%"
+    pct = f"{small['fraction_percent']:g}%"
     hard_es = ", early stopping" if small.get("hard_early_stopping") else ""
     soft_es = "" if small.get("soft_early_stopping") else " (no early stopping)"
     labels = {"baseline_full": "baseline, 100%", "small_hard": f"baseline, {pct} (hard targets{hard_es})",
               "small_soft": f"soft targets, {pct}{soft_es}"}
+    lines = ["## Soft targets as a regularizer (the paper's 3% experiment): frame accuracy (%), 95% intervals", "",
+             f"Training subset: {pct} of the training utterances ({small['num_utts']} utterances, "
+             f"{small['num_frames']} frames); soft-target teacher: {small['teacher']} (T={small['temperature']:g}).",
+             "", "| system and training set | train frame acc | dev frame acc | test frame acc | test WER "
+                 "| paper: train / test |", "|---|---|---|---|---|---|"]
     for key, label in labels.items():
-        row = _get(small, "systems", key) or {}
-        wer = _get(r["small_data_wer"], key, "test", "all") if key != "baseline_full" else \
-            r["table1"]["baseline"]["test_wer"]
-        lines.append(f"| {label} | {_fmt(row.get('train'))} | {_fmt(row.get('dev'))} | {_fmt(row.get('test'))} | "
-                     f"{_fmt(wer)} | {PAPER_SMALL[key][0]} / {PAPER_SMALL[key][1]} |")
+        row = r["small_data_table"][key]
+        lines.append(f"| {label} | {_fmt(row['train'])} | {_iv(row['dev'])} | {_iv(row['test'])} | "
+                     f"{_iv(row['test_wer'])} | {PAPER_SMALL[key][0]} / {PAPER_SMALL[key][1]} |")
+    lines += [""] + _share_md("Share of the gap between the 3% hard-target model and the full-data baseline that the "
+                              "soft targets close:", r["small_data_recovered"], "paper: 12.5 of 14.4 points (87%)")
+    soft = next((c for c in r["convergence"] if c["model"].endswith("small_soft")), None)
+    if soft and soft["best_dev_acc"] is not None:
+        lines += ["", f"Soft-target model's dev frame accuracy: best {soft['best_dev_acc']:.2f} at epoch "
+                      f"{soft['best_epoch']}, last {soft['last_dev_acc']:.2f} at epoch {soft['epochs']} "
+                      f"({'it does not fall' if soft['best_dev_acc'] - soft['last_dev_acc'] <= CONVERGENCE_POINTS else 'it falls'} "
+                      "as it trains)."]
+    return lines
+
+
+def _convergence_md(r: dict) -> list[str]:
+    rows = r["convergence"]
+    if not rows:
+        return []
+    flagged = [c for c in rows if not c["converged"]]
+    lines = ["## Convergence", "",
+             f"Every model trains until its dev criterion stops it; a model whose last epoch still gained more than "
+             f"{CONVERGENCE_POINTS} points of dev frame accuracy, or that hit its epoch cap, is flagged. "
+             + (f"**Flagged: {', '.join(c['model'] for c in flagged)}.**" if flagged else "None is flagged."), "",
+             "| model | epochs | best dev acc (epoch) | last epoch's dev gain | stopped because | converged |",
+             "|---|---|---|---|---|---|"]
+    for c in rows:
+        lines.append(f"| {c['model']} | {c['epochs']} | {_fmt(c['best_dev_acc'], 2)} ({c['best_epoch']}) | "
+                     f"{_fmt(c['last_epoch_gain'], 2)} | {c['stopped']} | {'yes' if c['converged'] else '**no**'} |")
     return lines
 
 
@@ -146,28 +328,34 @@ def _setup_md(r: dict) -> list[str]:
     lines = ["## Set-up", ""]
     splits = _get(r["corpus"], "splits") or {}
     if splits:
-        lines += ["| split | utterances | hours | speakers |", "|---|---|---|---|"]
-        lines += [f"| {k} | {v.get('utts')} | {_fmt(v.get('hours'), 2)} | {v.get('speakers')} |"
+        lines += ["| split | utterances | hours | speakers | words |", "|---|---|---|---|---|"]
+        lines += [f"| {k} | {v.get('utts')} | {_fmt(v.get('hours'), 2)} | {v.get('speakers')} | {v.get('words')} |"
                   for k, v in splits.items()]
         lines.append("")
     ppl = _get(r["lang"], "perplexity") or {}
     if ppl:
-        lines.append("Trigram LM (training text only): " + ", ".join(
-            f"{k} perplexity {_fmt(v.get('ppl'))} (OOV {_fmt(100 * v.get('oov_rate', 0))}%)" for k, v in ppl.items())
-            + f"; lexicon {_get(r['lang'], 'oov', 'num_words')} words.")
+        lines.append("Trigram LM: " + ", ".join(
+            f"{k} perplexity {_fmt(v.get('ppl'))} (OOV {_fmt(100 * v.get('oov_rate', 0), 2)}%)"
+            for k, v in ppl.items()) + f"; vocabulary {_get(r['lang'], 'vocabulary')} words.")
     if r["tree"]:
         lines.append(f"GMM-HMM: {r['tree'].get('num_pdfs')} tied states (the DNN's output classes), "
                      f"{r['tree'].get('num_gauss')} Gaussians.")
     if r["graph"]:
         lines.append(f"HCLG: {r['graph'].get('HCLG_states')} states, {r['graph'].get('HCLG_arcs')} arcs, built in "
                      f"{_fmt(r['graph'].get('total_seconds'))} s.")
-    if r["alignment"]:
+    failed = {k.split("/")[-1]: v for k, v in r["alignment"].items() if k.startswith("align/")}
+    if failed:
+        lines.append("Forced alignment (the DNN's frame labels): " + ", ".join(
+            f"{split} {v.get('num_failed')} of {v.get('num_utts')} utterances failed" for split, v in failed.items())
+            + " (failed ones are left out of frame accuracy, still decoded and scored).")
+    bounds = {k.split("/")[-1]: v for k, v in r["alignment"].items() if k.startswith("boundaries")}
+    if bounds:
         lines += ["", "Forced-alignment phone boundaries against the synthesizer's own timings "
                       "(test holds the unseen voice):", "",
                   "| split | phones matched | within 20 ms | within 40 ms | median error (ms) |",
                   "|---|---|---|---|---|"]
-        for key, v in r["alignment"].items():
-            lines.append(f"| {key.split('/')[-1]} | {v.get('matched_phones')}/{v.get('ref_phones')} | "
+        for split, v in bounds.items():
+            lines.append(f"| {split} | {v.get('matched_phones')}/{v.get('ref_phones')} | "
                          f"{_fmt(100 * v['within_20ms'])}% | {_fmt(100 * v['within_40ms'])}% | "
                          f"{_fmt(1000 * v['median_abs_error_s'])} |")
     return lines
@@ -176,99 +364,57 @@ def _setup_md(r: dict) -> list[str]:
 def _details_md(r: dict) -> list[str]:
     lines = []
     if r["temperature_sweep"]:
-        lines += ["## Temperature sweep (distilled student, frame accuracy %)", "",
-                  "| T | dev | test |", "|---|---|---|"]
+        lines += ["## Temperature sweep (student, frame accuracy %)", "", "| T | dev | test | epochs |",
+                  "|---|---|---|---|"]
         for t, v in r["temperature_sweep"].items():
-            lines.append(f"| {t} | {_fmt(_get(v, 'dev', 'all'))} | {_fmt(_get(v, 'test', 'all'))} |")
+            lines.append(f"| {t} | {_fmt(_get(v, 'dev', 'all'), 2)} | {_fmt(_get(v, 'test', 'all'), 2)} | "
+                         f"{v.get('epochs_run', '-')} |")
         lines += ["", f"Chosen on dev: T = {r['best_temperature']}.", "", "![temperature sweep](temperature_sweep.png)"]
     members = r.get("ensemble_members")
     if members:
         lines += ["", "## Ensemble members (frame accuracy %)", "",
-                  "| split | members | worst | mean +- std | best | ensemble |", "|---|---|---|---|---|---|"]
+                  "| split | members | worst | mean +- sd | best | ensemble |", "|---|---|---|---|---|---|"]
         for split, m in members.items():
-            accs = [100 * a for a in m["members"]]
-            lines.append(f"| {split} | {len(accs)} | {min(accs):.1f} | {100 * m['member_mean']:.1f} +- "
-                         f"{100 * m['member_std']:.1f} | {max(accs):.1f} | {100 * m['ensemble']:.1f} |")
+            accs = m["members"]
+            lines.append(f"| {split} | {len(accs)} | {min(accs):.2f} | {m['member_mean']:.2f} +- "
+                         f"{m['member_std']:.2f} | {max(accs):.2f} | {m['ensemble']:.2f} |")
     if r["soft_targets"]:
         lines += ["", "Stored soft targets: " + ", ".join(
             f"{k}: {v['bytes_per_frame']:.0f} B/frame, top-k mass {100 * v['mean_mass_kept']:.0f}%"
             for k, v in r["soft_targets"].items()) + "."]
-    if r["decode_rtf"]:
-        lines += ["", "Decoding real-time factor per core (test): " + ", ".join(
-            f"{k} {_fmt(v, 3)}" for k, v in r["decode_rtf"].items() if v is not None) + "."]
-    lines += ["", "## Time per stage (s)", "", "| stage | seconds |", "|---|---|"]
+    if r["decoding"]:
+        lines += ["", "## Decoding", "", "| system | acoustic scale (chosen on dev) | RTF per core (test) "
+                  "| no surviving path dev / test | no final state dev / test |", "|---|---|---|---|---|"]
+        for name, d in r["decoding"].items():
+            lines.append(f"| {name} | {d['acoustic_scale']} | {_fmt(d['rtf'], 3)} | {d['no_path']['dev']} / "
+                         f"{d['no_path']['test']} | {d['no_final_state']['dev']} / {d['no_final_state']['test']} |")
+    lines += ["", "## Where the time went (s)", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {k} | {v:.0f} |" for k, v in r["stage_seconds"].items()]
     lines += ["", "![training curves](training_curves.png)"]
     return lines
 
 
-def _plot_curves(ws: Workspace, out: Path) -> None:
-    """Dev frame accuracy per epoch of every trained network (baseline, members, students)."""
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for metrics in sorted(ws.dnn_root.glob("**/metrics.json")):
-        epochs = json.loads(metrics.read_text()).get("epochs", [])
-        accs = [e.get("dev_acc") for e in epochs if e.get("dev_acc") is not None]
-        if not accs:
-            continue
-        name = str(metrics.parent.relative_to(ws.dnn_root))
-        member = name.startswith("ensemble/")
-        ax.plot(range(1, len(accs) + 1), [100 * a if a <= 1 else a for a in accs], color="0.7" if member else None,
-                label=None if member else name, linewidth=1 if member else 2)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("dev frame accuracy (%)")
-    ax.set_title("Training curves (grey: ensemble members)")
-    ax.grid(alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
+def _body(r: dict) -> list[str]:
+    b = r["bootstrap"]
+    intro = [f"Intervals: paired bootstrap over utterances ({b['num_samples']} replicates, seed {b['seed']}), "
+             "percentile 95% intervals; the same resampled utterances for every system of a comparison.", ""]
+    return (intro + _table1_md(r) + ["", "![table 1](table1.png)", ""]
+            + _share_md("## Share of the ensemble's frame-accuracy (and WER) gain kept by the distilled model",
+                        r["gain_kept"], "paper: more than 80%") + [""]
+            + _claims_md(r) + [""] + _small_md(r) + [""] + _convergence_md(r) + [""] + _setup_md(r) + [""]
+            + _details_md(r))
 
 
-def _plot_sweep(r: dict, out: Path) -> None:
-    sweep = r["temperature_sweep"]
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    if sweep:
-        temps = [float(t) for t in sweep]
-        ax.plot(temps, [_get(v, "dev", "all") for v in sweep.values()], "o-", label="distilled (dev)")
-        for key, style in (("baseline", "--"), ("ensemble", ":")):
-            value = r["table1"][key]["dev_frame_acc"]
-            if value is not None:
-                ax.axhline(value, linestyle=style, color="0.4", label=f"{key} (dev)")
-        ax.set_xscale("log")
-        ax.set_xticks(temps, [f"{t:g}" for t in temps])
-        ax.legend(fontsize=8)
-    ax.set_xlabel("temperature T")
-    ax.set_ylabel("dev frame accuracy (%)")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-
-
-def _plot_table1(r: dict, out: Path) -> None:
-    systems = list(r["table1"])
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
-    for ax, (key, title) in zip(axes, (("test_frame_acc", "test frame accuracy (%)"), ("test_wer", "test WER (%)"))):
-        values = [r["table1"][s][key] or 0.0 for s in systems]
-        ax.bar(systems, values, color=["#888", "#47a", "#a74"])
-        for i, v in enumerate(values):
-            ax.text(i, v, f"{v:.1f}", ha="center", va="bottom", fontsize=8)
-        ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-
-
+# ------------------------------------------------------------------------------------------------ publishing
 def _headline(r: dict) -> dict:
-    """The numbers a history row keeps of a run: Table 1's frame accuracies and WERs, the gain kept, the 3% row."""
+    """The numbers a history row keeps of a run: Table 1's estimates, the gain kept, the 3% recovery."""
     t1 = r["table1"]
-    small = _get(r.get("small_data"), "systems") or {}
-    return {
-        **{f"{system}_{key}": t1[system][key] for system in t1 for key in ("dev_frame_acc", "test_wer")},
-        **{f"gain_kept_{k}": v for k, v in r["gain_kept"].items()},
-        **{f"{k}_test_frame_acc": _get(small, k, "test") for k in ("small_hard", "small_soft")},
-    }
+    row = {f"{system}_{key}": _get(t1, system, key, "estimate") for system in t1
+           for key in ("dev_frame_acc", "test_wer")}
+    for name, shares in (("kept", r["gain_kept"]), ("recovered", r["small_data_recovered"])):
+        for group in ("dev", "test"):
+            row[f"{name}_frames_{group}"] = _get(shares, "frames", group, "share", "estimate")
+    return row
 
 
 def _history_md(history: list[dict]) -> list[str]:
@@ -280,8 +426,8 @@ def _history_md(history: list[dict]) -> list[str]:
              "|---" * (len(keys) + 5) + "|"]
     for h in history:
         lines.append(f"| {h['date']} | {h['git_commit']} | {h['machine']} | {h['total_seconds']:.0f} | "
-                     + " | ".join(_fmt(h["headline"].get(k), 3 if k.startswith("gain") else 1) for k in keys)
-                     + f" | `{h['command']}` |")
+                     + " | ".join(_fmt(h["headline"].get(k), 3 if k.startswith(("kept", "recov")) else 1)
+                                  for k in keys) + f" | `{h['command']}` |")
     return lines
 
 
@@ -312,12 +458,13 @@ def publish_results(results_dir: Path, report_dir: Path, meta: dict, r: dict, bo
 
 def write_report(cfg: DictConfig, ws: Workspace, stages: list[str]) -> dict:
     """Write exp/report/{report.md, report.json, *.png} and publish them to the config's results dir."""
-    r = collect(ws, stages)
+    r = collect(ws, stages, cfg.report.bootstrap_samples, cfg.report.seed)
     out = ws.report
     out.mkdir(parents=True, exist_ok=True)
-    _plot_curves(ws, out / "training_curves.png")
-    _plot_sweep(r, out / "temperature_sweep.png")
-    _plot_table1(r, out / "table1.png")
+    charts.training_curves(ws, out / "training_curves.png")
+    charts.temperature_sweep(r, out / "temperature_sweep.png")
+    charts.table1(r, out / "table1.png")
+    charts.comparisons(r, out / "comparisons.png")
     finished = [str((read_summary(ws, name) or {}).get("finished")) for name in stages if name != "report"]
     meta = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -329,8 +476,7 @@ def write_report(cfg: DictConfig, ws: Workspace, stages: list[str]) -> dict:
     }
     r["meta"] = meta
     r["config"] = OmegaConf.to_container(cfg, resolve=True)
-    body = (_table1_md(r) + ["", "![table 1](table1.png)", ""] + _small_md(r) + [""] + _setup_md(r) + [""]
-            + _details_md(r))
+    body = _body(r)
     header = ["# asr-kd report", "",
               f"- date: {meta['date']}", f"- git commit: {meta['git_commit']}",
               f"- machine: {meta['machine']['cpus']} CPUs ({meta['machine']['cpu']}), GPU: {meta['machine']['gpu']}, "

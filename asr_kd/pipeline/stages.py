@@ -25,7 +25,7 @@ from asr_kd.pipeline import experiment as xp
 from asr_kd.pipeline.report import write_report
 from asr_kd.pipeline.workspace import SPLITS, Workspace
 from asr_kd.soft_targets import SoftTargets, compute_soft_targets_at
-from asr_kd.systems import System, frame_accuracies
+from asr_kd.systems import System
 from asr_kd.train import train
 from decoding.align_eval import boundary_accuracy
 from decoding.decode import tune_and_decode
@@ -127,23 +127,13 @@ def stage_graph(cfg: DictConfig, ws: Workspace) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------- DNNs
-def _evaluate(cfg: DictConfig, ws: Workspace, system: System, splits: tuple[str, ...] = ("dev", "test")) -> dict:
-    """Frame accuracy (%) of a system on the given splits (and per voice condition where there is one)."""
-    device = xp.device_of(cfg)
-    result = {}
-    for split in splits:
-        fs = xp.frames(cfg, ws, split, device)
-        result[split] = frame_accuracies(system.log_posteriors(fs, device), fs, xp.utt2subset(ws, split))
-    return result
-
-
 def stage_baseline(cfg: DictConfig, ws: Workspace) -> dict:
     """The baseline: one DNN on hard alignment targets."""
     device = xp.device_of(cfg)
     out = ws.dnn("baseline")
     train(xp.to_object(cfg.model), xp.to_object(cfg.train), xp.frames(cfg, ws, "train", device),
           xp.frames(cfg, ws, "dev", device), out, xp.num_pdfs(ws), device=device)
-    return _evaluate(cfg, ws, System("baseline", [out / "model.pt"]), splits=("train", "dev", "test"))
+    return xp.evaluate_system(cfg, ws, System("baseline", [out / "model.pt"]), splits=("train", "dev", "test"))
 
 
 def stage_ensemble(cfg: DictConfig, ws: Workspace) -> dict:
@@ -155,7 +145,7 @@ def stage_ensemble(cfg: DictConfig, ws: Workspace) -> dict:
     dist_context(device).barrier()  # under torchrun each rank trained its share; evaluate once all are there
     sets = {split: xp.frames(cfg, ws, split, device) for split in ("dev", "test")}
     members = evaluate_ensemble([p.parent for p in xp.member_paths(ws)], sets, cfg.ensemble.combine)
-    acc = _evaluate(cfg, ws, System("ensemble", xp.member_paths(ws), cfg.ensemble.combine))
+    acc = xp.evaluate_system(cfg, ws, System("ensemble", xp.member_paths(ws), cfg.ensemble.combine))
     return {"members": members, "ensemble": acc}
 
 
@@ -185,11 +175,12 @@ def stage_distill(cfg: DictConfig, ws: Workspace) -> dict:
     accuracy = {}
     for tag, row in sweep["per_temperature"].items():
         student = ws.distill_sweep / f"T{tag}" / "model.pt"
-        accuracy[float(tag)] = _evaluate(cfg, ws, System(f"distilled_T{tag}", [student]))
+        accuracy[float(tag)] = xp.evaluate_system(cfg, ws, System(f"distilled_T{tag}", [student]))
         accuracy[float(tag)]["epochs_run"] = row["epochs_run"]
     ws.dnn("distilled").mkdir(parents=True, exist_ok=True)
     shutil.copy2(ws.distill_sweep / f"T{best:g}" / "model.pt", ws.dnn("distilled") / "model.pt")
-    return {"best_temperature": best, "sweep": accuracy, "distilled": accuracy[best]}
+    distilled = xp.evaluate_system(cfg, ws, System("distilled", [ws.dnn("distilled") / "model.pt"]))
+    return {"best_temperature": best, "sweep": accuracy, "distilled": distilled}
 
 
 def stage_small_data(cfg: DictConfig, ws: Workspace) -> dict:
@@ -197,9 +188,12 @@ def stage_small_data(cfg: DictConfig, ws: Workspace) -> dict:
     device = xp.device_of(cfg)
     sets = {split: xp.frames(cfg, ws, split, device) for split in SPLITS}
     teachers = {"baseline": [ws.dnn("baseline") / "model.pt"], "ensemble": xp.member_paths(ws)}
-    return run_small_data(xp.to_object(cfg.model), xp.to_object(cfg.train), xp.to_object(cfg.small_data),
-                          xp.to_object(cfg.distill), sets, read_dict(ws.data("train") / "utt2spk"), teachers,
-                          ws.small_data, xp.num_pdfs(ws))
+    summary = run_small_data(xp.to_object(cfg.model), xp.to_object(cfg.train), xp.to_object(cfg.small_data),
+                             xp.to_object(cfg.distill), sets, read_dict(ws.data("train") / "utt2spk"), teachers,
+                             ws.small_data, xp.num_pdfs(ws))
+    for name in ("small_hard", "small_soft"):  # their predictions, for the report's paired intervals
+        xp.evaluate_system(cfg, ws, System(name, [ws.small_data / name / "model.pt"]))
+    return summary
 
 
 # ---------------------------------------------------------------------------------------------- decoding

@@ -1,0 +1,137 @@
+"""The report pins its numbers to what the stages wrote: a small fake workspace with known accuracies and WERs.
+
+Every system gets its own distinct numbers, so a swapped row, a percent/fraction mix-up or a number taken from the
+wrong split changes what the report shows and fails here.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+
+from asr_kd.pipeline.report import collect, write_report
+from asr_kd.pipeline.workspace import Workspace
+from features.kaldi_io import write_vec_int_ark_scp
+from features.tables import write_table, write_text
+
+UTTS = {"dev": [f"d{i:02d}" for i in range(20)], "test": [f"t{i:02d}" for i in range(20)]}
+FRAMES = 10  # per utterance
+# (dev frame accuracy, test frame accuracy, dev WER, test WER) in percent, distinct for every system
+KNOWN = {"baseline": (50.0, 40.0, 30.0, 40.0), "ensemble": (60.0, 50.0, 20.0, 30.0),
+         "distilled": (58.0, 46.0, 22.0, 35.0), "small_hard": (30.0, 20.0, 60.0, 70.0),
+         "small_soft": (45.0, 35.0, 40.0, 50.0)}
+WORDS = ["ONE", "TWO", "THREE", "FOUR", "FIVE"]  # every reference: 5 words, so 100 words per split
+
+
+def _correct_per_utt(accuracy: float, n_utts: int) -> list[int]:
+    """Correct frames per utterance adding up to ``accuracy`` percent of n_utts * FRAMES, spread unevenly."""
+    total = round(accuracy / 100 * n_utts * FRAMES)
+    per = [total // n_utts] * n_utts
+    for i in range(total % n_utts):
+        per[i] += 1
+    return per
+
+
+def _errors_per_utt(wer: float, n_utts: int) -> list[int]:
+    total = round(wer / 100 * n_utts * len(WORDS))
+    per = [min(len(WORDS), total // n_utts)] * n_utts
+    for i in range(total - sum(per)):
+        per[i % n_utts] += 1
+    return per
+
+
+@pytest.fixture()
+def workspace(tmp_path: Path) -> Workspace:
+    ws = Workspace(tmp_path)
+    for split, utts in UTTS.items():
+        write_vec_int_ark_scp(((u, np.zeros(FRAMES, dtype=np.int32)) for u in utts), ws.ali(split) / "pdf.ark",
+                              ws.ali(split) / "pdf.scp")
+        write_text(ws.data(split) / "text", {u: WORDS for u in utts})
+        if split == "test":
+            write_table(ws.data(split) / "utt2subset", {u: "seen" if i < 10 else "unseen" for i, u in enumerate(utts)})
+        for system, known in KNOWN.items():
+            acc, wer = known[0 if split == "dev" else 1], known[2 if split == "dev" else 3]
+            preds = {}
+            for u, correct in zip(utts, _correct_per_utt(acc, len(utts))):
+                preds[u] = np.array([0] * correct + [1] * (FRAMES - correct), dtype=np.int32)
+            out = ws.eval(system, split)
+            write_vec_int_ark_scp(preds.items(), out / "pred.ark", out / "pred.scp")
+            hyps = {u: ["WRONG"] * e + WORDS[e:] for u, e in zip(utts, _errors_per_utt(wer, len(utts)))}
+            write_text(ws.decode(system, split) / "hyp.txt", hyps)
+    summaries = {
+        "ensemble": {"members": {"dev": {"members": [54.0, 55.0, 56.0], "member_mean": 55.0, "member_std": 1.0,
+                                         "ensemble": 60.0, "combine": "arith", "frames": 200}}},
+        "small_data": {"fraction_percent": 3.0, "num_utts": 7, "num_frames": 700, "teacher": "baseline",
+                       "temperature": 2.0, "hard_early_stopping": True, "soft_early_stopping": False,
+                       "systems": {"baseline_full": {"train": 63.0}, "small_hard": {"train": 90.0},
+                                   "small_soft": {"train": 70.0}}},
+        "decode": {"baseline": {"acoustic_scale": 0.1, "rtf": 0.05, "dev": {"no_path": [], "no_final_state": []},
+                                "test": {"no_path": ["t03"], "no_final_state": ["t04", "t05"]}}},
+    }
+    for stage, summary in summaries.items():
+        ws.stage(stage).mkdir(parents=True)
+        (ws.stage(stage) / "summary.json").write_text(json.dumps({"stage": stage, "seconds": 1.0,
+                                                                  "finished": "now", "summary": summary}))
+    for model, accs, stopped in (("baseline", [0.40, 0.50, 0.501], "newbob converged"),
+                                 ("small_data/small_soft", [0.40, 0.45, 0.46], "max epochs"),
+                                 ("distilled", [0.50, 0.55, 0.58], "early stopping")):
+        d = ws.dnn(model)
+        d.mkdir(parents=True)
+        (d / "metrics.json").write_text(json.dumps({
+            "epochs": [{"dev_acc": a} for a in accs], "stopped": stopped, "best_epoch": 3,
+            "best_dev_acc": max(accs)}))
+    return ws
+
+
+def test_every_number_comes_from_the_stage_outputs(workspace: Workspace) -> None:
+    r = collect(workspace, ["ensemble", "small_data", "decode"], num_samples=200)
+    for system in ("baseline", "ensemble", "distilled"):
+        dev_acc, test_acc, dev_wer, test_wer = KNOWN[system]
+        row = r["table1"][system]
+        assert row["dev_frame_acc"]["estimate"] == pytest.approx(dev_acc)
+        assert row["test_frame_acc"]["estimate"] == pytest.approx(test_acc)
+        assert row["dev_wer"]["estimate"] == pytest.approx(dev_wer)
+        assert row["test_wer"]["estimate"] == pytest.approx(test_wer)
+        assert row["dev_frame_acc"]["low"] <= dev_acc <= row["dev_frame_acc"]["high"]
+        assert row["test_seen_frame_acc"] is not None and row["test_unseen_wer"] is not None
+    # share of the ensemble's gain the distilled model keeps: (58 - 50) / (60 - 50) on dev, (46 - 40) / 10 on test
+    assert r["gain_kept"]["frames"]["dev"]["share"]["estimate"] == pytest.approx(0.8)
+    assert r["gain_kept"]["frames"]["test"]["share"]["estimate"] == pytest.approx(0.6)
+    assert r["gain_kept"]["wer"]["test"]["share"]["estimate"] == pytest.approx(0.5)
+    # the 3% rows: the full-data baseline, then the hard and soft models, each with its own numbers
+    small = r["small_data_table"]
+    assert small["baseline_full"]["test"]["estimate"] == pytest.approx(40.0)
+    assert small["small_hard"]["test"]["estimate"] == pytest.approx(20.0)
+    assert small["small_soft"]["dev"]["estimate"] == pytest.approx(45.0)
+    assert small["small_soft"]["test_wer"]["estimate"] == pytest.approx(50.0)
+    assert (small["small_hard"]["train"], small["small_soft"]["train"]) == (90.0, 70.0)
+    assert r["small_data_recovered"]["frames"]["test"]["share"]["estimate"] == pytest.approx((35 - 20) / (40 - 20))
+    claim = {(c["claim"], c["metric"], c["group"]): c for c in r["comparisons"]}
+    assert claim[("ensemble vs baseline", "frame accuracy", "dev")]["diff"]["estimate"] == pytest.approx(10.0)
+    assert claim[("distilled vs ensemble", "WER", "test")]["diff"]["estimate"] == pytest.approx(5.0)
+    assert claim[("3% soft vs full baseline", "frame accuracy", "test")]["diff"]["estimate"] == pytest.approx(-5.0)
+    assert claim[("ensemble vs baseline", "frame accuracy", "dev")]["significant"]
+    assert {c["group"] for c in r["comparisons"]} == {"dev", "test", "test seen", "test unseen"}
+    assert r["decoding"]["baseline"]["no_path"] == {"dev": 0, "test": 1}
+    assert r["decoding"]["baseline"]["no_final_state"] == {"dev": 0, "test": 2}
+    flagged = {c["model"]: c["converged"] for c in r["convergence"]}
+    assert flagged == {"baseline": True, "distilled": False, "small_data/small_soft": False}
+
+
+def test_markdown_shows_the_collected_numbers(workspace: Workspace) -> None:
+    cfg = OmegaConf.create({"report": {"bootstrap_samples": 200, "seed": 0}, "results_dir": None})
+    write_report(cfg, workspace, ["ensemble", "small_data", "decode"])
+    md = (workspace.report / "report.md").read_text()
+    rows = {line.split("|")[1].strip(): line for line in md.splitlines() if line.startswith("| ")}
+    assert rows["baseline single model"].split("|")[2].strip().startswith("50.0 [")
+    assert rows["3x ensemble"].split("|")[2].strip().startswith("60.0 [")
+    assert rows["distilled single model"].split("|")[5].strip().startswith("22.0 [")  # dev WER column
+    assert "| frame accuracy | 80% [" in md  # share kept on dev
+    assert "**Flagged: distilled, small_data/small_soft.**" in md
+    assert "| baseline | 0.1 | 0.050 | 0 / 1 | 0 / 2 |" in md
+    assert (workspace.root / "results" / "RESULTS.md").read_text().count("50.0 [") >= 1
+    assert json.loads((workspace.root / "results" / "history.json").read_text())[0]["headline"][
+        "baseline_dev_frame_acc"] == pytest.approx(50.0)
