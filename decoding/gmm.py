@@ -50,7 +50,7 @@ from decoding.lang import Lang, load_lang
 from decoding.tree_stats import accumulate_tree_stats
 from features.atomic import atomic_write, write_text_atomic
 from features.errors import InputError
-from features.kaldi_io import load_vec_int_scp, write_vec_int_ark_scp
+from features.kaldi_io import load_vec_int_scp, write_vec_int_ark_scp, write_vector
 from features.tables import read_text, write_table
 
 logger = logging.getLogger(__name__)
@@ -397,7 +397,7 @@ def align_feats(model_dir: Path, feats: Mapping[str, np.ndarray], texts: Mapping
     for ali in result.alignments.values():
         counts += np.bincount(tables.pdf[ali], minlength=tm.num_pdfs)
     write_text_atomic(out_dir / "num_pdfs", f"{tm.num_pdfs}\n")
-    write_text_atomic(out_dir / "pdf_counts", "[ " + " ".join(map(str, counts.tolist())) + " ]\n")
+    write_vector(out_dir / "pdf_counts", counts)
     for name in ("final.mdl", "tree"):
         if (model_dir / name).resolve() != (out_dir / name).resolve():
             with atomic_write(out_dir / name, "wb") as f:
@@ -442,16 +442,18 @@ def align(model_dir: Path, feats_dir: Path, lang_dir: Path, out_dir: Path, nj: i
 _PARAMS_CACHE: dict[tuple[str, float], GmmParams] = {}
 
 
-def gmm_loglikes(model_dir: Path, feats: np.ndarray) -> np.ndarray:
-    """[T, num_pdfs] per-pdf GMM log-likelihoods of one utterance (for decoding with the GMM as acoustic model).
-
-    The model's parameters are cached per model file (by path and modification time), so decoding many
-    utterances reads final.mdl once.
-    """
+def gmm_params(model_dir: Path) -> GmmParams:
+    """The GMMs of ``model_dir/final.mdl`` as matrices, cached per model file (by path and modification time), so
+    decoding many utterances reads final.mdl once."""
     path = Path(model_dir) / "final.mdl"
     key = (str(path.resolve()), path.stat().st_mtime)
     params = _PARAMS_CACHE.get(key)
     if params is None:
         _PARAMS_CACHE.clear()
         params = _PARAMS_CACHE[key] = GmmParams.from_am(read_model(path)[1])
-    return params.pdf_loglikes(feats)
+    return params
+
+
+def gmm_loglikes(model_dir: Path, feats: np.ndarray) -> np.ndarray:
+    """[T, num_pdfs] per-pdf GMM log-likelihoods of one utterance (for decoding with the GMM as acoustic model)."""
+    return gmm_params(model_dir).pdf_loglikes(feats)

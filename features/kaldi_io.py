@@ -278,3 +278,8 @@ def read_vector(path: Path) -> np.ndarray:
         return np.asarray(_kio.read_vec_flt(str(path)), dtype=np.float64)
     except _READ_ERRORS as err:
         raise InputError(f"not a Kaldi vector: {err}", path) from err
+
+
+def write_vector(path: Path, values: np.ndarray) -> None:
+    """A single Kaldi vector file in text form (``[ 1 2 3 ]``), atomically: what ``read_vector`` reads back."""
+    write_text_atomic(path, "[ " + " ".join(map(str, np.asarray(values).tolist())) + " ]\n")

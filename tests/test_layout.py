@@ -16,7 +16,7 @@ from asr_kd.pipeline.stages import STAGES
 
 REPO = Path(__file__).resolve().parent.parent
 PACKAGES = ("features", "decoding", "asr_kd")
-COMMAND_LINES = ("asr_kd.cli", "asr_kd.score_cli")
+COMMAND_LINES = ("asr_kd.cli", "asr_kd.score_cli")  # asr_kd.export is a library module with a thin main()
 
 
 def _modules() -> dict[str, Path]:

@@ -54,6 +54,22 @@ class DecodeDataConfig:
 
 
 @dataclass
+class StudentConfig:
+    """One extra student (``students.<name>`` of a research config): the experiment's model, training and
+    distillation settings with these overrides. ``targets``: ``soft`` (distilled from the ensemble) or ``hard``;
+    ``budget``: ``converge`` (until its dev criterion stops it) or ``member`` (at most a member's epochs);
+    ``size_sweep``: the student is a point of the report's accuracy-against-cost curves (an ablation of the
+    objective is not)."""
+
+    targets: str = "soft"
+    budget: str = "converge"
+    size_sweep: bool = False
+    model: dict[str, Any] = field(default_factory=dict)
+    train: dict[str, Any] = field(default_factory=dict)
+    distill: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class ReportConfig:
     """How the report's confidence intervals are drawn (paired bootstrap over utterances)."""
 
@@ -88,6 +104,8 @@ class ExperimentConfig:
     soft_targets: SoftTargetConfig = field(default_factory=SoftTargetConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     small_data: SmallDataConfig = field(default_factory=SmallDataConfig)
+    students: dict[str, StudentConfig] = field(default_factory=lambda: {})  # research configs (the class has a
+    # field named "dict", hence no default_factory=dict): ablations, size sweeps
     decode: DecodeStageConfig = field(default_factory=DecodeStageConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
     decode_data: DecodeDataConfig = field(default_factory=DecodeDataConfig)  # stage=decode_data: a new data dir

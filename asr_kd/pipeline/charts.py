@@ -90,6 +90,36 @@ def comparisons(r: dict, out: Path) -> None:
     _save(fig, out)
 
 
+def cost_accuracy(r: dict, out: Path) -> None:
+    """Test frame accuracy and test WER against measured one-thread acoustic-model time (log scale): one curve of
+    hard-target students, one of distilled students (by size), the baseline and the ensemble as points."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    cost = r["cost"]
+    for ax, (key, title) in zip(axes, (("test_frame_acc", "test frame accuracy (%)"), ("test_wer", "test WER (%)"))):
+        for targets, style, label in (("hard", "s--", "hard-target students"), ("soft", "o-", "distilled students")):
+            pts = sorted((cost[n]["cpu1_rtf"], st[key]) for n, st in r["students"].items()
+                         if st["targets"] == targets and st[key] and n in cost and st.get("size_sweep"))
+            if pts:
+                _errorbar(ax, pts, style, label)
+        for system, marker in (("baseline", "k^"), ("ensemble", "r*")):
+            cell = r["table1"][system][key]
+            if cell and system in cost:
+                _errorbar(ax, [(cost[system]["cpu1_rtf"], cell)], marker, system)
+        ax.set_xscale("log")
+        ax.set_xlabel("acoustic-model time per second of audio, 1 CPU thread (log)")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    _save(fig, out)
+
+
+def _errorbar(ax: plt.Axes, pts: list[tuple[float, dict]], style: str, label: str) -> None:
+    xs = [x for x, _ in pts]
+    ys = [c["estimate"] for _, c in pts]
+    err = [[c["estimate"] - c["low"] for _, c in pts], [c["high"] - c["estimate"] for _, c in pts]]
+    ax.errorbar(xs, ys, yerr=err, fmt=style, capsize=3, label=label)
+
+
 def _save(fig: plt.Figure, out: Path) -> None:
     fig.tight_layout()
     fig.savefig(out, dpi=120)

@@ -69,19 +69,21 @@ def member_paths(ws: Workspace) -> list[Path]:
     return sorted(ws.dnn("ensemble").glob("member*/model.pt"))
 
 
-def system_paths(ws: Workspace) -> dict[str, list[Path]]:
-    """The model files of every DNN system (missing ones have no files yet)."""
+def system_paths(ws: Workspace, students: list[str] | tuple[str, ...] = ()) -> dict[str, list[Path]]:
+    """The model files of every DNN system and of the named extra students (missing ones have no files yet)."""
     single = {"baseline": ws.dnn("baseline"), "distilled": ws.dnn("distilled"),
-              "small_hard": ws.small_data / "small_hard", "small_soft": ws.small_data / "small_soft"}
+              "small_hard": ws.small_data / "small_hard", "small_soft": ws.small_data / "small_soft",
+              **{name: ws.student(name) for name in students}}
     paths = {name: [d / "model.pt"] if (d / "model.pt").exists() else [] for name, d in single.items()}
     paths["ensemble"] = member_paths(ws)
-    return {name: paths[name] for name in DNN_SYSTEMS}
+    return {name: paths[name] for name in (*DNN_SYSTEMS, *students)}
 
 
 def dnn_systems(cfg: DictConfig, ws: Workspace) -> dict[str, System]:
-    """The DNN systems trained so far that ``cfg.decode.systems`` asks for, in report order."""
+    """The DNN systems trained so far that ``cfg.decode.systems`` asks for, then every extra student."""
+    wanted = [*cfg.decode.systems, *cfg.students]
     return {name: System(name, paths, cfg.ensemble.combine if name == "ensemble" else "arith")
-            for name, paths in system_paths(ws).items() if paths and name in cfg.decode.systems}
+            for name, paths in system_paths(ws, list(cfg.students)).items() if paths and name in wanted}
 
 
 def evaluate_system(cfg: DictConfig, ws: Workspace, system: System, splits: tuple[str, ...] = ("dev", "test")

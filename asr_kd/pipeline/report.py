@@ -81,17 +81,22 @@ def _have(ws: Workspace, systems: tuple[str, ...], split: str, kind: str) -> boo
     return all((path(s, split) / name).exists() for s in systems)
 
 
-def comparisons(ws: Workspace, num_samples: int, seed: int) -> dict:
-    """Frame-accuracy and WER comparisons of the main systems and of the 3% systems on dev and test.
+def comparisons(ws: Workspace, num_samples: int, seed: int, students: list[str] | tuple[str, ...] = ()) -> dict:
+    """Frame-accuracy and WER comparisons on dev and test of the main systems, of the 3% systems, and of the extra
+    students beside the baseline and the ensemble (with each student's share of the ensemble's gain).
 
-    ``{"frames"|"wer": {"main"|"small": {split: compare_* result}}}``; a comparison whose files are missing
-    (a stage not run yet) is left out.
+    ``{"frames"|"wer": {"main"|"small"|"students": {split: compare_* result}}}``; a comparison whose files are
+    missing (a stage not run yet) is left out.
     """
     out: dict = {"frames": {}, "wer": {}}
-    for family, systems, share in (("main", MAIN_SYSTEMS, KEPT), ("small", SMALL_SYSTEMS, RECOVERED)):
+    families = [("main", MAIN_SYSTEMS, [KEPT]), ("small", SMALL_SYSTEMS, [RECOVERED])]
+    if students:
+        families.append(("students", ("baseline", "ensemble", *students),
+                         [("baseline", "ensemble", s) for s in students]))
+    for family, systems, shares in families:
         for split in ("dev", "test"):
             subsets = xp.utt2subset(ws, split) or None
-            kw = {"subsets": subsets, "num_samples": num_samples, "seed": seed, "shares": [share]}
+            kw = {"subsets": subsets, "num_samples": num_samples, "seed": seed, "shares": shares}
             if _have(ws, systems, split, "frames"):
                 preds = {s: xp.predictions(ws, s, split) for s in systems}
                 ali = load_vec_int_scp(ws.ali(split) / "pdf.scp")
@@ -159,11 +164,45 @@ def _convergence(ws: Workspace) -> list[dict]:
     return rows
 
 
+def _students(stats: dict, specs: dict) -> dict:
+    """Per extra student: its spec and measured numbers, intervals, share of the ensemble's gain; and per model
+    shape with both a hard-target and a distilled student, the distillation gain (distilled - hard)."""
+    rows = {}
+    for name, spec in specs.items():
+        row = {k: spec.get(k) for k in ("targets", "budget", "size_sweep", "hidden_layers", "hidden_dim", "params",
+                                        "epochs_run", "temperature", "hard_weight", "top_k")}
+        for metric, key in (("frames", "frame_acc"), ("wer", "wer")):
+            for group in ("dev", "test"):
+                row[f"{group}_{key}"] = _system_cell(stats, metric, "students", group, name)
+            test = _get(_groups(stats, metric, "students"), "test", "shares") or []
+            row[f"kept_{key}"] = next((sh["share"] for sh in test if sh["candidate"] == name), None)
+        rows[name] = row
+    gains = []
+    for hard, h in specs.items():
+        for soft, d in specs.items():
+            if (h.get("targets"), d.get("targets")) != ("hard", "soft") or \
+                    (h.get("hidden_layers"), h.get("hidden_dim")) != (d.get("hidden_layers"), d.get("hidden_dim")):
+                continue
+            gain = {"shape": f"{h['hidden_layers']}x{h['hidden_dim']}", "params": h.get("params"), "hard": hard,
+                    "distilled": soft}
+            for metric, key in (("frames", "frame_acc"), ("wer", "wer")):
+                pair = next((p for p in _get(_groups(stats, metric, "students"), "test", "pairs") or []
+                             if {p["name_a"], p["name_b"]} == {hard, soft}), None)
+                if pair:
+                    d_ = pair["diff"]
+                    flip = pair["name_a"] != hard
+                    gain[key] = ({"estimate": -d_["estimate"], "low": -d_["high"], "high": -d_["low"]} if flip
+                                 else d_) | {"significant": pair["significant"]}
+            gains.append(gain)
+    return {"students": rows, "distillation_gain": gains}
+
+
 def collect(ws: Workspace, stages: list[str], num_samples: int = 1000, seed: int = 0) -> dict:
     """Everything the report shows (missing stages stay missing)."""
     summaries = {name: read_summary(ws, name) for name in stages}
     s = {name: (rec or {}).get("summary") for name, rec in summaries.items()}
-    stats = comparisons(ws, num_samples, seed)
+    student_specs = s.get("students") or {}
+    stats = comparisons(ws, num_samples, seed, list(student_specs))
     table1 = {}
     for system in MAIN_SYSTEMS:
         cell = {}
@@ -201,6 +240,8 @@ def collect(ws: Workspace, stages: list[str], num_samples: int = 1000, seed: int
                             "no_final_state": {sp: len(_get(v, sp, "no_final_state") or []) for sp in ("dev", "test")}}
                      for name, v in {"gmm": _get(s.get("graph"), "gmm") or {}, **decode}.items() if v},
         "corpus": s.get("corpus"),
+        "cost": s.get("cost") or {},
+        **_students(stats, student_specs),
         "bootstrap": {"num_samples": num_samples, "seed": seed, "level": 0.95, "resampled": "utterances"},
         "stage_seconds": {name: rec["seconds"] for name, rec in summaries.items() if rec},
     }
@@ -323,6 +364,52 @@ def _convergence_md(r: dict) -> list[str]:
     return lines
 
 
+def _cost_md(r: dict) -> list[str]:
+    if not r["cost"]:
+        return []
+    lines = ["## What each system costs to run", "",
+             "Acoustic-model time is measured on one CPU thread (and on the GPU when there is one) over the first "
+             "dev frames, as seconds per second of audio (RTF); decoding RTF per core is measured on test.", "",
+             "| system | parameters | MACs / frame | file size (MB) | AM RTF, 1 CPU thread | AM RTF, GPU "
+             "| decoding RTF |", "|---|---|---|---|---|---|---|"]
+    for name, c in r["cost"].items():
+        lines.append(f"| {name} | {c['params']:,} | {c['macs_per_frame']:,} | {c['file_bytes'] / 1e6:.2f} | "
+                     f"{_fmt(c['cpu1_rtf'], 4)} | {_fmt(c['gpu_rtf'], 5)} | {_fmt(c['decode_rtf'], 3)} |")
+    return lines
+
+
+def _students_md(r: dict) -> list[str]:
+    if not r["students"]:
+        return []
+    cost = r["cost"]
+    lines = ["## Extra students: ablations and sizes (95% intervals; share = of the ensemble's gain over the "
+             "baseline, test frame accuracy)", "",
+             "| student | targets | shape | params | MACs / frame | AM RTF 1 thread | T / hard weight / top-k "
+             "| budget (epochs) | dev frame acc | test frame acc | test WER | share kept |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, st in r["students"].items():
+        c = cost.get(name, {})
+        objective = (f"{st['temperature']:g} / {st['hard_weight']:g} / {st['top_k'] or 'all'}"
+                     if st["targets"] == "soft" else "-")
+        kept = st["kept_frame_acc"]
+        lines.append(f"| {name} | {st['targets']} | {st['hidden_layers']}x{st['hidden_dim']} | {st['params']:,} | "
+                     f"{c.get('macs_per_frame', 0):,} | {_fmt(c.get('cpu1_rtf'), 4)} | {objective} | "
+                     f"{st['budget']} ({st['epochs_run']}) | {_iv(st['dev_frame_acc'])} | "
+                     f"{_iv(st['test_frame_acc'])} | {_iv(st['test_wer'])} | "
+                     + (f"{100 * kept['estimate']:.0f}% [{100 * kept['low']:.0f}%, {100 * kept['high']:.0f}%]"
+                        if kept else "-") + " |")
+    if r["distillation_gain"]:
+        lines += ["", "Distillation gain per size (distilled - hard-target student of the same shape, test):", "",
+                  "| shape | params | frame accuracy | significant | WER | significant |", "|---|---|---|---|---|---|"]
+        for g in r["distillation_gain"]:
+            fa, wer = g.get("frame_acc"), g.get("wer")
+            lines.append(f"| {g['shape']} | {g['params']:,} | {_iv(fa, 2, True)} | "
+                         f"{'**yes**' if fa and fa['significant'] else 'no'} | {_iv(wer, 2, True)} | "
+                         f"{'**yes**' if wer and wer['significant'] else 'no'} |")
+    lines += ["", "![accuracy against cost](cost_accuracy.png)"]
+    return lines
+
+
 def _setup_md(r: dict) -> list[str]:
     """What the numbers were measured on: corpus, lexicon/LM, tied states, alignment quality, graph."""
     lines = ["## Set-up", ""]
@@ -401,8 +488,8 @@ def _body(r: dict) -> list[str]:
     return (intro + _table1_md(r) + ["", "![table 1](table1.png)", ""]
             + _share_md("## Share of the ensemble's frame-accuracy (and WER) gain kept by the distilled model",
                         r["gain_kept"], "paper: more than 80%") + [""]
-            + _claims_md(r) + [""] + _small_md(r) + [""] + _convergence_md(r) + [""] + _setup_md(r) + [""]
-            + _details_md(r))
+            + _claims_md(r) + [""] + _small_md(r) + [""] + _students_md(r) + [""] + _cost_md(r) + [""]
+            + _convergence_md(r) + [""] + _setup_md(r) + [""] + _details_md(r))
 
 
 # ------------------------------------------------------------------------------------------------ publishing
@@ -465,6 +552,8 @@ def write_report(cfg: DictConfig, ws: Workspace, stages: list[str]) -> dict:
     charts.temperature_sweep(r, out / "temperature_sweep.png")
     charts.table1(r, out / "table1.png")
     charts.comparisons(r, out / "comparisons.png")
+    if r["students"]:
+        charts.cost_accuracy(r, out / "cost_accuracy.png")
     finished = [str((read_summary(ws, name) or {}).get("finished")) for name in stages if name != "report"]
     meta = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -9,6 +9,7 @@ README table are checked against it by the tests.
 """
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 from collections.abc import Callable
@@ -17,19 +18,21 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from asr_kd.corpus.registry import corpus_for
+from asr_kd.cost import dnn_cost, gmm_cost
 from asr_kd.device import dist_context
 from asr_kd.distill import run_small_data, temperature_sweep
 from asr_kd.ensemble import evaluate_ensemble, train_ensemble
 from asr_kd.inference import load_model
 from asr_kd.pipeline import experiment as xp
 from asr_kd.pipeline.report import write_report
+from asr_kd.pipeline.students import train_students
 from asr_kd.pipeline.workspace import SPLITS, Workspace
 from asr_kd.soft_targets import SoftTargets, compute_soft_targets_at
 from asr_kd.systems import System
 from asr_kd.train import train
 from decoding.align_eval import boundary_accuracy
 from decoding.decode import tune_and_decode
-from decoding.gmm import align, gmm_loglikes, load_gmm_feats, train_mono, train_tri
+from decoding.gmm import align, gmm_loglikes, gmm_params, load_gmm_feats, train_mono, train_tri
 from decoding.graph import make_hclg
 from decoding.lang import prepare_dict, prepare_lang
 from decoding.lm import make_lang_test, perplexity, train_lm
@@ -196,6 +199,11 @@ def stage_small_data(cfg: DictConfig, ws: Workspace) -> dict:
     return summary
 
 
+def stage_students(cfg: DictConfig, ws: Workspace) -> dict:
+    """Extra students of a research config (ablations, other sizes); none in the main recipe."""
+    return train_students(cfg, ws)
+
+
 # ---------------------------------------------------------------------------------------------- decoding
 def stage_decode(cfg: DictConfig, ws: Workspace) -> dict:
     """Hybrid decoding of every DNN system: (log posterior - log prior) x scale -> HCLG -> WER."""
@@ -208,6 +216,19 @@ def stage_decode(cfg: DictConfig, ws: Workspace) -> dict:
     for name, system in xp.dnn_systems(cfg, ws).items():
         summary[name] = _decode_tuned(cfg, ws, name,
                                       lambda split, s=system: xp.hybrid_loglikes(s, sets[split], prior, device))
+    return summary
+
+
+def stage_cost(cfg: DictConfig, ws: Workspace) -> dict:
+    """What each system costs to run: parameters, MACs/frame, file size, measured one-thread time, decoding RTF."""
+    fs = xp.frames(cfg, ws, "dev", xp.device_of(cfg))
+    costs = {"gmm": gmm_cost(ws.model, gmm_params(ws.tri), load_gmm_feats(ws.mfcc("dev")).values())}
+    costs.update({name: dnn_cost(system.model_paths, fs) for name, system in xp.dnn_systems(cfg, ws).items()})
+    summary = {}
+    for name, cost in costs.items():
+        tuning = ws.decode_tuning(name)
+        rtf = json.loads(tuning.read_text()).get("rtf") if tuning.exists() else None
+        summary[name] = {**cost.to_dict(), "decode_rtf": rtf}
     return summary
 
 
@@ -228,6 +249,8 @@ STAGES: dict[str, Callable[[DictConfig, Workspace], dict]] = {
     "soft_targets": stage_soft_targets,
     "distill": stage_distill,
     "small_data": stage_small_data,
+    "students": stage_students,
     "decode": stage_decode,
+    "cost": stage_cost,
     "report": stage_report,
 }

