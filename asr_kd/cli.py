@@ -8,6 +8,9 @@ its settings). The work dir (``work_dir``, default: the current directory) recei
 output goes to exp/hydra/. This file only parses and dispatches: each stage is a function in
 :mod:`asr_kd.pipeline.stages`.
 
+A stage that trains independent models (:data:`asr_kd.pipeline.stages.RANK_PARALLEL`) with ``procs`` > 1 re-launches
+itself under torchrun with that many ranks, one thread each (unless already under torchrun).
+
 Bad input (a missing file, a malformed line, an OOV...) ends with one line on stderr, ``error: <file>:<line>:
 <what>``, and exit status 2; ``debug=true`` shows the traceback instead. The stage's log keeps it either way.
 """
@@ -26,7 +29,7 @@ from omegaconf import DictConfig  # noqa: E402
 from asr_kd.conf.schema import register  # noqa: E402
 from asr_kd.pipeline.decode_data import decode_data_dir  # noqa: E402
 from asr_kd.pipeline.runner import run_stage  # noqa: E402
-from asr_kd.pipeline.stages import STAGES  # noqa: E402
+from asr_kd.pipeline.stages import RANK_PARALLEL, STAGES  # noqa: E402
 from asr_kd.pipeline.workspace import Workspace  # noqa: E402
 from features.errors import InputError  # noqa: E402
 
@@ -41,7 +44,23 @@ def stage_list() -> str:
                      for i, (name, fn) in enumerate(STAGES.items()))
 
 
+def _spread_over_ranks(cfg: DictConfig) -> bool:
+    """Run this very command under torchrun with ``cfg.procs`` ranks when the stage trains independent models;
+    True when it did (the ranks have finished)."""
+    if cfg.procs <= 1 or cfg.stage not in RANK_PARALLEL or "WORLD_SIZE" in os.environ:
+        return False
+    if (Workspace(Path(cfg.work_dir).resolve()).stage(cfg.stage) / ".done").exists() and not cfg.force:
+        return False  # skipped anyway: no ranks to start
+    from torch.distributed.run import main as torchrun
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # one thread per rank: the ranks share the cores
+    torchrun(["--standalone", f"--nproc-per-node={cfg.procs}", "-m", "asr_kd.cli", *sys.argv[1:]])
+    return True
+
+
 def _run(cfg: DictConfig) -> None:
+    if _spread_over_ranks(cfg):
+        return
     if cfg.stage == "list":
         print(stage_list())
         return

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from asr_kd.device import dist_context, launch_env, select_device
 from asr_kd.frames import FrameSet
 from asr_kd.model import DNN, ModelConfig, StackedDNN
 from asr_kd.soft_targets import (
@@ -57,6 +58,7 @@ __all__ = [
 SOFT_WEIGHT_SCALES = ("T^2", "1")
 MODES = ("stored", "online")
 TAILS = ("bucket", "renormalize")
+TEACHERS = ("ensemble", "baseline")
 
 
 @dataclass
@@ -204,6 +206,7 @@ def distill(
     out_dir: Path,
     num_classes: int,
     device: str | torch.device = "auto",
+    data_parallel: bool = True,
 ) -> TrainResult:
     """Train a student (same shape as a member) on the distillation loss; it is evaluated at T=1 (argmax).
 
@@ -231,7 +234,8 @@ def distill(
     write_text_atomic(out_dir / "distill.json", json.dumps(objective, indent=2) + "\n")
     logger.info("distilling (%s, T=%g, hard weight %g, k=%s) into %s", dcfg.mode, dcfg.temperature,
                 dcfg.hard_weight, dcfg.top_k, out_dir)
-    return train(model_cfg, train_cfg, train_set, dev_set, out_dir, num_classes, loss_fn=loss_fn, device=device)
+    return train(model_cfg, train_cfg, train_set, dev_set, out_dir, num_classes, loss_fn=loss_fn, device=device,
+                 data_parallel=data_parallel)
 
 
 def temperature_sweep(
@@ -248,28 +252,33 @@ def temperature_sweep(
     """Distil one student per temperature of ``soft_targets`` (stored targets at that T); choose T on dev.
 
     Students go to ``out_dir/T<T>`` and resume from their checkpoints, so an interrupted sweep continues where it
-    stopped. The temperature with the best dev frame accuracy is ``best_temperature`` (the test set never chooses).
-    Writes and returns ``out_dir/sweep.json``: per temperature the dev frame accuracy (%), epochs run, the student
-    dir and the teacher mass the stored top-k held.
+    stopped. Under torchrun the temperatures are spread over the ranks (each trains its own students alone, one
+    after another), and once all are trained every rank reads the same results. The temperature with the best dev
+    frame accuracy is ``best_temperature`` (the test set never chooses). Rank 0 writes ``out_dir/sweep.json``: per
+    temperature the dev frame accuracy (%), epochs run, the student dir and the teacher mass the top-k held.
     """
     out_dir = Path(out_dir)
     if not soft_targets:
         raise ValueError("a temperature sweep needs soft targets for at least one temperature")
+    temperatures = sorted(soft_targets)
+    ranks = launch_env()
+    for t in temperatures[ranks.rank::ranks.world]:
+        distill(model_cfg, train_cfg, dataclasses.replace(dcfg, temperature=float(t), mode="stored"), train_set,
+                dev_set, soft_targets[t], None, out_dir / f"T{t:g}", num_classes, device, data_parallel=False)
+    dist_context(select_device(str(device))).barrier()
     results: dict[str, dict] = {}
-    for t in sorted(soft_targets):
-        soft = soft_targets[t]
-        tag = f"{t:g}"
-        res = distill(model_cfg, train_cfg, dataclasses.replace(dcfg, temperature=float(t), mode="stored"),
-                      train_set, dev_set, soft, None, out_dir / f"T{tag}", num_classes, device)
-        acc = 100.0 * frame_accuracy(load_model(res.model_path, dev_set.device), dev_set)
-        results[tag] = {"dev_frame_accuracy": round(acc, 2), "epochs_run": res.epochs_run,
-                        "student_dir": str(res.model_path.parent),
-                        "mean_mass_kept": round(float(soft.mass_kept.float().mean()), 4)}
+    for t in temperatures:
+        student = out_dir / f"T{t:g}"
+        acc = 100.0 * frame_accuracy(load_model(student / "model.pt", dev_set.device), dev_set)
+        epochs = len(json.loads((student / "metrics.json").read_text())["epochs"])
+        results[f"{t:g}"] = {"dev_frame_accuracy": round(acc, 2), "epochs_run": epochs, "student_dir": str(student),
+                             "mean_mass_kept": round(float(soft_targets[t].mass_kept.float().mean()), 4)}
         logger.info("T=%g: dev frame accuracy %.2f%%", t, acc)
     best = max(results, key=lambda k: results[k]["dev_frame_accuracy"])
     summary = {"hard_weight": dcfg.hard_weight, "top_k": dcfg.top_k, "tail": dcfg.tail, "per_temperature": results,
                "best_temperature": float(best)}
-    write_text_atomic(out_dir / "sweep.json", json.dumps(summary, indent=2) + "\n")
+    if ranks.is_main:
+        write_text_atomic(out_dir / "sweep.json", json.dumps(summary, indent=2) + "\n")
     return summary
 
 
@@ -283,11 +292,17 @@ def gain_kept(baseline_acc: float, ensemble_acc: float, distilled_acc: float) ->
 
 @dataclass
 class SmallDataConfig:
-    """The 3% experiment: hard targets with early stopping vs soft targets from a full-data teacher without."""
+    """The 3% experiment: hard targets vs soft targets from a full-data teacher on the same small subset.
+
+    ``teacher``: the full-data model whose soft targets train ``small_soft`` (the ensemble: on the synthetic corpus
+    it gave the soft-target model a better dev accuracy than the baseline did); ``compare_teachers`` also trains
+    ``small_soft_<other teacher>`` (an ablation).
+    """
 
     fraction: float = 0.03
     seed: int = 0
-    teacher: str = "baseline"  # "baseline" | "ensemble" | "both"
+    teacher: str = "ensemble"  # "baseline" | "ensemble"
+    compare_teachers: bool = False
     hard_early_stopping: bool = True
     soft_early_stopping: bool = False
     epochs: int = 40
@@ -299,11 +314,12 @@ class SmallDataConfig:
     patience: int = 5
 
     def __post_init__(self) -> None:
-        if self.teacher not in ("baseline", "ensemble", "both"):
-            raise ValueError(f"teacher must be baseline, ensemble or both, got {self.teacher!r}")
+        if self.teacher not in TEACHERS:
+            raise ValueError(f"teacher must be one of {TEACHERS}, got {self.teacher!r}")
 
     def teacher_names(self) -> list[str]:
-        return ["baseline", "ensemble"] if self.teacher == "both" else [self.teacher]
+        """``teacher`` first, then the other one when ``compare_teachers``."""
+        return [self.teacher] + ([t for t in TEACHERS if t != self.teacher] if self.compare_teachers else [])
 
 
 def _as_models(models: Sequence[Path | DNN], device: torch.device) -> list[DNN]:
@@ -326,9 +342,10 @@ def run_small_data(
     ``sets`` holds "train", "dev" and optionally "test". ``teachers`` maps "baseline" (required: it is also the
     full-data reference) and "ensemble" to models (or model.pt paths) trained on ALL the training data; the
     soft targets are theirs on the subset's frames. Models go to ``out_dir/small_hard`` and ``out_dir/small_soft``
-    (the first teacher of ``scfg.teacher``; with "both" the ensemble-taught one is ``small_soft_ensemble``).
+    (taught by ``scfg.teacher``; with ``compare_teachers`` the other one's student is ``small_soft_<teacher>``).
     Frame accuracy (%) on the data each model trained on ("train"), dev and test (``systems``) is written with the
-    settings to ``out_dir/small_data.json`` and returned.
+    settings to ``out_dir/small_data.json`` and returned. Under torchrun the models are spread over the ranks (each
+    trains its own alone); once all are trained every rank reads the same results and rank 0 writes them.
     """
     out_dir = Path(out_dir)
     train_set, dev_set = sets["train"], sets["dev"]
@@ -336,34 +353,42 @@ def run_small_data(
     train_utts = set(train_set.utt_ids)
     subset_ids = select_subset({u: s for u, s in utt2spk.items() if u in train_utts}, scfg.fraction, scfg.seed)
     small = train_set.subset(subset_ids)
-    write_text_atomic(out_dir / "small_data_subset.txt", "".join(f"{u}\n" for u in subset_ids))
+    ranks = launch_env()
+    if ranks.is_main:
+        write_text_atomic(out_dir / "small_data_subset.txt", "".join(f"{u}\n" for u in subset_ids))
     logger.info("small-data subset: %d of %d utterances, %d of %d frames", len(subset_ids), len(train_set.utt_ids),
                 small.num_frames, train_set.num_frames)
     if "baseline" not in teachers:
         raise ValueError("run_small_data needs the full-data baseline (teachers['baseline'])")
+    missing = [name for name in scfg.teacher_names() if name not in teachers]
+    if missing:
+        raise ValueError(f"no {missing[0]!r} teacher given (have {sorted(teachers)})")
     device = train_set.device
-    full_baseline = _as_models(teachers["baseline"], device)[0]
+    small_cfg = dataclasses.replace(train_cfg, epochs=scfg.epochs, lr_schedule=scfg.lr_schedule,
+                                    batch_size=scfg.batch_size, patience=scfg.patience)
+    soft_cfg = dataclasses.replace(small_cfg, early_stopping=scfg.soft_early_stopping)
+    soft_systems = {("small_soft" if i == 0 else f"small_soft_{name}"): name
+                    for i, name in enumerate(scfg.teacher_names())}
+    models = ["small_hard", *soft_systems]
+    for system in models[ranks.rank::ranks.world]:
+        if system == "small_hard":
+            train(model_cfg, dataclasses.replace(small_cfg, early_stopping=scfg.hard_early_stopping), small, dev_set,
+                  out_dir / system, num_classes, device=device, data_parallel=False)
+            continue
+        st_cfg = SoftTargetConfig(temperature=dcfg.temperature, top_k=dcfg.top_k, combine=dcfg.combine)
+        soft = compute_soft_targets(_as_models(teachers[soft_systems[system]], device), small, st_cfg)
+        distill(model_cfg, soft_cfg, dataclasses.replace(dcfg, mode="stored"), small, dev_set, soft, None,
+                out_dir / system, num_classes, device, data_parallel=False)
+    dist_context(select_device(str(device))).barrier()
 
     def accuracies(model: DNN, own_train: FrameSet) -> dict[str, float]:
         return {name: round(100.0 * frame_accuracy(model, fs), 2)
                 for name, fs in {"train": own_train, **eval_sets}.items()}
 
-    systems: dict[str, dict] = {"baseline_full": accuracies(full_baseline, train_set)}
-    small_cfg = dataclasses.replace(train_cfg, epochs=scfg.epochs, lr_schedule=scfg.lr_schedule,
-                                    batch_size=scfg.batch_size, patience=scfg.patience)
-    hard_cfg = dataclasses.replace(small_cfg, early_stopping=scfg.hard_early_stopping)
-    hard = train(model_cfg, hard_cfg, small, dev_set, out_dir / "small_hard", num_classes, device=device)
-    systems["small_hard"] = accuracies(load_model(hard.model_path, device), small)
-    soft_cfg = dataclasses.replace(small_cfg, early_stopping=scfg.soft_early_stopping)
-    for i, name in enumerate(scfg.teacher_names()):
-        if name not in teachers:
-            raise ValueError(f"no {name!r} teacher given (have {sorted(teachers)})")
-        st_cfg = SoftTargetConfig(temperature=dcfg.temperature, top_k=dcfg.top_k, combine=dcfg.combine)
-        soft = compute_soft_targets(_as_models(teachers[name], device), small, st_cfg)
-        system = "small_soft" if i == 0 else f"small_soft_{name}"
-        res = distill(model_cfg, soft_cfg, dataclasses.replace(dcfg, mode="stored"), small, dev_set, soft, None,
-                      out_dir / system, num_classes, device)
-        systems[system] = {"teacher": name, **accuracies(load_model(res.model_path, device), small)}
+    systems: dict[str, dict] = {"baseline_full": accuracies(_as_models(teachers["baseline"], device)[0], train_set)}
+    for system in models:
+        teacher = {"teacher": soft_systems[system]} if system in soft_systems else {}
+        systems[system] = {**teacher, **accuracies(load_model(out_dir / system / "model.pt", device), small)}
     summary = {
         "fraction_percent": round(100 * scfg.fraction, 3), "seed": scfg.seed, "num_utts": len(subset_ids),
         "num_frames": small.num_frames, "teacher": scfg.teacher, "temperature": dcfg.temperature,
@@ -371,5 +396,6 @@ def run_small_data(
         "hard_early_stopping": scfg.hard_early_stopping, "soft_early_stopping": scfg.soft_early_stopping,
         "systems": systems,
     }
-    write_text_atomic(out_dir / "small_data.json", json.dumps(summary, indent=2) + "\n")
+    if ranks.is_main:
+        write_text_atomic(out_dir / "small_data.json", json.dumps(summary, indent=2) + "\n")
     return summary

@@ -60,7 +60,8 @@ def export_model(model_path: Path, pdf_counts: Path, out: Path) -> dict:
     out = Path(out)
     with atomic_write(out, "wb") as f:
         torch.export.save(program, f)
-    meta = {"format": "torch.export (load with torch.export.load(path).module())", "source": str(model_path), "input": "[frames, feat_dim] log-mel fbank with "
+    meta = {"format": "torch.export (load with torch.export.load(path).module())", "source": str(model_path),
+            "input": "[frames, feat_dim] log-mel fbank with "
             "per-speaker CMVN (means and variances)", "output": "[frames, num_pdfs] log p(s|x) - log p(s); "
             "multiply by the acoustic scale before decoding", "feat_dim": dnn.cfg.feat_dim,
             "left_context": dnn.cfg.left_context, "right_context": dnn.cfg.right_context,

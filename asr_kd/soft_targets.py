@@ -1,7 +1,8 @@
 """Soft targets: a teacher's tempered posteriors, kept sparse (top-k per frame) and stored once.
 
 Why stored and sparse: running a 10-model teacher inside every student step costs several times the student's own
-step (``python -m asr_kd.bench distill`` measures it), while its posteriors at a given temperature never change. Computing them once and keeping
+step (``python -m asr_kd.bench distill`` measures it), while its posteriors at a given temperature never change.
+Computing them once and keeping
 the k most probable classes per frame makes distillation run at baseline speed; with 14k classes a dense fp32
 row is 56 KB per frame, the top-20 (int16 index + fp16 probability) 80 B, plus 2 B for ``mass_kept``.
 
@@ -119,6 +120,15 @@ class SoftTargets:
         if device is not None:
             out = tuple(t.to(device, non_blocking=True) for t in out)
         return out
+
+    @classmethod
+    def concat(cls, parts: Sequence[SoftTargets]) -> SoftTargets:
+        """The targets of consecutive frame ranges joined in order (ranks that each computed a share)."""
+        first = parts[0]
+        if any((p.temperature, p.num_classes, p.k) != (first.temperature, first.num_classes, first.k) for p in parts):
+            raise ValueError("soft-target parts differ in temperature, classes or k")
+        return cls(torch.cat([p.indices for p in parts]), torch.cat([p.probs for p in parts]),
+                   torch.cat([p.mass_kept for p in parts]), first.temperature, first.num_classes, first.teacher)
 
     def dense(self, idx: torch.Tensor, num_classes: int | None = None) -> torch.Tensor:
         """Dense float32 target rows [B, C] for frames ``idx`` (zeros outside the top-k)."""

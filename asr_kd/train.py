@@ -531,17 +531,20 @@ def train(
     loss_fn: LossFn | None = None,
     epoch_callback: EpochCallback | None = None,
     device: str | torch.device = "auto",
+    data_parallel: bool = True,
 ) -> TrainResult:
     """Train one DNN on ``train_set`` frames, choosing epochs on ``dev_set``; resumes from out_dir/checkpoint.pt.
 
     Writes out_dir/checkpoint.pt (every epoch), out_dir/model.pt (best-dev weights with early stopping, final
-    weights otherwise) and out_dir/metrics.json. Launched by torchrun it trains with DDP and rank 0 writes.
+    weights otherwise) and out_dir/metrics.json. Launched by torchrun it trains with DDP and rank 0 writes;
+    ``data_parallel=False`` trains this rank's model alone instead (ranks that each train other models).
     """
     if train_cfg.num_threads:
         torch.set_num_threads(train_cfg.num_threads)
     device = select_device(str(device))
-    return train_one(model_cfg, train_cfg, train_set, dev_set, Path(out_dir), num_classes, device,
-                     dist_context(device), loss_fn, epoch_callback)
+    ranks = dist_context(device) if data_parallel else DistContext()
+    return train_one(model_cfg, train_cfg, train_set, dev_set, Path(out_dir), num_classes, device, ranks, loss_fn,
+                     epoch_callback)
 
 
 def train_one(

@@ -257,7 +257,8 @@ def make_feats(data_dir: Path, out_dir: Path, cfg: FeatureConfig | None = None, 
         shards = []
         for job, part in enumerate(np.array_split(np.arange(len(entries)), nj), start=1):
             ark_name = f"data/raw_{cfg.kind}_{name}.{job}.ark"
-            shards.append(_Shard([entries[i] for i in part], wav_scp, tmp / ark_name, tmp / f"data/{cfg.kind}.{job}.scp",
+            shards.append(_Shard([entries[i] for i in part], wav_scp, tmp / ark_name,
+                                 tmp / f"data/{cfg.kind}.{job}.scp",
                                  final / ark_name, cfg))
         infos = _run_shards(shards, nj, len(entries))
         by_utt = {info.utt: info for info in infos}

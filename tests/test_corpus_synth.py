@@ -19,8 +19,9 @@ from asr_kd.corpus.augment import (
     utterance_rng,
 )
 from asr_kd.corpus.kaldi_dir import validate_data_dir
-from asr_kd.corpus.sentences import load_sentences, normalize_sentence
+from asr_kd.corpus.sentences import normalize_sentence
 from asr_kd.corpus.summary import CorpusSummary
+from asr_kd.corpus.text_sources import spoken_pool
 from asr_kd.corpus.synth import (
     SynthConfig,
     estimated_seconds,
@@ -91,8 +92,8 @@ def test_augmentation_is_seeded_by_utterance_and_exact_in_snr() -> None:
 
 
 def test_tiny_plan_has_disjoint_splits_and_test_only_unseen_voice() -> None:
-    sentences = load_sentences()
-    utts, lm_extra = plan_corpus(SynthConfig(size="tiny"), sentences)
+    sentences = spoken_pool(SynthConfig().spoken_sources)
+    utts, unused = plan_corpus(SynthConfig(size="tiny"), sentences)
     by_split: dict[str, list] = defaultdict(list)
     for u in utts:
         by_split[u.split].append(u)
@@ -102,8 +103,8 @@ def test_tiny_plan_has_disjoint_splits_and_test_only_unseen_voice() -> None:
     assert all(u.split == "test" and u.subset == "unseen" for u in utts if u.speaker == UNSEEN_VOICE.speaker)
     text = {split: {u.sentence.transcript for u in us} for split, us in by_split.items()}
     assert not text["train"] & text["dev"] and not text["train"] & text["test"] and not text["dev"] & text["test"]
-    extra = {s.transcript for s in lm_extra}
-    assert not extra & (text["dev"] | text["test"])
+    extra = {s.transcript for s in unused}  # the babble bank's sentences
+    assert not extra & (text["dev"] | text["test"] | text["train"])
     hours = sum(estimated_seconds(u.sentence) for u in by_split["train"]) / 3600
     assert 1.0 <= hours < 1.01
     assert len({u.utt_id for u in utts}) == len(utts)

@@ -1,4 +1,5 @@
-"""Decoding a user's Kaldi data dir with a trained experiment (asr_kd.pipeline.decode_data), on the shared CI experiment.
+"""Decoding a user's Kaldi data dir with a trained experiment (asr_kd.pipeline.decode_data), on the shared CI
+experiment.
 
 New recordings must go through the very front-end the systems were trained on: the checks are that every
 utterance gets a hypothesis from every system, that audio at another rate is resampled, that the same 16 kHz

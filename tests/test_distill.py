@@ -257,7 +257,8 @@ def test_temperature_sweep_and_small_data(data, teacher, teacher_path, tmp_path)
     assert json.loads((tmp_path / "sweep" / "sweep.json").read_text()) == sweep
 
     utt2spk = {u: f"spk{i % 3}" for i, u in enumerate(train_set.utt_ids)}
-    result = run_small_data(MODEL, train_cfg(2), SmallDataConfig(fraction=0.2, epochs=2, teacher="both"),
+    result = run_small_data(MODEL, train_cfg(2), SmallDataConfig(fraction=0.2, epochs=2, teacher="baseline",
+                                                                     compare_teachers=True),
                             DistillConfig(temperature=2.0, top_k=4),
                             {"train": train_set, "dev": dev_set, "test": test_set}, utt2spk,
                             {"baseline": [teacher_path], "ensemble": [teacher, teacher]}, tmp_path / "dnn", NUM_CLASSES)

@@ -11,7 +11,7 @@ from kaldingram.ppl import compute_ppl
 from kaldingram.prune import ArpaParser
 
 from decoding.lang import LexiconConfig, LangConfig, load_lang, prepare_dict, prepare_lang
-from decoding.lm import LmConfig, _arpa_vocabulary, make_lang_test, perplexity, train_lm
+from decoding.lm import LmConfig, lm_vocabulary, make_lang_test, perplexity, train_lm
 from features.errors import InputError
 
 SUBJECTS = ["THE CAT", "A DOG", "THE BIRD", "MY FRIEND", "HER SISTER"]
@@ -52,7 +52,7 @@ def test_train_lm_reads_only_the_given_texts(texts: dict[str, Path], tmp_path: P
     allowed = {texts["text"].resolve(), texts["extra"].resolve()}
     assert inside - allowed, "train_lm opened none of its inputs?"
     assert all(p in allowed or p.is_relative_to((tmp_path / "lm").resolve()) for p in inside), inside
-    vocab = _arpa_vocabulary(arpa)
+    vocab = lm_vocabulary(arpa)
     assert vocab == {w for s in TRAIN for w in s.split()} | {"<s>", "</s>"}
     assert "TOMORROW" not in vocab and not any(w.startswith("utt-") for w in vocab)
     assert (tmp_path / "lm" / "lm_train.txt").read_text().splitlines() == TRAIN

@@ -64,10 +64,10 @@ def workspace(tmp_path: Path) -> Workspace:
     summaries = {
         "ensemble": {"members": {"dev": {"members": [54.0, 55.0, 56.0], "member_mean": 55.0, "member_std": 1.0,
                                          "ensemble": 60.0, "combine": "arith", "frames": 200}}},
-        "small_data": {"fraction_percent": 3.0, "num_utts": 7, "num_frames": 700, "teacher": "baseline",
+        "small_data": {"fraction_percent": 3.0, "num_utts": 7, "num_frames": 700, "teacher": "ensemble",
                        "temperature": 2.0, "hard_early_stopping": True, "soft_early_stopping": False,
                        "systems": {"baseline_full": {"train": 63.0}, "small_hard": {"train": 90.0},
-                                   "small_soft": {"train": 70.0}}},
+                                   "small_soft": {"teacher": "ensemble", "train": 70.0}}},
         "decode": {"baseline": {"acoustic_scale": 0.1, "rtf": 0.05, "dev": {"no_path": [], "no_final_state": []},
                                 "test": {"no_path": ["t03"], "no_final_state": ["t04", "t05"]}}},
     }
@@ -108,7 +108,8 @@ def test_every_number_comes_from_the_stage_outputs(workspace: Workspace) -> None
     assert small["small_soft"]["dev"]["estimate"] == pytest.approx(45.0)
     assert small["small_soft"]["test_wer"]["estimate"] == pytest.approx(50.0)
     assert (small["small_hard"]["train"], small["small_soft"]["train"]) == (90.0, 70.0)
-    assert r["small_data_recovered"]["frames"]["test"]["share"]["estimate"] == pytest.approx((35 - 20) / (40 - 20))
+    assert r["small_data_recovered"]["small_soft"]["frames"]["test"]["share"]["estimate"] == \
+        pytest.approx((35 - 20) / (40 - 20))
     claim = {(c["claim"], c["metric"], c["group"]): c for c in r["comparisons"]}
     assert claim[("ensemble vs baseline", "frame accuracy", "dev")]["diff"]["estimate"] == pytest.approx(10.0)
     assert claim[("distilled vs ensemble", "WER", "test")]["diff"]["estimate"] == pytest.approx(5.0)

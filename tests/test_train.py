@@ -59,7 +59,8 @@ def test_frameset_subset_keeps_each_utterances_frames() -> None:
         s.subset(["nope"])
 
 
-def write_split(root: Path, lengths: dict[str, int], ali_lengths: dict[str, int], failed: list[str]) -> tuple[Path, Path]:
+def write_split(root: Path, lengths: dict[str, int], ali_lengths: dict[str, int],
+                failed: list[str]) -> tuple[Path, Path]:
     """A data/fbank/<split> dir (one speaker per two utterances) and an exp/tri1_ali/<split> dir."""
     rng = np.random.default_rng(0)
     feats_dir, ali_dir = root / "fbank", root / "ali"
@@ -131,7 +132,10 @@ def test_kill_and_resume_gives_identical_weights(tmp_path: Path) -> None:
 
     a, b = weights(full.model_path), weights(resumed.model_path)
     assert all(torch.equal(a[k], b[k]) for k in a)
-    strip = lambda h: [{k: v for k, v in r.items() if k not in ("seconds", "frames_per_s")} for r in h]
+
+    def strip(h: list[dict]) -> list[dict]:
+        return [{k: v for k, v in r.items() if k not in ("seconds", "frames_per_s")} for r in h]
+
     assert strip(full.history) == strip(resumed.history) and len(full.history) == 3
 
 

@@ -309,7 +309,8 @@ def test_transition_model_and_h_transducer(tree) -> None:
     for tid in range(1, tm.num_transition_ids + 1):
         pdfs_of_phone.setdefault(tm.transition_id_to_phone(tid), set()).add(tm.transition_id_to_pdf(tid))
     for phone in PHONES:
-        assert pdfs_of_phone[phone] == {pdf for pdf, pairs in expected_pairs.items() if any(p == phone for p, _ in pairs)}
+        expected = {pdf for pdf, pairs in expected_pairs.items() if any(p == phone for p, _ in pairs)}
+        assert pdfs_of_phone[phone] == expected
     # H transducer over the context expansion of a small phone acceptor.
     fst = kaldifst.StdVectorFst()
     states = [fst.add_state() for _ in range(5)]

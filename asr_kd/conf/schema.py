@@ -37,7 +37,8 @@ class DecodeStageConfig:
     decoder: DecodeConfig = field(default_factory=DecodeConfig)
     acoustic_scales: list[float] = field(default_factory=lambda: [0.05, 0.08, 0.1, 0.15])
     systems: list[str] = field(
-        default_factory=lambda: ["baseline", "ensemble", "distilled", "small_hard", "small_soft"])
+        default_factory=lambda: ["baseline", "ensemble", "distilled", "small_hard", "small_soft",
+                                 "small_soft_baseline"])
 
 
 @dataclass
@@ -87,6 +88,11 @@ class ExperimentConfig:
     work_dir: str = "."  # data/ and exp/ go below it
     results_dir: str | None = None  # where the report publishes RESULTS.md (None: <work_dir>/results)
     nj: int = 2  # parallel jobs for CPU stages (Kaldi's nj); never changes a result
+    # torchrun ranks for the stages whose work splits into independent shares (members, temperatures, students, the
+    # 3% models, the soft targets' frames): each rank does its share alone. On a CPU, 2 single-thread processes
+    # train ~1.5x faster than one 2-thread process; on GPUs, one rank per GPU. Part of what a result is a function
+    # of: a rank computes with 1 thread, and float sums in another thread count round differently.
+    procs: int = 1
     device: str = "auto"  # auto | cpu | cuda: where the DNNs compute (asr_kd.device.select_device)
     corpus: Any = MISSING  # a config group: one option per registered corpus
     fbank: FeatureConfig = field(default_factory=lambda: FeatureConfig(kind="fbank"))

@@ -1,9 +1,9 @@
 """Deterministic acoustic augmentation: speed, small pitch shifts, reverb, telephone band, additive noise.
 
 Clean TTS is too easy and too uniform; the corpus difficulty is a dial (in an early prototype on the same voices,
-noise and reverb moved a 4x512 DNN's dev frame accuracy from 67% to 42%). Every choice is drawn from a generator seeded by the corpus
-seed and the utterance id, never from the clock, so a rebuild reproduces every sample bit for bit, and the
-result does not depend on which worker processed which utterance.
+noise and reverb moved a 4x512 DNN's dev frame accuracy from 67% to 42%). Every choice is drawn from a generator
+seeded by the corpus seed and the utterance id, never from the clock, so a rebuild reproduces every sample bit
+for bit, and the result does not depend on which worker processed which utterance.
 
 sox does the signal processing it is good at (speed with resampling, WSOLA pitch shift, Schroeder reverb,
 band-pass) in one pipe; it runs with ``-R`` (repeatable) and ``-D`` (no dither), which makes it deterministic.
@@ -20,7 +20,7 @@ import numpy as np
 SAMPLE_RATE = 16000
 
 
-@dataclass(frozen=True)
+@dataclass
 class AugmentConfig:
     """Probabilities and ranges of each perturbation (each utterance draws its own chain)."""
 

@@ -110,7 +110,8 @@ class LibriSpeechConfig:
 
 
 def prepare_librispeech(out_dir: Path, cfg: LibriSpeechConfig, nj: int = 1) -> CorpusSummary:
-    """The corpus interface: ``out_dir/<split>`` for every split of ``cfg.parts`` (see :func:`import_librispeech_parts`).
+    """The corpus interface: ``out_dir/<split>`` for every split of ``cfg.parts``
+    (see :func:`import_librispeech_parts`).
 
     ``nj`` is accepted for the common corpus signature; the import reads transcripts and headers in this process.
     """

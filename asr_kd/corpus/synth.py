@@ -43,7 +43,8 @@ from features.tables import c_sorted, write_table
 
 from .augment import AugmentConfig, apply_augmentation, draw_augmentation, utterance_rng
 from .kaldi_dir import write_data_dir
-from .sentences import Sentence, load_sentences
+from .sentences import Sentence
+from .text_sources import lm_sentences, spoken_pool
 from .voices import (
     ALL_VOICES,
     SAMPLE_RATE,
@@ -83,10 +84,14 @@ class SynthConfig:
     augment_cfg: AugmentConfig = field(default_factory=AugmentConfig)
     unseen_voice: str = "festival_ked"  # speaker id of the test-only voice
     seen_voices: tuple[str, ...] | None = None  # None = every other known voice
+    # Which texts the voices read (train/dev/test), and which texts the LM may learn from beside the training
+    # transcripts (minus every dev/test sentence); see asr_kd.corpus.text_sources.
+    spoken_sources: tuple[str, ...] = ("austen", "harvard")
+    lm_sources: tuple[str, ...] = ("austen", "harvard", "wordnet", "fortunes", "gcide")
     min_words: int = 4
     max_words: int = 30
     chunk_size: int = 40  # utterances per synthesis job (one festival process / flite voice per job)
-    babble_bank_utts: int = 12  # clean utterances (from LM-extra sentences) mixed into babble noise
+    babble_bank_utts: int = 12  # clean utterances (of sentences no split uses) mixed into babble noise
 
     def resolved(self) -> tuple[float, int, int]:
         if self.size not in PRESETS:
@@ -123,11 +128,11 @@ def _voices(cfg: SynthConfig) -> tuple[list[Voice], Voice]:
 
 
 def plan_corpus(cfg: SynthConfig, sentences: Sequence[Sentence]) -> tuple[list[_Utt], list[Sentence]]:
-    """Assign sentences to splits and voices; return the utterances and the LM-extra sentences.
+    """Assign sentences to splits and voices; return the utterances and the sentences no split uses.
 
     Sentences are drawn from a seeded permutation: test first, then dev, then train until the estimated hours
-    are reached. LM extra = every sentence not in dev or test and not used for train. If train needs more than
-    the pool, sentences are reused with a different voice on each pass (never the same voice twice).
+    are reached. If train needs more than the pool, sentences are reused with a different voice on each pass
+    (never the same voice twice).
     """
     hours, n_dev, n_test = cfg.resolved()
     seen, unseen = _voices(cfg)
@@ -161,8 +166,8 @@ def plan_corpus(cfg: SynthConfig, sentences: Sequence[Sentence]) -> tuple[list[_
         used.add(sid)
         total += estimated_seconds(sentences[sid])
         k += 1
-    lm_extra = [sentences[int(s)] for s in pool if int(s) not in used]
-    return utts, lm_extra
+    unused = [sentences[int(s)] for s in pool if int(s) not in used]
+    return utts, unused
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -210,13 +215,13 @@ def _synth_job(speaker: str, utts: list[_Utt], wav_root: str, seed: int, augment
 
 
 # ---------------------------------------------------------------------------------------------------------
-def _babble_bank(cfg: SynthConfig, lm_extra: list[Sentence], seen: list[Voice]) -> list[np.ndarray]:
-    """Clean utterances of LM-extra sentences by seen voices (never dev/test text) for babble noise."""
+def _babble_bank(cfg: SynthConfig, unused: list[Sentence], seen: list[Voice]) -> list[np.ndarray]:
+    """Clean utterances of sentences no split uses (never dev/test text), by seen voices, for babble noise."""
     fast = [v for v in seen if v.engine != "festival"] or seen
-    n = min(cfg.babble_bank_utts, len(lm_extra))
+    n = min(cfg.babble_bank_utts, len(unused))
     bank: list[np.ndarray] = []
     for k, voice in enumerate(fast[:n]):
-        bank.extend(res.audio for res in synthesize(voice, lm_extra[k:n:len(fast)]))
+        bank.extend(res.audio for res in synthesize(voice, unused[k:n:len(fast)]))
     return bank
 
 
@@ -266,10 +271,12 @@ def prepare_synth(out_dir: Path, cfg: SynthConfig, nj: int = 1) -> CorpusSummary
         raise InputError("holds data dirs that prepare_synth did not build (no manifest.json); "
                          "choose another output directory", out_dir)
     t0 = time.time()
-    sentences = load_sentences(cfg.min_words, cfg.max_words)
-    utts, lm_extra = plan_corpus(cfg, sentences)
+    sentences = spoken_pool(cfg.spoken_sources, cfg.min_words, cfg.max_words)
+    utts, unused = plan_corpus(cfg, sentences)
     seen, _ = _voices(cfg)
-    bank = _babble_bank(cfg, lm_extra, seen) if cfg.augment else []
+    bank = _babble_bank(cfg, unused, seen) if cfg.augment else []
+    held_out = [u.sentence.words for u in utts if u.split != "train"]
+    lm_extra = lm_sentences(cfg.lm_sources, held_out, cfg.min_words, cfg.max_words)
     for split in SPLITS:
         (out_dir / "wav" / split).mkdir(parents=True, exist_ok=True)
 

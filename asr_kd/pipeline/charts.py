@@ -92,19 +92,21 @@ def comparisons(r: dict, out: Path) -> None:
 
 def cost_accuracy(r: dict, out: Path) -> None:
     """Test frame accuracy and test WER against measured one-thread acoustic-model time (log scale): one curve of
-    hard-target students, one of distilled students (by size), the baseline and the ensemble as points."""
+    hard-target students and one of distilled students by size (the member-shaped ends of the curves are the
+    baseline and the distilled model), and the ensemble as a point."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     cost = r["cost"]
     for ax, (key, title) in zip(axes, (("test_frame_acc", "test frame accuracy (%)"), ("test_wer", "test WER (%)"))):
-        for targets, style, label in (("hard", "s--", "hard-target students"), ("soft", "o-", "distilled students")):
-            pts = sorted((cost[n]["cpu1_rtf"], st[key]) for n, st in r["students"].items()
-                         if st["targets"] == targets and st[key] and n in cost and st.get("size_sweep"))
+        for targets, member, style, label in (("hard", "baseline", "s--", "hard targets"),
+                                              ("soft", "distilled", "o-", "distilled")):
+            pts = [(cost[n]["cpu1_rtf"], st[key]) for n, st in r["students"].items()
+                   if st["targets"] == targets and st[key] and n in cost and st.get("size_sweep")]
+            if member in cost and r["table1"][member][key]:
+                pts.append((cost[member]["cpu1_rtf"], r["table1"][member][key]))
             if pts:
-                _errorbar(ax, pts, style, label)
-        for system, marker in (("baseline", "k^"), ("ensemble", "r*")):
-            cell = r["table1"][system][key]
-            if cell and system in cost:
-                _errorbar(ax, [(cost[system]["cpu1_rtf"], cell)], marker, system)
+                _errorbar(ax, sorted(pts, key=lambda p: p[0]), style, label)
+        if "ensemble" in cost and r["table1"]["ensemble"][key]:
+            _errorbar(ax, [(cost["ensemble"]["cpu1_rtf"], r["table1"]["ensemble"][key])], "r*", "10x ensemble")
         ax.set_xscale("log")
         ax.set_xlabel("acoustic-model time per second of audio, 1 CPU thread (log)")
         ax.set_title(title)

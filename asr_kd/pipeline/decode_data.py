@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -38,19 +37,6 @@ RESERVED_NAMES = frozenset({*SPLITS, "local", "lang", "lang_test", "fbank", "mfc
 
 FRONT_END_KEYS = ("fbank", "mfcc", "sample_rate")
 """The parts of a feature config that change the numbers (nj, device, batch_size only change the speed)."""
-
-
-@dataclass
-class DecodeDataConfig:
-    """``asr-kd stage=decode_data decode_data.dir=/path/to/data``: which dir, which systems, under what name.
-
-    ``systems`` empty means every system the experiment has trained (the GMM and each DNN system it decoded);
-    ``name`` defaults to the dir's own name and becomes ``data/<name>`` and ``exp/decode/<system>/<name>``.
-    """
-
-    dir: str | None = None
-    systems: list[str] = field(default_factory=list)
-    name: str | None = None
 
 
 def decode_data_dir(cfg: DictConfig, ws: Workspace, data_dir: Path, systems: Sequence[str],

@@ -25,8 +25,9 @@ from features.atomic import write_text_atomic
 from features.kaldi_io import load_vec_int_scp, read_vector, write_vec_int_ark_scp
 from features.tables import read_dict, read_text
 
-DNN_SYSTEMS = ("baseline", "ensemble", "distilled", "small_hard", "small_soft")
-"""Every DNN system the recipe may train, in report order."""
+DNN_SYSTEMS = ("baseline", "ensemble", "distilled", "small_hard", "small_soft", "small_soft_baseline")
+"""Every DNN system the recipe may train, in report order (the last only when the 3% experiment compares
+teachers)."""
 
 
 def to_object(node: DictConfig) -> Any:
@@ -72,7 +73,7 @@ def member_paths(ws: Workspace) -> list[Path]:
 def system_paths(ws: Workspace, students: list[str] | tuple[str, ...] = ()) -> dict[str, list[Path]]:
     """The model files of every DNN system and of the named extra students (missing ones have no files yet)."""
     single = {"baseline": ws.dnn("baseline"), "distilled": ws.dnn("distilled"),
-              "small_hard": ws.small_data / "small_hard", "small_soft": ws.small_data / "small_soft",
+              **{name: ws.small_data / name for name in ("small_hard", "small_soft", "small_soft_baseline")},
               **{name: ws.student(name) for name in students}}
     paths = {name: [d / "model.pt"] if (d / "model.pt").exists() else [] for name, d in single.items()}
     paths["ensemble"] = member_paths(ws)

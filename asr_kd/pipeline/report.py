@@ -39,9 +39,8 @@ log = logging.getLogger(__name__)
 PAPER_TABLE1 = {"baseline": (58.9, 10.9), "ensemble": (61.1, 10.7), "distilled": (60.8, 10.7)}
 PAPER_SMALL = {"baseline_full": (63.4, 58.9), "small_hard": (67.3, 44.5), "small_soft": (65.4, 57.0)}
 MAIN_SYSTEMS = ("baseline", "ensemble", "distilled")
-SMALL_SYSTEMS = ("small_hard", "small_soft", "baseline")  # the full-data baseline last: the 3% models' target
+SMALL_SOFT = ("small_soft", "small_soft_baseline")  # 3% soft-target models: the main teacher's, the other one's
 KEPT = ("baseline", "ensemble", "distilled")  # share of the ensemble's gain over the baseline the student keeps
-RECOVERED = ("small_hard", "baseline", "small_soft")  # share of the 3% gap the soft targets close
 CLAIMS = (  # (claim, system A, system B): the report says whether B - A is real
     ("ensemble vs baseline", "baseline", "ensemble"),
     ("distilled vs baseline", "baseline", "distilled"),
@@ -50,7 +49,7 @@ CLAIMS = (  # (claim, system A, system B): the report says whether B - A is real
     ("3% soft vs full baseline", "baseline", "small_soft"),
 )
 CONVERGENCE_POINTS = 0.2
-"""A model whose last epoch still raised dev frame accuracy by more than this (points) is flagged unconverged."""
+"""A model whose last epoch still raised its best dev frame accuracy by more than this (points) is flagged."""
 
 
 def _get(d: Any, *keys: str) -> Any:
@@ -89,7 +88,10 @@ def comparisons(ws: Workspace, num_samples: int, seed: int, students: list[str] 
     missing (a stage not run yet) is left out.
     """
     out: dict = {"frames": {}, "wer": {}}
-    families = [("main", MAIN_SYSTEMS, [KEPT]), ("small", SMALL_SYSTEMS, [RECOVERED])]
+    soft = [s for s in SMALL_SOFT if (ws.eval(s, "test") / "pred.scp").exists()] or [SMALL_SOFT[0]]
+    # The full-data baseline last (the 3% models' target); the share is of the gap to it the soft targets close.
+    families = [("main", MAIN_SYSTEMS, [KEPT]),
+                ("small", ("small_hard", *soft, "baseline"), [("small_hard", "baseline", s) for s in soft])]
     if students:
         families.append(("students", ("baseline", "ensemble", *students),
                          [("baseline", "ensemble", s) for s in students]))
@@ -141,20 +143,21 @@ def _claims(stats: dict) -> list[dict]:
     return rows
 
 
-def _shares(stats: dict, family: str) -> dict[str, dict]:
-    """``{metric: {group: share row}}`` of the family's share of gain."""
-    return {metric: {g: grp["shares"][0] for g, grp in _groups(stats, metric, family).items() if grp["shares"]}
-            for metric in ("frames", "wer")}
+def _shares(stats: dict, family: str, candidate: str) -> dict[str, dict]:
+    """``{metric: {group: share row}}`` of ``candidate``'s share of gain in the family's comparisons."""
+    return {metric: {g: sh for g, grp in _groups(stats, metric, family).items() for sh in grp["shares"]
+                     if sh["candidate"] == candidate} for metric in ("frames", "wer")}
 
 
 # ------------------------------------------------------------------------------------------------ the rest
 def _convergence(ws: Workspace) -> list[dict]:
-    """Every trained network: epochs, why it stopped, what its last epoch still gained on dev."""
+    """Every trained network: epochs, why it stopped, and how much its last epoch still raised its best dev
+    accuracy (an early-stopped model's last epochs raise nothing: that is why it stopped)."""
     rows = []
     for metrics in sorted(ws.dnn_root.glob("**/metrics.json")):
         m = json.loads(metrics.read_text())
         accs = [100 * e["dev_acc"] for e in m.get("epochs", []) if e.get("dev_acc") is not None]
-        last_gain = accs[-1] - accs[-2] if len(accs) > 1 else None
+        last_gain = accs[-1] - max(accs[:-1]) if len(accs) > 1 else None
         rows.append({"model": str(metrics.parent.relative_to(ws.dnn_root)), "epochs": len(accs),
                      "stopped": m.get("stopped"), "best_epoch": m.get("best_epoch"),
                      "best_dev_acc": 100 * m["best_dev_acc"] if m.get("best_dev_acc") is not None else None,
@@ -212,8 +215,10 @@ def collect(ws: Workspace, stages: list[str], num_samples: int = 1000, seed: int
         table1[system] = cell
     small_systems = _get(s.get("small_data"), "systems") or {}
     small = {}
-    for key, system in (("baseline_full", "baseline"), ("small_hard", "small_hard"), ("small_soft", "small_soft")):
-        small[key] = {"train": _get(small_systems, key, "train"),
+    for key, system in (("baseline_full", "baseline"), ("small_hard", "small_hard"), *((s, s) for s in SMALL_SOFT)):
+        if key not in small_systems:
+            continue
+        small[key] = {"train": _get(small_systems, key, "train"), "teacher": _get(small_systems, key, "teacher"),
                       "dev": _system_cell(stats, "frames", "small", "dev", system),
                       "test": _system_cell(stats, "frames", "small", "test", system),
                       "test_wer": _system_cell(stats, "wer", "small", "test", system)}
@@ -221,8 +226,8 @@ def collect(ws: Workspace, stages: list[str], num_samples: int = 1000, seed: int
     return {
         "table1": table1,
         "comparisons": _claims(stats),
-        "gain_kept": _shares(stats, "main"),
-        "small_data_recovered": _shares(stats, "small"),
+        "gain_kept": _shares(stats, "main", "distilled"),
+        "small_data_recovered": {s: _shares(stats, "small", s) for s in SMALL_SOFT if s in small},
         "small_data_table": small,
         "small_data": s.get("small_data"),
         "gmm": _get(s.get("graph"), "gmm"),
@@ -324,26 +329,29 @@ def _small_md(r: dict) -> list[str]:
         return []
     pct = f"{small['fraction_percent']:g}%"
     hard_es = ", early stopping" if small.get("hard_early_stopping") else ""
-    soft_es = "" if small.get("soft_early_stopping") else " (no early stopping)"
-    labels = {"baseline_full": "baseline, 100%", "small_hard": f"baseline, {pct} (hard targets{hard_es})",
-              "small_soft": f"soft targets, {pct}{soft_es}"}
+    soft_es = ", early stopping" if small.get("soft_early_stopping") else " (no early stopping)"
     lines = ["## Soft targets as a regularizer (the paper's 3% experiment): frame accuracy (%), 95% intervals", "",
              f"Training subset: {pct} of the training utterances ({small['num_utts']} utterances, "
-             f"{small['num_frames']} frames); soft-target teacher: {small['teacher']} (T={small['temperature']:g}).",
-             "", "| system and training set | train frame acc | dev frame acc | test frame acc | test WER "
-                 "| paper: train / test |", "|---|---|---|---|---|---|"]
-    for key, label in labels.items():
-        row = r["small_data_table"][key]
+             f"{small['num_frames']} frames); soft targets at T={small['temperature']:g}.", "",
+             "| system and training set | train frame acc | dev frame acc | test frame acc | test WER "
+             "| paper: train / test |", "|---|---|---|---|---|---|"]
+    for key, row in r["small_data_table"].items():
+        label = {"baseline_full": "baseline, 100%", "small_hard": f"baseline, {pct} (hard targets{hard_es})"}.get(
+            key, f"soft targets of the full-data {row['teacher']}, {pct}{soft_es}")
+        paper = PAPER_SMALL["small_soft" if key in SMALL_SOFT else key]
         lines.append(f"| {label} | {_fmt(row['train'])} | {_iv(row['dev'])} | {_iv(row['test'])} | "
-                     f"{_iv(row['test_wer'])} | {PAPER_SMALL[key][0]} / {PAPER_SMALL[key][1]} |")
-    lines += [""] + _share_md("Share of the gap between the 3% hard-target model and the full-data baseline that the "
-                              "soft targets close:", r["small_data_recovered"], "paper: 12.5 of 14.4 points (87%)")
+                     f"{_iv(row['test_wer'])} | {paper[0]} / {paper[1]} |")
+    for key, shares in r["small_data_recovered"].items():
+        teacher = r["small_data_table"][key]["teacher"]
+        lines += [""] + _share_md(f"Share of the gap between the 3% hard-target model and the full-data baseline "
+                                  f"that the {teacher}'s soft targets close:", shares,
+                                  "paper: 12.5 of 14.4 points (87%)")
     soft = next((c for c in r["convergence"] if c["model"].endswith("small_soft")), None)
     if soft and soft["best_dev_acc"] is not None:
+        falls = soft["best_dev_acc"] - soft["last_dev_acc"] > CONVERGENCE_POINTS
         lines += ["", f"Soft-target model's dev frame accuracy: best {soft['best_dev_acc']:.2f} at epoch "
                       f"{soft['best_epoch']}, last {soft['last_dev_acc']:.2f} at epoch {soft['epochs']} "
-                      f"({'it does not fall' if soft['best_dev_acc'] - soft['last_dev_acc'] <= CONVERGENCE_POINTS else 'it falls'} "
-                      "as it trains)."]
+                      f"({'it falls' if falls else 'it does not fall'} as it trains)."]
     return lines
 
 
@@ -353,10 +361,11 @@ def _convergence_md(r: dict) -> list[str]:
         return []
     flagged = [c for c in rows if not c["converged"]]
     lines = ["## Convergence", "",
-             f"Every model trains until its dev criterion stops it; a model whose last epoch still gained more than "
-             f"{CONVERGENCE_POINTS} points of dev frame accuracy, or that hit its epoch cap, is flagged. "
+             f"Every model trains until its dev criterion stops it; a model whose last epoch still raised its best dev "
+             f"frame accuracy by more than {CONVERGENCE_POINTS} points, or that hit its epoch cap, is flagged. "
              + (f"**Flagged: {', '.join(c['model'] for c in flagged)}.**" if flagged else "None is flagged."), "",
-             "| model | epochs | best dev acc (epoch) | last epoch's dev gain | stopped because | converged |",
+             "| model | epochs | best dev acc (epoch) | last epoch's gain over the best before it | stopped because "
+             "| converged |",
              "|---|---|---|---|---|---|"]
     for c in rows:
         lines.append(f"| {c['model']} | {c['epochs']} | {_fmt(c['best_dev_acc'], 2)} ({c['best_epoch']}) | "
@@ -406,6 +415,15 @@ def _students_md(r: dict) -> list[str]:
             lines.append(f"| {g['shape']} | {g['params']:,} | {_iv(fa, 2, True)} | "
                          f"{'**yes**' if fa and fa['significant'] else 'no'} | {_iv(wer, 2, True)} | "
                          f"{'**yes**' if wer and wer['significant'] else 'no'} |")
+    reference = _get(r["gain_kept"], "frames", "test", "share")
+    if reference:
+        within = [(st["params"], name) for name, st in r["students"].items()
+                  if st["targets"] == "soft" and st.get("size_sweep") and st["kept_frame_acc"]
+                  and st["kept_frame_acc"]["estimate"] >= reference["low"]]
+        lines += ["", "Smallest distilled student whose share of the ensemble's gain (test frame accuracy) lies within "
+                      f"the 95% interval of the member-shaped distilled model's ({100 * reference['estimate']:.0f}% "
+                      f"[{100 * reference['low']:.0f}%, {100 * reference['high']:.0f}%]) or above it: "
+                  + (f"**{min(within)[1]}** ({min(within)[0]:,} parameters)." if within else "**none**.")]
     lines += ["", "![accuracy against cost](cost_accuracy.png)"]
     return lines
 
@@ -498,7 +516,7 @@ def _headline(r: dict) -> dict:
     t1 = r["table1"]
     row = {f"{system}_{key}": _get(t1, system, key, "estimate") for system in t1
            for key in ("dev_frame_acc", "test_wer")}
-    for name, shares in (("kept", r["gain_kept"]), ("recovered", r["small_data_recovered"])):
+    for name, shares in (("kept", r["gain_kept"]), ("recovered", _get(r, "small_data_recovered", "small_soft"))):
         for group in ("dev", "test"):
             row[f"{name}_frames_{group}"] = _get(shares, "frames", group, "share", "estimate")
     return row
@@ -573,7 +591,7 @@ def write_report(cfg: DictConfig, ws: Workspace, stages: list[str]) -> dict:
               f"- total time of all stages: {meta['total_seconds']:.0f} s", ""]
     write_text_atomic(out / "report.md", "\n".join(header + body) + "\n")
     write_text_atomic(out / "report.json", json.dumps(r, indent=2, default=str) + "\n")
-    results_dir = Path(cfg.results_dir) if cfg.get("results_dir") else ws.root / "results"
+    results_dir = Path(cfg.results_dir) if cfg.get("results_dir") else ws.results
     publish_results(results_dir, out, meta, r, body, header)
     return {"report": str(out / "report.md"), "results": str(results_dir / "RESULTS.md"),
             "total_seconds": meta["total_seconds"]}

@@ -35,7 +35,7 @@ from decoding.decode import tune_and_decode
 from decoding.gmm import align, gmm_loglikes, gmm_params, load_gmm_feats, train_mono, train_tri
 from decoding.graph import make_hclg
 from decoding.lang import prepare_dict, prepare_lang
-from decoding.lm import make_lang_test, perplexity, train_lm
+from decoding.lm import lm_vocabulary, make_lang_test, perplexity, train_lm
 from features.atomic import write_text_atomic
 from features.extract import make_feats
 from features.tables import read_dict, read_text, write_text
@@ -81,7 +81,7 @@ def stage_lang(cfg: DictConfig, ws: Workspace) -> dict:
     make_lang_test(ws.lang, arpa, ws.lang_test)
     ppl = {split: perplexity(arpa, ws.data(split) / "text") for split in ("dev", "test")}
     xp.write_json(ws.perplexity, ppl)
-    return {"oov": oov, "perplexity": ppl}
+    return {"oov": oov, "perplexity": ppl, "vocabulary": len(lm_vocabulary(arpa) - {"<s>", "</s>"})}
 
 
 # ---------------------------------------------------------------------------------------------- GMM-HMM
@@ -145,7 +145,10 @@ def stage_ensemble(cfg: DictConfig, ws: Workspace) -> dict:
     train_ensemble(xp.to_object(cfg.model), xp.to_object(cfg.train), xp.to_object(cfg.ensemble),
                    xp.frames(cfg, ws, "train", device), xp.frames(cfg, ws, "dev", device), ws.dnn("ensemble"),
                    xp.num_pdfs(ws), device)
-    dist_context(device).barrier()  # under torchrun each rank trained its share; evaluate once all are there
+    ranks = dist_context(device)
+    ranks.barrier()  # under torchrun each rank trained its share; rank 0 evaluates once all are there
+    if not ranks.is_main:
+        return {}
     sets = {split: xp.frames(cfg, ws, split, device) for split in ("dev", "test")}
     members = evaluate_ensemble([p.parent for p in xp.member_paths(ws)], sets, cfg.ensemble.combine)
     acc = xp.evaluate_system(cfg, ws, System("ensemble", xp.member_paths(ws), cfg.ensemble.combine))
@@ -153,14 +156,30 @@ def stage_ensemble(cfg: DictConfig, ws: Workspace) -> dict:
 
 
 def stage_soft_targets(cfg: DictConfig, ws: Workspace) -> dict:
-    """The ensemble's temperature-softened posteriors on the training frames, top-k, stored once."""
+    """The ensemble's temperature-softened posteriors on the training frames, top-k, stored once.
+
+    Under torchrun each rank computes a contiguous share of the utterances; rank 0 joins the shares in order.
+    """
     device = xp.device_of(cfg)
+    ranks = dist_context(device)
+    train_set = xp.frames(cfg, ws, "train", device)
+    share = train_set.utt_ids[ranks.rank * len(train_set.utt_ids) // ranks.world:
+                              (ranks.rank + 1) * len(train_set.utt_ids) // ranks.world]
     teachers = [load_model(p, device=device) for p in xp.member_paths(ws)]
-    sweep = compute_soft_targets_at(teachers, xp.frames(cfg, ws, "train", device), xp.to_object(cfg.soft_targets),
+    sweep = compute_soft_targets_at(teachers, train_set.subset(share), xp.to_object(cfg.soft_targets),
                                     cfg.distill.temperatures_sweep)
-    summary = {}
     for temperature, soft in sweep.items():
+        soft.save(ws.soft_targets_share("ensemble", temperature, ranks.rank))
+    ranks.barrier()
+    if not ranks.is_main:
+        return {}
+    summary = {}
+    for temperature in sweep:
+        parts = [ws.soft_targets_share("ensemble", temperature, r) for r in range(ranks.world)]
+        soft = SoftTargets.concat([SoftTargets.load(p, mmap=False) for p in parts])
         soft.save(ws.soft_targets("ensemble", temperature))
+        for p in parts:
+            shutil.rmtree(p)
         summary[f"T={temperature:g}"] = {"bytes_per_frame": soft.bytes_per_frame,
                                          "mean_mass_kept": float(soft.mass_kept.float().mean())}
     return summary
@@ -174,6 +193,8 @@ def stage_distill(cfg: DictConfig, ws: Workspace) -> dict:
     sweep = temperature_sweep(xp.to_object(cfg.model), xp.to_object(cfg.train), xp.to_object(cfg.distill),
                               xp.frames(cfg, ws, "train", device), xp.frames(cfg, ws, "dev", device), soft,
                               ws.distill_sweep, xp.num_pdfs(ws), device)
+    if not dist_context(device).is_main:  # the other ranks trained their temperatures; rank 0 evaluates
+        return {}
     best = sweep["best_temperature"]
     accuracy = {}
     for tag, row in sweep["per_temperature"].items():
@@ -194,8 +215,11 @@ def stage_small_data(cfg: DictConfig, ws: Workspace) -> dict:
     summary = run_small_data(xp.to_object(cfg.model), xp.to_object(cfg.train), xp.to_object(cfg.small_data),
                              xp.to_object(cfg.distill), sets, read_dict(ws.data("train") / "utt2spk"), teachers,
                              ws.small_data, xp.num_pdfs(ws))
-    for name in ("small_hard", "small_soft"):  # their predictions, for the report's paired intervals
-        xp.evaluate_system(cfg, ws, System(name, [ws.small_data / name / "model.pt"]))
+    if not dist_context(device).is_main:
+        return {}
+    for name in summary["systems"]:  # their predictions, for the report's paired intervals
+        if name != "baseline_full":
+            xp.evaluate_system(cfg, ws, System(name, [ws.small_data / name / "model.pt"]))
     return summary
 
 
@@ -236,6 +260,10 @@ def stage_report(cfg: DictConfig, ws: Workspace) -> dict:
     """The comparison report (Markdown + JSON + PNG) and the config's RESULTS.md."""
     return write_report(cfg, ws, list(STAGES))
 
+
+RANK_PARALLEL = frozenset({"ensemble", "soft_targets", "distill", "small_data", "students"})
+"""Stages whose work splits into independent shares (models, or frames for the soft targets), spread over ``procs``
+torchrun ranks (see :mod:`asr_kd.cli`)."""
 
 STAGES: dict[str, Callable[[DictConfig, Workspace], dict]] = {
     "corpus": stage_corpus,

@@ -15,6 +15,7 @@ import statistics
 
 from omegaconf import DictConfig, OmegaConf
 
+from asr_kd.device import dist_context, launch_env
 from asr_kd.distill import DistillConfig, distill
 from asr_kd.inference import load_model
 from asr_kd.model import num_parameters
@@ -51,10 +52,15 @@ def _soft_targets(cfg: DictConfig, ws: Workspace, dcfg: DistillConfig, stored_k:
 
 
 def train_students(cfg: DictConfig, ws: Workspace) -> dict:
-    """Train, evaluate (frame predictions) and describe every student of ``cfg.students``; resumable per student."""
+    """Train, evaluate (frame predictions) and describe every student of ``cfg.students``; resumable per student.
+
+    Under torchrun the students are spread over the ranks (each trains its own alone); rank 0 evaluates them all.
+    """
     if not cfg.students:
         return {}
     device = xp.device_of(cfg)
+    ranks = launch_env()
+    mine = list(cfg.students)[ranks.rank::ranks.world]
     train_set, dev_set = xp.frames(cfg, ws, "train", device), xp.frames(cfg, ws, "dev", device)
     classes = xp.num_pdfs(ws)
     best_t = (read_summary(ws, "distill") or {}).get("summary", {}).get("best_temperature")
@@ -71,14 +77,21 @@ def train_students(cfg: DictConfig, ws: Workspace) -> dict:
                "hidden_layers": model_cfg.hidden_layers,
                "hidden_dim": model_cfg.hidden_dim, "params": num_parameters(model_cfg, classes),
                "epochs_cap": train_cfg.epochs}
-        if spec.targets == "hard":
-            result = train(model_cfg, train_cfg, train_set, dev_set, out, classes, device=device)
-        else:
+        if spec.targets == "soft":
             dcfg = xp.to_object(OmegaConf.merge(cfg.distill, {"temperature": best_t or cfg.distill.temperature},
                                                 spec.distill))
-            soft = _soft_targets(cfg, ws, dcfg, cfg.soft_targets.top_k or classes, device)
-            result = distill(model_cfg, train_cfg, dcfg, train_set, dev_set, soft, None, out, classes, device)
             row.update(temperature=dcfg.temperature, hard_weight=dcfg.hard_weight, top_k=dcfg.top_k)
-        row["epochs_run"] = result.epochs_run
-        summary[name] = {**row, **xp.evaluate_system(cfg, ws, System(name, [out / "model.pt"]))}
+        if name in mine and spec.targets == "hard":
+            train(model_cfg, train_cfg, train_set, dev_set, out, classes, device=device, data_parallel=False)
+        elif name in mine:
+            soft = _soft_targets(cfg, ws, dcfg, cfg.soft_targets.top_k or classes, device)
+            distill(model_cfg, train_cfg, dcfg, train_set, dev_set, soft, None, out, classes, device,
+                    data_parallel=False)
+        summary[name] = row
+    dist_context(device).barrier()
+    if not ranks.is_main:
+        return {}
+    for name, row in summary.items():
+        row["epochs_run"] = len(json.loads((ws.student(name) / "metrics.json").read_text())["epochs"])
+        row.update(xp.evaluate_system(cfg, ws, System(name, [ws.student(name) / "model.pt"])))
     return summary

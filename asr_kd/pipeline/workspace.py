@@ -119,6 +119,10 @@ class Workspace:
         """The 3% experiment: ``small_hard/``, ``small_soft/``, the subset list and ``small_data.json``."""
         return self.dnn_root / "small_data"
 
+    def soft_targets_share(self, teacher: str, temperature: float, rank: int) -> Path:
+        """One torchrun rank's share of :meth:`soft_targets` before rank 0 joins them (removed afterwards)."""
+        return self.soft_targets(teacher, temperature).with_name(f"{teacher}_T{temperature:g}.rank{rank}")
+
     def student(self, name: str) -> Path:
         """An extra student of a research config (ablations, size sweeps)."""
         return self.dnn_root / "students" / name
@@ -146,6 +150,11 @@ class Workspace:
     @property
     def report(self) -> Path:
         return self.root / "exp" / "report"
+
+    @property
+    def results(self) -> Path:
+        """Where the report publishes RESULTS.md when the run names no results dir of its config."""
+        return self.root / "results"
 
     def stage(self, name: str) -> Path:
         """Per-stage bookkeeping: ``.done`` marker, ``log.txt``, resolved ``config.yaml``, ``summary.json``."""

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything asr-kd needs on a fresh Debian/Ubuntu machine, idempotently:
 #   - Debian packages: text-to-speech engines and sox for the built-in corpus, sctk (NIST sclite) for the
-#     scoring test, wordnet-base for real English sentences;
+#     scoring test, and real English text for the corpus and the LM (Jane Austen's novels and the Harvard
+#     sentences, read through R; WordNet examples, fortunes, GCIDE quotations);
 #   - a virtual environment (.venv at the repo root, or $ASR_KD_VENV) with the pinned Python packages.
 # Re-running it is cheap: each part is skipped when already in place.
 # Usage: recipes/tools/install.sh [--test]     (--test also installs the test extras)
@@ -17,21 +18,30 @@ die() { echo "install.sh: ERROR: $*" >&2; exit 1; }
 # --- Debian packages -------------------------------------------------------------------------------
 apt_pkgs=(flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts espeak-ng sox libsox-fmt-all
           sctk wordnet-base libsndfile1)
-missing=()
-for p in "${apt_pkgs[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  command -v apt-get >/dev/null || die "Debian packages missing (${missing[*]}) and no apt-get here: install them by hand."
+# Text packages without their recommends: r-cran-* would otherwise pull in a whole R development environment.
+text_pkgs=(r-cran-janeaustenr r-cran-stringr fortunes fortune-mod dict-gcide)
+missing_of() { for p in "$@"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || echo "$p"; done; }
+mapfile -t missing < <(missing_of "${apt_pkgs[@]}")
+mapfile -t missing_text < <(missing_of "${text_pkgs[@]}")
+if [ $(( ${#missing[@]} + ${#missing_text[@]} )) -gt 0 ]; then
+  all_missing="${missing[*]} ${missing_text[*]}"
+  command -v apt-get >/dev/null || die "Debian packages missing (${all_missing}) and no apt-get here: install them by hand."
   sudo=""
   if [ "$(id -u)" -ne 0 ]; then
-    command -v sudo >/dev/null || die "Debian packages missing (${missing[*]}): run as root or install sudo."
+    command -v sudo >/dev/null || die "Debian packages missing (${all_missing}): run as root or install sudo."
     sudo="sudo"
   fi
-  echo "install.sh: apt-get install ${missing[*]}"
+  echo "install.sh: apt-get install ${all_missing}"
   $sudo apt-get update -qq || die "apt-get update failed (no network to the Debian archive?)"
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null \
-    || die "apt-get install ${missing[*]} failed"
+  export DEBIAN_FRONTEND=noninteractive
+  if [ ${#missing[@]} -gt 0 ]; then
+    $sudo apt-get install -y -qq "${missing[@]}" >/dev/null || die "apt-get install ${missing[*]} failed"
+  fi
+  if [ ${#missing_text[@]} -gt 0 ]; then
+    $sudo apt-get install -y -qq --no-install-recommends "${missing_text[@]}" >/dev/null \
+      || die "apt-get install ${missing_text[*]} failed"
+  fi
 fi
 
 # --- Python environment ----------------------------------------------------------------------------
