@@ -77,11 +77,12 @@ def workspace(tmp_path: Path) -> Workspace:
                                                                   "finished": "now", "summary": summary}))
     for model, accs, stopped in (("baseline", [0.40, 0.50, 0.501], "newbob converged"),
                                  ("small_data/small_soft", [0.40, 0.45, 0.46], "max epochs"),
+                                 ("small_data/small_hard", [0.30, 0.25, 0.20], "early stopping"),
                                  ("distilled", [0.50, 0.55, 0.58], "early stopping")):
         d = ws.dnn(model)
         d.mkdir(parents=True)
         (d / "metrics.json").write_text(json.dumps({
-            "epochs": [{"dev_acc": a} for a in accs], "stopped": stopped, "best_epoch": 3,
+            "epochs": [{"dev_acc": a} for a in accs], "stopped": stopped, "best_epoch": accs.index(max(accs)) + 1,
             "best_dev_acc": max(accs)}))
     return ws
 
@@ -119,7 +120,8 @@ def test_every_number_comes_from_the_stage_outputs(workspace: Workspace) -> None
     assert r["decoding"]["baseline"]["no_path"] == {"dev": 0, "test": 1}
     assert r["decoding"]["baseline"]["no_final_state"] == {"dev": 0, "test": 2}
     flagged = {c["model"]: c["converged"] for c in r["convergence"]}
-    assert flagged == {"baseline": True, "distilled": False, "small_data/small_soft": False}
+    assert flagged == {"baseline": True, "distilled": False, "small_data/small_hard": True,
+                       "small_data/small_soft": False}
 
 
 def test_markdown_shows_the_collected_numbers(workspace: Workspace) -> None:
@@ -133,6 +135,8 @@ def test_markdown_shows_the_collected_numbers(workspace: Workspace) -> None:
     assert "| frame accuracy | 80% [" in md  # share kept on dev
     assert "**Flagged: distilled, small_data/small_soft.**" in md
     assert "| baseline | 0.1 | 0.050 | 0 / 1 | 0 / 2 |" in md
+    assert "- small_hard: best 30.00 at epoch 1 of 3, last 20.00 (-10.00): falls." in md
+    assert "- small_soft: best 46.00 at epoch 3 of 3, last 46.00 (+0.00): does not fall." in md
     assert (workspace.root / "results" / "RESULTS.md").read_text().count("50.0 [") >= 1
     assert json.loads((workspace.root / "results" / "history.json").read_text())[0]["headline"][
         "baseline_dev_frame_acc"] == pytest.approx(50.0)
