@@ -187,6 +187,11 @@ def _num(x: float | int) -> str:
     return f"{x:.2f}" if isinstance(x, float) else str(x)
 
 
+def percent(fraction: float) -> str:
+    """A share as a whole percent; a share that rounds to zero prints "0%", never "-0%"."""
+    return f"{round(100 * fraction):d}%"
+
+
 def format_comparison(result: dict) -> str:
     """A :func:`compare_wer` / :func:`compare_frame_accuracy` result as Markdown: per group a table of systems and
     a table of pairs, then one line on how the intervals were computed."""
@@ -217,8 +222,8 @@ def format_comparison(result: dict) -> str:
                 what = f"{sh['candidate']} of {sh['better']} over {sh['base']}"
                 iv = sh["share"]
                 lines.append(f"| {what} | undefined ({sh['undefined']}) | - |" if iv is None else
-                             f"| {what} | {100 * iv['estimate']:.0f}% | [{100 * iv['low']:.0f}%, "
-                             f"{100 * iv['high']:.0f}%] |")
+                             f"| {what} | {percent(iv['estimate'])} | [{percent(iv['low'])}, "
+                             f"{percent(iv['high'])}] |")
         lines.append("")
     lines.append(f"Paired bootstrap over utterances: {boot['num_samples']} replicates, seed {boot['seed']}, "
                  f"{boot['method']} intervals; 'better' = {better} {title}; a replicate where both are equal counts "

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from asr_kd.compare import compare_frame_accuracy, compare_wer, format_comparison
+from asr_kd.compare import compare_frame_accuracy, compare_wer, format_comparison, percent
 from asr_kd.stats import paired_difference, rate_interval
 from decoding.score import compute_wer
 from features.errors import InputError
@@ -137,3 +137,7 @@ def test_shares_of_gain_have_known_answers_and_undefined_gains_are_reported() ->
     assert "share of gain kept" in format_comparison(frames)
     with pytest.raises(InputError, match="no system 'nope'"):
         compare_wer(REFS, {"base": base}, shares=[("base", "nope", "base")])
+
+
+def test_percent_never_prints_negative_zero() -> None:
+    assert [percent(x) for x in (-0.004, 0.0, 0.555, -3.02, 0.8)] == ["0%", "0%", "56%", "-302%", "80%"]

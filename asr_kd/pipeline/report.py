@@ -25,7 +25,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from asr_kd.compare import compare_frame_accuracy, compare_wer
+from asr_kd.compare import compare_frame_accuracy, compare_wer, percent
 from asr_kd.pipeline import charts
 from asr_kd.pipeline import experiment as xp
 from asr_kd.pipeline.runner import git_commit, machine_description, read_summary
@@ -295,7 +295,7 @@ def _share_md(title: str, shares: dict, paper: str) -> list[str]:
             row = shares.get(metric, {}).get(g)
             share = row and row["share"]
             cells.append("undefined (no gain)" if row and not share else "-" if not row else
-                         f"{100 * share['estimate']:.0f}% [{100 * share['low']:.0f}%, {100 * share['high']:.0f}%]")
+                         f"{percent(share['estimate'])} [{percent(share['low'])}, {percent(share['high'])}]")
         lines.append(f"| {label} | " + " | ".join(cells) + " | |")
     return lines
 
@@ -355,10 +355,10 @@ def _small_md(r: dict) -> list[str]:
         lines += ["", f"Dev frame accuracy over training (a model *falls* when its last epoch ends more than "
                       f"{FALL_POINTS} point below its best):", ""]
         for c in curves:
-            drop = c["best_dev_acc"] - c["last_dev_acc"]
+            change = c["last_dev_acc"] - c["best_dev_acc"]
             lines.append(f"- {c['model'].split('/', 1)[1]}: best {c['best_dev_acc']:.2f} at epoch {c['best_epoch']} "
-                         f"of {c['epochs']}, last {c['last_dev_acc']:.2f} ({c['last_dev_acc'] - c['best_dev_acc']:+.2f}): "
-                         f"{'falls' if drop > FALL_POINTS else 'does not fall'}.")
+                         f"of {c['epochs']}, last {c['last_dev_acc']:.2f} ({change:+.2f}): "
+                         f"{'falls' if -change > FALL_POINTS else 'does not fall'}.")
     return lines
 
 
@@ -412,7 +412,7 @@ def _students_md(r: dict) -> list[str]:
                      f"{c.get('macs_per_frame', 0):,} | {_fmt(c.get('cpu1_rtf'), 4)} | {objective} | "
                      f"{st['budget']} ({st['epochs_run']}) | {_iv(st['dev_frame_acc'])} | "
                      f"{_iv(st['test_frame_acc'])} | {_iv(st['test_wer'])} | "
-                     + (f"{100 * kept['estimate']:.0f}% [{100 * kept['low']:.0f}%, {100 * kept['high']:.0f}%]"
+                     + (f"{percent(kept['estimate'])} [{percent(kept['low'])}, {percent(kept['high'])}]"
                         if kept else "-") + " |")
     if r["distillation_gain"]:
         lines += ["", "Distillation gain per size (distilled - hard-target student of the same shape, test):", "",
@@ -428,8 +428,8 @@ def _students_md(r: dict) -> list[str]:
                   if st["targets"] == "soft" and st.get("size_sweep") and st["kept_frame_acc"]
                   and st["kept_frame_acc"]["estimate"] >= reference["low"]]
         lines += ["", "Smallest distilled student whose share of the ensemble's gain (test frame accuracy) lies within "
-                      f"the 95% interval of the member-shaped distilled model's ({100 * reference['estimate']:.0f}% "
-                      f"[{100 * reference['low']:.0f}%, {100 * reference['high']:.0f}%]) or above it: "
+                      f"the 95% interval of the member-shaped distilled model's ({percent(reference['estimate'])} "
+                      f"[{percent(reference['low'])}, {percent(reference['high'])}]) or above it: "
                   + (f"**{min(within)[1]}** ({min(within)[0]:,} parameters)." if within else "**none**.")]
     lines += ["", "![accuracy against cost](cost_accuracy.png)"]
     return lines
