@@ -61,6 +61,7 @@ def test_report_has_every_row(ci_experiment: Path):
         assert (report_dir / png).stat().st_size > 1000
     results = (ci_experiment / "results" / "RESULTS.md").read_text()
     assert results.startswith("# RESULTS") and "git commit" in results
+    assert f"recipes/synth/run.sh --work-dir {ci_experiment} --config ci\n" in results  # the command, as typed
     assert (ci_experiment / "results" / "table1.png").exists()
 
 

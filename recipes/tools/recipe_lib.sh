@@ -30,6 +30,7 @@ recipe_help() {  # the calling run.sh's header comment, this file's usage, and t
 
 parse_args() {  # parse_args DEFAULT_CONFIG "$@"
   config=$1; shift
+  export ASR_KD_COMMAND="${ASR_KD_COMMAND:-recipes/$(basename "$recipe_dir")/run.sh${*:+ $*}}"  # for RESULTS.md
   while [ $# -gt 0 ]; do
     case "$1" in
       --stage) stage=$2; shift 2 ;;
@@ -40,7 +41,6 @@ parse_args() {  # parse_args DEFAULT_CONFIG "$@"
       *) overrides+=("$1"); shift ;;
     esac
   done
-  export ASR_KD_COMMAND="${ASR_KD_COMMAND:-recipes/$(basename "$recipe_dir")/run.sh $*}"  # for RESULTS.md
   bash "$repo/recipes/tools/install.sh"
   # The code of this checkout, whatever the venv's editable install points at or the work dir holds.
   export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}"
