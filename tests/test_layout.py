@@ -130,9 +130,10 @@ def test_readme_stage_table_matches_the_stages() -> None:
     assert [(int(n), name) for n, name in rows] == list(enumerate(STAGES))
 
 
-def test_run_sh_help_lists_the_stages_from_the_code() -> None:
+def test_run_sh_help_lists_the_stages_from_the_code(tmp_path: Path) -> None:
     out = subprocess.run(["bash", str(REPO / "recipes" / "synth" / "run.sh"), "--help"], capture_output=True,
-                         text=True, check=True, env={"ASR_KD_VENV": str(Path(sys.executable).parent.parent),
-                                                     "PATH": "/usr/bin:/bin"}).stdout
+                         text=True, check=True, cwd=tmp_path,
+                         env={"ASR_KD_VENV": str(Path(sys.executable).parent.parent), "PATH": "/usr/bin:/bin"}).stdout
     for i, name in enumerate(STAGES):
         assert re.search(rf"^#\s+{i} {name}\b", out, flags=re.M), (i, name, out)
+    assert list(tmp_path.iterdir()) == []  # no hydra outputs/ left in the caller's directory

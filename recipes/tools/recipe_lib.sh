@@ -24,7 +24,8 @@ recipe_help() {  # the calling run.sh's header comment, this file's usage, and t
   sed -n '2,/^set /p' "${BASH_SOURCE[2]}" | sed '$d'
   sed -n '5,11p' "${BASH_SOURCE[0]}"
   echo "# Stages:"
-  KALDI_ROOT=/tmp "$python" -m asr_kd.cli stage=list 2>/dev/null | sed 's/^/#  /' \
+  KALDI_ROOT=/tmp "$python" -m asr_kd.cli stage=list hydra.run.dir=. hydra.output_subdir=null \
+    hydra/job_logging=disabled hydra/hydra_logging=disabled 2>/dev/null | sed 's/^/#  /' \
     || echo "#  (run recipes/tools/install.sh first to list them)"
 }
 
