@@ -13,10 +13,14 @@ Every stage, trainer and benchmark asks :func:`select_device` and :func:`dist_co
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -31,6 +35,10 @@ class DistContext:
     def is_main(self) -> bool:
         """Rank 0 writes the shared outputs (model files, summaries, reports)."""
         return self.rank == 0
+
+    def share(self, items: Iterable[T]) -> list[T]:
+        """This rank's round-robin share of independent jobs (models to train): every job on exactly one rank."""
+        return list(items)[self.rank::self.world]
 
     def barrier(self) -> None:
         if self.world > 1:

@@ -262,7 +262,7 @@ def temperature_sweep(
         raise ValueError("a temperature sweep needs soft targets for at least one temperature")
     temperatures = sorted(soft_targets)
     ranks = launch_env()
-    for t in temperatures[ranks.rank::ranks.world]:
+    for t in ranks.share(temperatures):
         distill(model_cfg, train_cfg, dataclasses.replace(dcfg, temperature=float(t), mode="stored"), train_set,
                 dev_set, soft_targets[t], None, out_dir / f"T{t:g}", num_classes, device, data_parallel=False)
     dist_context(select_device(str(device))).barrier()
@@ -370,7 +370,7 @@ def run_small_data(
     soft_systems = {("small_soft" if i == 0 else f"small_soft_{name}"): name
                     for i, name in enumerate(scfg.teacher_names())}
     models = ["small_hard", *soft_systems]
-    for system in models[ranks.rank::ranks.world]:
+    for system in ranks.share(models):
         if system == "small_hard":
             train(model_cfg, dataclasses.replace(small_cfg, early_stopping=scfg.hard_early_stopping), small, dev_set,
                   out_dir / system, num_classes, device=device, data_parallel=False)

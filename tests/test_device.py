@@ -61,3 +61,10 @@ def test_bf16_autocast_only_where_native(monkeypatch):
         assert y.dtype == (torch.bfloat16 if native else torch.float32)  # fp32 fallback where emulated
         with dev.autocast(torch.device("cpu"), bf16=False):
             assert (x @ w).dtype == torch.float32
+
+
+def test_share_gives_every_job_to_exactly_one_rank() -> None:
+    jobs = [f"job{i}" for i in range(7)]
+    shares = [dev.DistContext(rank, 3).share(jobs) for rank in range(3)]
+    assert sorted(sum(shares, [])) == sorted(jobs) and shares[0] == ["job0", "job3", "job6"]
+    assert dev.DistContext().share({"a": 1, "b": 2}) == ["a", "b"]  # a mapping's keys, as the students config

@@ -60,7 +60,7 @@ def train_students(cfg: DictConfig, ws: Workspace) -> dict:
         return {}
     device = xp.device_of(cfg)
     ranks = launch_env()
-    mine = list(cfg.students)[ranks.rank::ranks.world]
+    mine = ranks.share(cfg.students)
     train_set, dev_set = xp.frames(cfg, ws, "train", device), xp.frames(cfg, ws, "dev", device)
     classes = xp.num_pdfs(ws)
     best_t = (read_summary(ws, "distill") or {}).get("summary", {}).get("best_temperature")
