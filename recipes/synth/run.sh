@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # asr-kd on the built-in synthetic (text-to-speech) corpus: corpus -> ... -> report, on a CPU in minutes with the
 # default tiny config. Configs: conf/tiny.yaml (CPU, the README's main job), conf/ci.yaml (tests),
-# conf/paper.yaml (GPU, 8x2560). `./run.sh --help` lists the options and stages.
+# conf/research.yaml (ablations, sizes), conf/wide.yaml (every network 3x512), conf/paper.yaml (GPU, 8x2560).
+# `./run.sh --help` lists the options and stages.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../tools/recipe_lib.sh"
 parse_args tiny "$@"
