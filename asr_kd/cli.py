@@ -9,7 +9,8 @@ output goes to exp/hydra/. This file only parses and dispatches: each stage is a
 :mod:`asr_kd.pipeline.stages`.
 
 A stage that trains independent models (:data:`asr_kd.pipeline.stages.RANK_PARALLEL`) with ``procs`` > 1 re-launches
-itself under torchrun with that many ranks, one thread each (unless already under torchrun).
+itself under torchrun with that many ranks, one thread each (unless already under torchrun, or the config gives the
+stage fewer than two shares: no extra students, a one-member ensemble).
 
 Bad input (a missing file, a malformed line, an OOV...) ends with one line on stderr, ``error: <file>:<line>:
 <what>``, and exit status 2; ``debug=true`` shows the traceback instead. The stage's log keeps it either way.
@@ -49,6 +50,8 @@ def _spread_over_ranks(cfg: DictConfig) -> bool:
     True when it did (the ranks have finished)."""
     if cfg.procs <= 1 or cfg.stage not in RANK_PARALLEL or "WORLD_SIZE" in os.environ:
         return False
+    if RANK_PARALLEL[cfg.stage](cfg) < 2:
+        return False  # nothing to share (no extra students, one member): one process, no ranks to start
     if (Workspace(Path(cfg.work_dir).resolve()).stage(cfg.stage) / ".done").exists() and not cfg.force:
         return False  # skipped anyway: no ranks to start
     from torch.distributed.run import main as torchrun

@@ -60,3 +60,25 @@ def test_a_good_import_is_kept_when_a_later_run_fails(tmp_path: Path) -> None:
     failed = _cli(work, "stage=corpus", "force=true", f"corpus.source_dir={bad}")
     assert failed.returncode == 2
     assert (work / "data" / "dev" / "text").read_text() == text  # nothing already computed is lost
+
+
+def test_ranks_start_only_for_at_least_two_shares(tmp_path: Path, monkeypatch) -> None:
+    """A rank-parallel stage relaunches under torchrun only when its config gives it two or more jobs: the main
+    recipe's empty students stage (and a one-member ensemble) runs in this process, no ranks started."""
+    from omegaconf import OmegaConf
+
+    import asr_kd.cli as cli
+    from asr_kd.pipeline.stages import RANK_PARALLEL
+
+    launched = []
+    monkeypatch.setattr("torch.distributed.run.main", lambda argv: launched.append(argv))
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    cfg = OmegaConf.create({"procs": 2, "stage": "students", "students": {}, "work_dir": str(tmp_path),
+                            "force": False, "ensemble": {"num_members": 1}, "distill": {"temperatures_sweep": [2.0]}})
+    for stage in ("students", "ensemble", "distill"):
+        cfg.stage = stage
+        assert RANK_PARALLEL[stage](cfg) < 2 and not cli._spread_over_ranks(cfg)
+    assert not launched
+    cfg.students = {"a": {}, "b": {}}
+    cfg.stage = "students"
+    assert cli._spread_over_ranks(cfg) and len(launched) == 1  # two students: two ranks

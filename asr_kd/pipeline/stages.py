@@ -261,9 +261,15 @@ def stage_report(cfg: DictConfig, ws: Workspace) -> dict:
     return write_report(cfg, ws, list(STAGES))
 
 
-RANK_PARALLEL = frozenset({"ensemble", "soft_targets", "distill", "small_data", "students"})
-"""Stages whose work splits into independent shares (models, or frames for the soft targets), spread over ``procs``
-torchrun ranks (see :mod:`asr_kd.cli`)."""
+RANK_PARALLEL: dict[str, Callable[[DictConfig], int]] = {
+    "ensemble": lambda cfg: cfg.ensemble.num_members,
+    "soft_targets": lambda cfg: cfg.procs,  # frames: always as many shares as ranks
+    "distill": lambda cfg: len(cfg.distill.temperatures_sweep),
+    "small_data": lambda cfg: 2,  # the hard and the soft 3% model (and the baseline-taught one when compared)
+    "students": lambda cfg: len(cfg.students),
+}
+"""Stages whose work splits into independent shares (models, or frames for the soft targets), and how many shares a
+config gives them: spread over ``procs`` torchrun ranks when there are at least two (see :mod:`asr_kd.cli`)."""
 
 STAGES: dict[str, Callable[[DictConfig, Workspace], dict]] = {
     "corpus": stage_corpus,
