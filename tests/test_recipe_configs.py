@@ -11,6 +11,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from asr_kd.conf.schema import register
+from asr_kd.pipeline.students import student_configs
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = sorted(p for p in (REPO / "recipes").glob("*/conf/*.yaml"))
@@ -21,9 +22,8 @@ def _check(path: Path, work: Path) -> None:
     with initialize_config_dir(str(path.parent), version_base="1.3"):
         cfg = compose(path.stem, overrides=[f"work_dir={work}"])
     OmegaConf.to_object(cfg)  # builds every dataclass: their __post_init__ checks run
-    for spec in cfg.students.values():
-        for part in ("model", "train", "distill"):  # as asr_kd.pipeline.students merges them
-            OmegaConf.to_object(OmegaConf.merge(cfg[part], spec[part]))
+    for name in cfg.students:
+        student_configs(cfg, name)  # the settings the students stage trains it with
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[f"{p.parent.parent.name}/{p.stem}" for p in CONFIGS])

@@ -18,13 +18,13 @@ from omegaconf import DictConfig, OmegaConf
 from asr_kd.device import dist_context, launch_env
 from asr_kd.distill import DistillConfig, distill
 from asr_kd.inference import load_model
-from asr_kd.model import num_parameters
+from asr_kd.model import ModelConfig, num_parameters
 from asr_kd.pipeline import experiment as xp
 from asr_kd.pipeline.runner import read_summary
 from asr_kd.pipeline.workspace import Workspace
 from asr_kd.soft_targets import SoftTargetConfig, SoftTargets, compute_soft_targets
 from asr_kd.systems import System
-from asr_kd.train import train
+from asr_kd.train import TrainConfig, train
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,22 @@ def _soft_targets(cfg: DictConfig, ws: Workspace, dcfg: DistillConfig, stored_k:
     return compute_soft_targets(teachers, xp.frames(cfg, ws, "train", device), st_cfg)
 
 
+def student_configs(cfg: DictConfig, name: str, temperature: float | None = None
+                    ) -> tuple[ModelConfig, TrainConfig, DistillConfig | None]:
+    """Student ``name``'s model, training and (soft students only) distillation settings: the experiment's with its
+    spec's overrides, at ``temperature`` (the one the distill stage chose) unless the spec sets one. An unknown key
+    or a bad value in the spec raises here (so a config test catches a typo before any training)."""
+    spec = cfg.students[name]
+    if spec.targets not in TARGETS or spec.budget not in BUDGETS:
+        raise ValueError(f"student {name}: targets must be one of {TARGETS} and budget one of {BUDGETS}")
+    model_cfg = xp.to_object(OmegaConf.merge(cfg.model, spec.model))
+    train_cfg = xp.to_object(OmegaConf.merge(cfg.train, spec.train))
+    if spec.targets == "hard":
+        return model_cfg, train_cfg, None
+    return model_cfg, train_cfg, xp.to_object(OmegaConf.merge(
+        cfg.distill, {"temperature": temperature or cfg.distill.temperature}, spec.distill))
+
+
 def train_students(cfg: DictConfig, ws: Workspace) -> dict:
     """Train, evaluate (frame predictions) and describe every student of ``cfg.students``; resumable per student.
 
@@ -66,10 +82,7 @@ def train_students(cfg: DictConfig, ws: Workspace) -> dict:
     best_t = (read_summary(ws, "distill") or {}).get("summary", {}).get("best_temperature")
     summary = {}
     for name, spec in cfg.students.items():
-        if spec.targets not in TARGETS or spec.budget not in BUDGETS:
-            raise ValueError(f"student {name}: targets must be one of {TARGETS} and budget one of {BUDGETS}")
-        model_cfg = xp.to_object(OmegaConf.merge(cfg.model, spec.model))
-        train_cfg = xp.to_object(OmegaConf.merge(cfg.train, spec.train))
+        model_cfg, train_cfg, dcfg = student_configs(cfg, name, best_t)
         if spec.budget == "member":
             train_cfg.epochs = member_epochs(ws)
         out = ws.student(name)
@@ -77,9 +90,7 @@ def train_students(cfg: DictConfig, ws: Workspace) -> dict:
                "hidden_layers": model_cfg.hidden_layers,
                "hidden_dim": model_cfg.hidden_dim, "params": num_parameters(model_cfg, classes),
                "epochs_cap": train_cfg.epochs}
-        if spec.targets == "soft":
-            dcfg = xp.to_object(OmegaConf.merge(cfg.distill, {"temperature": best_t or cfg.distill.temperature},
-                                                spec.distill))
+        if dcfg is not None:
             row.update(temperature=dcfg.temperature, hard_weight=dcfg.hard_weight, top_k=dcfg.top_k)
         if name in mine and spec.targets == "hard":
             train(model_cfg, train_cfg, train_set, dev_set, out, classes, device=device, data_parallel=False)
