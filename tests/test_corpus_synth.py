@@ -28,7 +28,16 @@ from asr_kd.corpus.synth import (
     plan_corpus,
     prepare_synth,
 )
-from asr_kd.corpus.voices import UNSEEN_VOICE, align_words_to_phones, tile_phones
+from asr_kd.corpus.sentences import Sentence
+from asr_kd.corpus.voices import (
+    SAMPLE_RATE,
+    UNSEEN_VOICE,
+    _espeak_closures,
+    align_words_to_phones,
+    synthesize,
+    tile_phones,
+    voice_by_speaker,
+)
 from decoding.lexicon import cmu_lexicon
 
 
@@ -63,6 +72,39 @@ def test_normalization_keeps_only_unambiguous_sentences() -> None:
 def test_tile_phones_fills_gaps_clips_and_merges_silence() -> None:
     phones = [(0.1, 0.2, "AH"), (0.25, 0.3, "SIL"), (0.3, 0.4, "SIL"), (0.4, 0.9, "T")]
     assert tile_phones(phones, 0.8) == [(0.0, 0.1, "SIL"), (0.1, 0.2, "AH"), (0.2, 0.4, "SIL"), (0.4, 0.8, "T")]
+
+
+def test_espeak_stop_closure_is_given_back_to_the_stop() -> None:
+    """A vowel, 40 ms of closure silence, a burst: espeak's event at the burst moves back to the closure onset;
+    a stop after a pause, a voiced stop and a stop without a silent closure keep their times."""
+    t = np.arange(int(0.4 * SAMPLE_RATE)) / SAMPLE_RATE
+    audio = 0.3 * np.sin(2 * np.pi * 150 * t)
+    audio[int(0.20 * SAMPLE_RATE):int(0.24 * SAMPLE_RATE)] = 0.0
+    owned = [(0.0, 0.24, "AH", 0), (0.24, 0.29, "T", 0), (0.29, 0.4, "AH", 1)]
+    assert _espeak_closures(owned, audio) == [(0.0, 0.2, "AH", 0), (0.2, 0.29, "T", 0), (0.29, 0.4, "AH", 1)]
+    for kept in ([(0.0, 0.24, "SIL", -1), (0.24, 0.29, "T", 0), (0.29, 0.4, "AH", 0)],
+                 [(0.0, 0.24, "AH", 0), (0.24, 0.29, "D", 0), (0.29, 0.4, "AH", 1)],
+                 [(0.0, 0.29, "AH", 0), (0.29, 0.35, "K", 0), (0.35, 0.4, "AH", 1)]):
+        assert _espeak_closures(kept, audio) == kept
+
+
+def test_espeak_voiceless_stops_start_with_their_closure() -> None:
+    """Real espeak-ng speech: no P/T/K that follows a sound leaves closure silence to the phone before it, and
+    most of them now begin with that silence (espeak's own event sits at the burst; a flapped T has none)."""
+    text = "she took a cup of tea and kept the pretty cat"
+    said = synthesize(voice_by_speaker("espeak_enus_m3"), [Sentence(text, tuple(text.upper().split()))])[0]
+    hop = SAMPLE_RATE // 200
+    frames = said.audio[: len(said.audio) // hop * hop].reshape(-1, hop).astype(np.float64)
+    peak = 10 * np.log10(np.max(np.mean(frames ** 2, axis=1)))
+
+    def silent(t0: float, t1: float) -> bool:
+        x = said.audio[round(t0 * SAMPLE_RATE):round(t1 * SAMPLE_RATE)].astype(np.float64)
+        return bool(10 * np.log10(np.mean(x ** 2) + 1e-12) < peak - 40)
+
+    stops = [s for (s, _, p), (_, _, prev) in zip(said.phones[1:], said.phones) if p in "PTK" and prev != "SIL"]
+    assert len(stops) >= 8
+    assert not any(silent(s - 0.005, s) for s in stops)
+    assert sum(silent(s, s + 0.015) for s in stops) >= 0.7 * len(stops)
 
 
 def test_word_spans_from_phones_tolerate_pronunciation_differences() -> None:
