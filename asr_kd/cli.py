@@ -2,15 +2,17 @@
 
     python -m asr_kd.cli --config-dir recipes/synth/conf --config-name tiny stage=baseline [key=value ...]
 
-``stage=all`` runs every stage in order; ``stage=list`` prints them, numbered; ``stage=decode_data
+``stage=all`` runs every stage in order, ``stage='a,b,c'`` the named ones in that order (what run.sh passes: the
+stages within --stage..--stop-stage, in one process, so that the imports are paid once, not once per stage);
+``stage=list`` prints them, numbered; ``stage=decode_data
 decode_data.dir=DIR`` decodes any Kaldi data dir with the experiment's trained systems (features computed with
 its settings). The work dir (``work_dir``, default: the current directory) receives data/ and exp/; hydra's own
 output goes to exp/hydra/. This file only parses and dispatches: each stage is a function in
 :mod:`asr_kd.pipeline.stages`.
 
-A stage that trains independent models (:data:`asr_kd.pipeline.stages.RANK_PARALLEL`) with ``procs`` > 1 re-launches
-itself under torchrun with that many ranks, one thread each (unless already under torchrun, or the config gives the
-stage fewer than two shares: no extra students, a one-member ensemble).
+A stage that trains independent models (:data:`asr_kd.pipeline.stages.RANK_PARALLEL`) with ``procs`` > 1 runs under
+torchrun: this command, for that one stage, re-launched with that many ranks, one thread each (unless already under
+torchrun, or the config gives the stage fewer than two shares: no extra students, a one-member ensemble).
 
 Bad input (a missing file, a malformed line, an OOV...) ends with one line on stderr, ``error: <file>:<line>:
 <what>``, and exit status 2; ``debug=true`` shows the traceback instead. The stage's log keeps it either way.
@@ -45,25 +47,39 @@ def stage_list() -> str:
                      for i, (name, fn) in enumerate(STAGES.items()))
 
 
-def _spread_over_ranks(cfg: DictConfig) -> bool:
-    """Run this very command under torchrun with ``cfg.procs`` ranks when the stage trains independent models;
-    True when it did (the ranks have finished)."""
-    if cfg.procs <= 1 or cfg.stage not in RANK_PARALLEL or "WORLD_SIZE" in os.environ:
+def _spread_over_ranks(cfg: DictConfig, name: str) -> bool:
+    """Run stage ``name`` under torchrun with ``cfg.procs`` ranks (this command's overrides, that one stage) when it
+    trains independent models; True when it did (the ranks have finished)."""
+    if cfg.procs <= 1 or name not in RANK_PARALLEL or "WORLD_SIZE" in os.environ:
         return False
-    if RANK_PARALLEL[cfg.stage](cfg) < 2:
+    if RANK_PARALLEL[name](cfg) < 2:
         return False  # nothing to share (no extra students, one member): one process, no ranks to start
-    if (Workspace(Path(cfg.work_dir).resolve()).stage(cfg.stage) / ".done").exists() and not cfg.force:
+    if (Workspace(Path(cfg.work_dir).resolve()).stage(name) / ".done").exists() and not cfg.force:
         return False  # skipped anyway: no ranks to start
     from torch.distributed.run import main as torchrun
 
-    os.environ.setdefault("OMP_NUM_THREADS", "1")  # one thread per rank: the ranks share the cores
-    torchrun(["--standalone", f"--nproc-per-node={cfg.procs}", "-m", "asr_kd.cli", *sys.argv[1:]])
+    argv = [a for a in sys.argv[1:] if not a.startswith("stage=")] + [f"stage={name}"]
+    omp = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = omp or "1"  # one thread per rank: the ranks share the cores
+    try:
+        torchrun(["--standalone", f"--nproc-per-node={cfg.procs}", "-m", "asr_kd.cli", *argv])
+    finally:  # the stages after it in this process start their own workers as before
+        if omp is None:
+            del os.environ["OMP_NUM_THREADS"]
     return True
 
 
+def stage_names(stage: str) -> list[str]:
+    """The stages ``stage=`` asks for, in order: ``all``, one name, or names separated by commas; an unknown name
+    fails before any stage runs."""
+    names = list(STAGES) if stage == "all" else [n.strip() for n in stage.split(",") if n.strip()]
+    unknown = [n for n in names if n not in STAGES]
+    if unknown or not names:
+        raise InputError(f"unknown stage {', '.join(unknown) or repr(stage)}; stages: {', '.join(STAGES)}")
+    return names
+
+
 def _run(cfg: DictConfig) -> None:
-    if _spread_over_ranks(cfg):
-        return
     if cfg.stage == "list":
         print(stage_list())
         return
@@ -73,11 +89,9 @@ def _run(cfg: DictConfig) -> None:
             raise InputError("stage=decode_data needs decode_data.dir=/path/to/kaldi/data/dir")
         decode_data_dir(cfg, ws, Path(cfg.decode_data.dir), list(cfg.decode_data.systems), cfg.decode_data.name)
         return
-    names = list(STAGES) if cfg.stage == "all" else [cfg.stage]
-    for name in names:
-        if name not in STAGES:
-            raise InputError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}")
-        run_stage(name, STAGES[name], cfg, ws, force=cfg.force)
+    for name in stage_names(cfg.stage):
+        if not _spread_over_ranks(cfg, name):
+            run_stage(name, STAGES[name], cfg, ws, force=cfg.force)
 
 
 @hydra.main(version_base="1.3", config_path=None, config_name="asr_kd")

@@ -71,14 +71,34 @@ def test_ranks_start_only_for_at_least_two_shares(tmp_path: Path, monkeypatch) -
     from asr_kd.pipeline.stages import RANK_PARALLEL
 
     launched = []
+    omp_before = os.environ.get("OMP_NUM_THREADS")
     monkeypatch.setattr("torch.distributed.run.main", lambda argv: launched.append(argv))
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     cfg = OmegaConf.create({"procs": 2, "stage": "students", "students": {}, "work_dir": str(tmp_path),
                             "force": False, "ensemble": {"num_members": 1}, "distill": {"temperatures_sweep": [2.0]}})
+    monkeypatch.setattr(sys, "argv", ["asr_kd.cli", "stage='baseline,students,decode'", "nj=2"])
     for stage in ("students", "ensemble", "distill"):
-        cfg.stage = stage
-        assert RANK_PARALLEL[stage](cfg) < 2 and not cli._spread_over_ranks(cfg)
+        assert RANK_PARALLEL[stage](cfg) < 2 and not cli._spread_over_ranks(cfg, stage)
     assert not launched
     cfg.students = {"a": {}, "b": {}}
-    cfg.stage = "students"
-    assert cli._spread_over_ranks(cfg) and len(launched) == 1  # two students: two ranks
+    assert cli._spread_over_ranks(cfg, "students") and len(launched) == 1  # two students: two ranks
+    # the ranks run that one stage with this command's other overrides, whatever list this process was given
+    assert launched[0][-3:] == ["asr_kd.cli", "nj=2", "stage=students"] and "--nproc-per-node=2" in launched[0]
+    assert os.environ.get("OMP_NUM_THREADS") == omp_before  # set for the ranks only, not for later stages here
+
+
+def test_stage_lists_run_in_order_and_unknown_names_fail_before_any_runs(tmp_path: Path) -> None:
+    import asr_kd.cli as cli
+    from asr_kd.pipeline.stages import STAGES
+
+    assert cli.stage_names("all") == list(STAGES)
+    assert cli.stage_names("lang, mono,tri") == ["lang", "mono", "tri"]
+    src = _kaldi_dirs(tmp_path / "src", bad_text=False)
+    work = tmp_path / "work"
+    work.mkdir()
+    result = _cli(work, "stage='corpus,bogus'", f"corpus.source_dir={src}")
+    assert result.returncode == 2 and "unknown stage bogus" in result.stderr.strip().splitlines()[-1]
+    assert not (work / "data" / "train").exists()  # corpus did not run either
+    assert _cli(work, "stage='corpus,features'", f"corpus.source_dir={src}").returncode == 0
+    assert (work / "exp" / "stages" / "corpus" / ".done").exists()
+    assert (work / "exp" / "stages" / "features" / ".done").exists()

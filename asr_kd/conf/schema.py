@@ -82,7 +82,7 @@ class ReportConfig:
 class ExperimentConfig:
     """One whole experiment, corpus to report."""
 
-    stage: str = "all"  # which stage cli.py runs (run.sh passes one at a time); "list" prints them
+    stage: str = "all"  # which stages cli.py runs: all, one, or 'a,b,c' (run.sh: those in range); "list" prints them
     force: bool = False  # redo a stage even if its .done marker exists
     debug: bool = False  # show the full traceback of an input error instead of its one-line message
     work_dir: str = "."  # data/ and exp/ go below it

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Sourced by every recipes/<corpus>/run.sh: option parsing, the install check, and `run_stage N NAME`, which runs
-# stage NAME (a function of asr_kd/pipeline/stages.py) when N is within --stage..--stop-stage. The numbered list
-# of stages is visible in each run.sh; tests/test_recipes.py checks it against asr_kd.pipeline.stages.STAGES.
+# Sourced by every recipes/<corpus>/run.sh: option parsing, the install check, `run_stage N NAME`, which selects
+# stage NAME (a function of asr_kd/pipeline/stages.py) when N is within --stage..--stop-stage, and `finish`, which
+# runs the selected stages in order in one Python process (imports paid once; each stage still has its own log,
+# summary and .done marker, and a failure stops the run there). The numbered list of stages is visible in each
+# run.sh; tests/test_layout.py checks it against asr_kd.pipeline.stages.STAGES.
 #
 #   run.sh [--stage N] [--stop-stage M] [--config NAME] [--work-dir DIR] [key=value ...]   (hydra overrides)
 #
@@ -55,15 +57,21 @@ parse_args() {  # parse_args DEFAULT_CONFIG "$@"
   started=$(date +%s)
 }
 
+selected=()
 run_stage() {  # run_stage N NAME
   local n=$1 name=$2
   if [ "$n" -ge "$stage" ] && [ "$n" -le "$stop_stage" ]; then
-    echo "$(date '+%F %T') stage $n: $name"
-    (cd "$work_dir" && "$python" -m asr_kd.cli --config-dir "$recipe_dir/conf" --config-name "$config" \
-      stage="$name" work_dir="$work_dir" ${overrides[@]+"${overrides[@]}"})
+    selected+=("$name")
   fi
 }
 
 finish() {
+  if [ ${#selected[@]} -gt 0 ]; then
+    local names
+    names=$(IFS=,; echo "${selected[*]}")
+    echo "$(date '+%F %T') stages $stage..$stop_stage: ${selected[*]}"
+    (cd "$work_dir" && "$python" -m asr_kd.cli --config-dir "$recipe_dir/conf" --config-name "$config" \
+      stage="'$names'" work_dir="$work_dir" ${overrides[@]+"${overrides[@]}"})
+  fi
   echo "$(date '+%F %T') finished stages $stage..$stop_stage in $(( $(date +%s) - started )) s (work dir $work_dir)"
 }
