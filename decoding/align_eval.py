@@ -90,13 +90,27 @@ def boundary_errors(ref: Sequence[Segment], hyp: Sequence[Segment]) -> tuple[lis
     return errors, matched
 
 
+def _error_summary(err: np.ndarray, tolerances: Sequence[float]) -> dict:
+    """Boundaries, mean and median absolute error (s) and the ``within_<ms>ms`` shares of absolute errors."""
+    result: dict = {"boundaries": int(err.size),
+                    "mean_abs_error_s": float(err.mean()) if err.size else float("nan"),
+                    "median_abs_error_s": float(np.median(err)) if err.size else float("nan")}
+    for tol in tolerances:
+        # 1e-6 s slack: ctm times are printed to the millisecond, so an error of exactly 2 frames must count.
+        result[f"within_{round(tol * 1000)}ms"] = float((err <= tol + 1e-6).mean()) if err.size else float("nan")
+    return result
+
+
 def boundary_accuracy(ali_dir: Path, trans_model: khg.TransitionModel | Path, phones_ctm: Path,
-                      phone_table: Path | Mapping[int, str], tolerances: Sequence[float] = (0.02, 0.04)) -> dict:
+                      phone_table: Path | Mapping[int, str], tolerances: Sequence[float] = (0.02, 0.04),
+                      groups: Mapping[str, str] | None = None) -> dict:
     """Share of phone boundaries within each tolerance of the synthesizer's, over the aligned utterances.
 
     ``trans_model`` may be a TransitionModel or a path to a final.mdl. Returns counts (utterances compared,
     reference phones, matched phones, boundaries), ``within_<ms>ms`` shares, and the mean and median
-    absolute boundary error in seconds.
+    absolute boundary error in seconds. With ``groups`` (utterance -> label, e.g. its speaker) the same
+    summary per label is under ``by_group``: on a multi-voice corpus each synthesizer labels phones its own way,
+    and an overall share can hide one voice whose reference is off.
     """
     if not isinstance(trans_model, khg.TransitionModel):
         trans_model = read_model(Path(trans_model))[0]
@@ -105,21 +119,20 @@ def boundary_accuracy(ali_dir: Path, trans_model: khg.TransitionModel | Path, ph
     ref = read_phones_ctm(phones_ctm)
     ref = {u: [(_base_phone(p), s, e) for p, s, e in segs] for u, segs in ref.items()}
     errors: list[float] = []
+    by_group: dict[str, list[float]] = defaultdict(list)
     num_ref = matched = compared = 0
     for utt, ali in alignments.items():
         if utt not in ref:
             continue
         e, m = boundary_errors(ref[utt], alignment_segments(ali, trans_model, names))
         errors += e
+        if groups is not None:
+            by_group[groups[utt]] += e
         matched += m
         num_ref += len(ref[utt])
         compared += 1
-    err = np.asarray(errors)
-    result: dict = {"utterances": compared, "ref_phones": num_ref, "matched_phones": matched,
-                    "boundaries": int(err.size),
-                    "mean_abs_error_s": float(err.mean()) if err.size else float("nan"),
-                    "median_abs_error_s": float(np.median(err)) if err.size else float("nan")}
-    for tol in tolerances:
-        # 1e-6 s slack: ctm times are printed to the millisecond, so an error of exactly 2 frames must count.
-        result[f"within_{round(tol * 1000)}ms"] = float((err <= tol + 1e-6).mean()) if err.size else float("nan")
+    result = {"utterances": compared, "ref_phones": num_ref, "matched_phones": matched,
+              **_error_summary(np.asarray(errors), tolerances)}
+    if groups is not None:
+        result["by_group"] = {g: _error_summary(np.asarray(by_group[g]), tolerances) for g in sorted(by_group)}
     return result

@@ -231,3 +231,25 @@ def test_align_with_monophone_model_dir(trained: dict, tmp_path: Path) -> None:
     # Same model and graphs as train_mono's final pass: identical alignments, whatever nj.
     ours, theirs = load_vec_int_scp(tmp_path / "ali.scp"), load_vec_int_scp(root / "mono" / "ali.scp")
     assert all(np.array_equal(ours[u], theirs[u]) for u in theirs)
+
+
+def test_boundary_accuracy_by_group_finds_the_one_off_reference(trained: dict, tmp_path: Path) -> None:
+    """Half the utterances get a reference 50 ms late (one voice whose synthesizer labels differently): the
+    per-group summary shows that group alone, and the groups add up to the overall numbers."""
+    root = trained["root"]
+    utts = sorted(trained["segments"])
+    late = set(utts[::2])
+    shifted = {u: [(p, s + 5 if i and u in late else s, e + 5 if u in late else e) for i, (p, s, e) in
+                   enumerate(segs)] for u, segs in trained["segments"].items()}
+    _write_ctm(tmp_path / "phones.ctm", shifted)
+    groups = {u: "late" if u in late else "exact" for u in utts}
+    acc = boundary_accuracy(root / "mono", root / "mono" / "final.mdl", tmp_path / "phones.ctm",
+                            root / "lang" / "phones.txt", groups=groups)
+    by = acc["by_group"]
+    assert set(by) == {"exact", "late"}
+    assert by["late"]["within_20ms"] < 0.3 < 0.8 < by["exact"]["within_20ms"]
+    assert by["late"]["boundaries"] + by["exact"]["boundaries"] == acc["boundaries"]
+    weighted = sum(g["within_20ms"] * g["boundaries"] for g in by.values()) / acc["boundaries"]
+    assert weighted == pytest.approx(acc["within_20ms"])
+    assert "by_group" not in boundary_accuracy(root / "mono", root / "mono" / "final.mdl", tmp_path / "phones.ctm",
+                                               root / "lang" / "phones.txt")

@@ -70,6 +70,12 @@ def workspace(tmp_path: Path) -> Workspace:
                                    "small_soft": {"teacher": "ensemble", "train": 70.0}}},
         "decode": {"baseline": {"acoustic_scale": 0.1, "rtf": 0.05, "dev": {"no_path": [], "no_final_state": []},
                                 "test": {"no_path": ["t03"], "no_final_state": ["t04", "t05"]}}},
+        "tri": {f"boundaries/{split}": {
+            "matched_phones": 90, "ref_phones": 100, "boundaries": 80, "within_20ms": w20, "within_40ms": 0.95,
+            "median_abs_error_s": 0.0085,
+            "by_group": {"voice_a": {"boundaries": 50, "within_20ms": a20}, "voice_b": {"boundaries": 30,
+                                                                                   "within_20ms": b20}}}
+            for split, w20, a20, b20 in (("dev", 0.8, 0.9, 0.6333), ("test", 0.7, 0.8, 0.5333))},
     }
     for stage, summary in summaries.items():
         ws.stage(stage).mkdir(parents=True)
@@ -126,8 +132,11 @@ def test_every_number_comes_from_the_stage_outputs(workspace: Workspace) -> None
 
 def test_markdown_shows_the_collected_numbers(workspace: Workspace) -> None:
     cfg = OmegaConf.create({"report": {"bootstrap_samples": 200, "seed": 0}, "results_dir": None})
-    write_report(cfg, workspace, ["ensemble", "small_data", "decode"])
+    write_report(cfg, workspace, ["tri", "ensemble", "small_data", "decode"])
     md = (workspace.report / "report.md").read_text()
+    assert "| dev | 90/100 | 80.0% | 95.0% | 8.5 |" in md and "| test | 90/100 | 70.0% | 95.0% | 8.5 |" in md
+    # per speaker, dev then test: a swapped split or a fraction shown as a percent would not match
+    assert "| voice_a | 90.0% (50) | 80.0% (50) |" in md and "| voice_b | 63.3% (30) | 53.3% (30) |" in md
     rows = {line.split("|")[1].strip(): line for line in md.splitlines() if line.startswith("| ")}
     assert rows["baseline single model"].split("|")[2].strip().startswith("50.0 [")
     assert rows["3x ensemble"].split("|")[2].strip().startswith("60.0 [")

@@ -470,6 +470,22 @@ def _setup_md(r: dict) -> list[str]:
             lines.append(f"| {split} | {v.get('matched_phones')}/{v.get('ref_phones')} | "
                          f"{_fmt(100 * v['within_20ms'])}% | {_fmt(100 * v['within_40ms'])}% | "
                          f"{_fmt(1000 * v['median_abs_error_s'])} |")
+        lines += _boundaries_by_speaker_md(bounds)
+    return lines
+
+
+def _boundaries_by_speaker_md(bounds: dict[str, dict]) -> list[str]:
+    """Within-20-ms share per speaker and split: each synthesizer labels phones its own way, and one voice with an
+    off reference hides in the overall share."""
+    speakers = sorted({g for v in bounds.values() for g in v.get("by_group", {})})
+    if not speakers:
+        return []
+    lines = ["", "By speaker: phone boundaries within 20 ms (boundaries compared):", "",
+             "| speaker | " + " | ".join(bounds) + " |", "|---|" + "---|" * len(bounds)]
+    for speaker in speakers:
+        cells = [f"{_fmt(100 * b['within_20ms'])}% ({b['boundaries']})" if (b := v.get("by_group", {}).get(speaker))
+                 else "-" for v in bounds.values()]
+        lines.append(f"| {speaker} | " + " | ".join(cells) + " |")
     return lines
 
 

@@ -97,7 +97,8 @@ def stage_tri(cfg: DictConfig, ws: Workspace) -> dict:
         summary[f"align/{split}"] = align(ws.tri, ws.mfcc(split), ws.lang, ws.ali(split), nj=cfg.nj)
         ctm = ws.data(split) / "phones.ctm"
         if split != "train" and ctm.exists():
-            summary[f"boundaries/{split}"] = boundary_accuracy(ws.ali(split), ws.model, ctm, ws.lang / "phones.txt")
+            summary[f"boundaries/{split}"] = boundary_accuracy(ws.ali(split), ws.model, ctm, ws.lang / "phones.txt",
+                                                               groups=read_dict(ws.data(split) / "utt2spk"))
     return summary
 
 
