@@ -13,6 +13,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from asr_kd.pipeline.report import collect, write_report
+from asr_kd.pipeline.runner import machine_description, machine_kind
 from asr_kd.pipeline.workspace import Workspace
 from features.kaldi_io import write_vec_int_ark_scp
 from features.tables import write_table, write_text
@@ -147,5 +148,8 @@ def test_markdown_shows_the_collected_numbers(workspace: Workspace) -> None:
     assert "- small_hard: best 30.00 at epoch 1 of 3, last 20.00 (-10.00): falls." in md
     assert "- small_soft: best 46.00 at epoch 3 of 3, last 46.00 (+0.00): does not fall." in md
     assert (workspace.root / "results" / "RESULTS.md").read_text().count("50.0 [") >= 1
+    kind = machine_kind(machine_description())
+    assert f"- machine: {kind} (" in md and "training numerics: " in md
+    assert json.loads((workspace.root / "results" / "history.json").read_text())[0]["machine"] == kind
     assert json.loads((workspace.root / "results" / "history.json").read_text())[0]["headline"][
         "baseline_dev_frame_acc"] == pytest.approx(50.0)

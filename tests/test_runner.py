@@ -7,7 +7,7 @@ import logging
 import pytest
 from omegaconf import OmegaConf
 
-from asr_kd.pipeline.runner import read_summary, run_stage
+from asr_kd.pipeline.runner import machine_description, machine_kind, read_summary, run_stage
 from asr_kd.pipeline.workspace import Workspace
 
 
@@ -53,3 +53,16 @@ def test_failed_stage_leaves_no_marker_and_reruns(tmp_path):
     run_stage("flaky", flaky, cfg, ws)
     assert (ws.stage("flaky") / ".done").exists()
     assert json.loads((ws.stage("flaky") / "summary.json").read_text())["stage"] == "flaky"
+
+
+def test_machine_kind_names_the_kernels_and_bf16(monkeypatch):
+    """Results name the kind of machine they reproduce on: the vector kernels and whether training ran in bf16."""
+    import torch
+
+    for native, suffix in ((True, "+BF16"), (False, "")):
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda n=native: n)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+        m = machine_description()
+        assert m["bf16_native"] is native and m["simd"] == torch.backends.cpu.get_cpu_capability()
+        assert machine_kind(m) == f"{m['cpus']} CPUs {m['simd']}{suffix}, GPU {m['gpu']}"
+    assert machine_kind({"cpus": 2, "gpu": None}) == "2 CPUs, GPU None"  # a result from before the kind was kept

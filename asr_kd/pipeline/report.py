@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from asr_kd.compare import compare_frame_accuracy, compare_wer, percent
 from asr_kd.pipeline import charts
 from asr_kd.pipeline import experiment as xp
-from asr_kd.pipeline.runner import git_commit, machine_description, read_summary
+from asr_kd.pipeline.runner import git_commit, machine_description, machine_kind, read_summary
 from asr_kd.pipeline.workspace import Workspace
 from features.atomic import write_text_atomic
 from features.kaldi_io import load_vec_int_scp
@@ -572,7 +572,7 @@ def publish_results(results_dir: Path, report_dir: Path, meta: dict, r: dict, bo
     history_path = results_dir / "history.json"
     history = json.loads(history_path.read_text()) if history_path.exists() else []
     entry = {"run": meta["run"], "date": meta["date"], "git_commit": meta["git_commit"],
-             "machine": f"{meta['machine']['cpus']} CPUs, GPU {meta['machine']['gpu']}",
+             "machine": machine_kind(meta["machine"]),
              "command": meta["command"], "total_seconds": meta["total_seconds"], "headline": _headline(r)}
     history = [entry] + [h for h in history if h.get("run") != meta["run"]]
     write_text_atomic(history_path, json.dumps(history, indent=1) + "\n")
@@ -609,7 +609,8 @@ def write_report(cfg: DictConfig, ws: Workspace, stages: list[str]) -> dict:
     body = _body(r)
     header = ["# asr-kd report", "",
               f"- date: {meta['date']}", f"- git commit: {meta['git_commit']}",
-              f"- machine: {meta['machine']['cpus']} CPUs ({meta['machine']['cpu']}), GPU: {meta['machine']['gpu']}, "
+              f"- machine: {machine_kind(meta['machine'])} ({meta['machine']['cpu']}; training numerics: "
+              f"{'bf16 autocast' if meta['machine']['bf16_native'] else 'float32'} on the CPU), "
               f"torch {meta['machine']['torch']}",
               f"- total time of all stages: {meta['total_seconds']:.0f} s", ""]
     write_text_atomic(out / "report.md", "\n".join(header + body) + "\n")

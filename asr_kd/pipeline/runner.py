@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 from omegaconf import DictConfig, OmegaConf
 
-from asr_kd.device import dist_context, select_device
+from asr_kd.device import bf16_native, dist_context, select_device
 from asr_kd.pipeline.workspace import Workspace
 from features.atomic import write_text_atomic
 
@@ -45,7 +45,11 @@ def git_commit(repo_dir: Path) -> str:
 
 
 def machine_description() -> dict:
-    """What the numbers were measured on: CPU count and model, GPU name (if any), Python and torch versions."""
+    """What the numbers were measured on: CPU count and model, GPU name (if any), Python and torch versions, and
+    the machine's *kind* for reproduction: the vector kernels torch dispatches to (``simd``: AVX2, AVX512, ...) and
+    whether the CPU computes bf16 natively (training then runs under bf16 autocast, else in float32). Two CPUs of
+    different kinds round float sums differently, from the GMM's statistics on, so each kind reproduces its own
+    numbers to the last digit and the results name the kind they came from."""
     import torch
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
@@ -53,10 +57,20 @@ def machine_description() -> dict:
         "host": platform.node(),
         "cpus": os.cpu_count(),
         "cpu": _cpu_model() or platform.processor() or platform.machine(),
+        "simd": torch.backends.cpu.get_cpu_capability(),
+        "bf16_native": bf16_native(torch.device("cpu")),
         "gpu": gpu,
         "python": platform.python_version(),
         "torch": torch.__version__,
     }
+
+
+def machine_kind(machine: dict) -> str:
+    """Short name of a :func:`machine_description` for tables: CPU count, vector kernels (+BF16 where the CPU
+    trains in bf16), GPU. Results made before the kind was recorded show the CPU count and GPU only."""
+    simd = machine.get("simd")
+    kernels = f" {simd}{'+BF16' if machine.get('bf16_native') else ''}" if simd else ""
+    return f"{machine['cpus']} CPUs{kernels}, GPU {machine['gpu']}"
 
 
 def _cpu_model() -> str | None:
