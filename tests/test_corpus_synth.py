@@ -107,6 +107,32 @@ def test_espeak_voiceless_stops_start_with_their_closure() -> None:
     assert sum(silent(s, s + 0.015) for s in stops) >= 0.7 * len(stops)
 
 
+def test_espeak_output_is_kept_only_once_two_runs_agree(monkeypatch, caplog) -> None:
+    """An espeak run that differs from its repeat never reaches the corpus: the first agreeing pair wins, a
+    disagreement is logged, no agreement at all is an error; flite (not repeated) runs once."""
+    from asr_kd.corpus import voices
+
+    outputs = iter([0.1, 0.2, 0.2, 0.3, 0.4, 0.5, 0.6])
+    calls: list[str] = []
+
+    def fake(voice, sentences, tmp):
+        calls.append(voice.engine)
+        return [voices.Synthesized(np.full(4, next(outputs), dtype=np.float32), [(0.0, 0.1, "AH")])]
+
+    for engine in ("espeak", "flite"):
+        monkeypatch.setitem(voices._ENGINES, engine, fake)
+    sentence = [Sentence("a cat", ("A", "CAT"))]
+    with caplog.at_level("WARNING", logger="asr_kd.corpus.voices"):
+        said = synthesize(voice_by_speaker("espeak_enus_m3"), sentence)
+    assert calls == ["espeak"] * 3 and float(said[0].audio[0]) == pytest.approx(0.2)
+    assert "run 2 differs from run 1" in caplog.text
+    with pytest.raises(RuntimeError, match="no two consecutive of 3 runs"):
+        synthesize(voice_by_speaker("espeak_enus_m3"), sentence, tries=3)  # 0.3, 0.4, 0.5
+    calls.clear()
+    assert float(synthesize(voice_by_speaker("flite_awb"), sentence)[0].audio[0]) == pytest.approx(0.6)
+    assert calls == ["flite"]
+
+
 def test_word_spans_from_phones_tolerate_pronunciation_differences() -> None:
     # CAT is said "K AE T", THE as "DH IY" (dictionary's first form is DH AH): one substitution.
     phones = [(0.0, 0.1, "SIL"), (0.1, 0.2, "DH"), (0.2, 0.3, "IY"), (0.3, 0.4, "K"), (0.4, 0.5, "AE"),
