@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -47,6 +48,9 @@ def stage_list() -> str:
                      for i, (name, fn) in enumerate(STAGES.items()))
 
 
+_TORCHRUN_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
+
+
 def _spread_over_ranks(cfg: DictConfig, name: str) -> bool:
     """Run stage ``name`` under torchrun with ``cfg.procs`` ranks (this command's overrides, that one stage) when it
     trains independent models; True when it did (the ranks have finished)."""
@@ -61,11 +65,18 @@ def _spread_over_ranks(cfg: DictConfig, name: str) -> bool:
     argv = [a for a in sys.argv[1:] if not a.startswith("stage=")] + [f"stage={name}"]
     omp = os.environ.get("OMP_NUM_THREADS")
     os.environ["OMP_NUM_THREADS"] = omp or "1"  # one thread per rank: the ranks share the cores
+    # torchrun's agent leaves handlers that turn these signals into an exception. A worker that a later stage
+    # forks (decoding, alignment) inherits them, and Pool.terminate()'s SIGTERM, arriving while the worker sends
+    # its last result, is then caught as a task error; the worker waits for more work and the stage hangs
+    # (seen once: the main job's decode stage, 2026-12-02). So this process gets its own handlers back.
+    handlers = {sig: signal.getsignal(sig) for sig in _TORCHRUN_SIGNALS}
     try:
         torchrun(["--standalone", f"--nproc-per-node={cfg.procs}", "-m", "asr_kd.cli", *argv])
     finally:  # the stages after it in this process start their own workers as before
         if omp is None:
             del os.environ["OMP_NUM_THREADS"]
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
     return True
 
 

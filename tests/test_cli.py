@@ -70,9 +70,20 @@ def test_ranks_start_only_for_at_least_two_shares(tmp_path: Path, monkeypatch) -
     import asr_kd.cli as cli
     from asr_kd.pipeline.stages import RANK_PARALLEL
 
+    import signal
+
+    from torch.distributed.elastic.multiprocessing.api import _terminate_process_handler
+
     launched = []
     omp_before = os.environ.get("OMP_NUM_THREADS")
-    monkeypatch.setattr("torch.distributed.run.main", lambda argv: launched.append(argv))
+    handlers_before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+
+    def torchrun(argv):  # what the real agent does to this process's signals, besides starting the ranks
+        launched.append(argv)
+        for sig in handlers_before:
+            signal.signal(sig, _terminate_process_handler)
+
+    monkeypatch.setattr("torch.distributed.run.main", torchrun)
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     cfg = OmegaConf.create({"procs": 2, "stage": "students", "students": {}, "work_dir": str(tmp_path),
                             "force": False, "ensemble": {"num_members": 1}, "distill": {"temperatures_sweep": [2.0]}})
@@ -85,6 +96,8 @@ def test_ranks_start_only_for_at_least_two_shares(tmp_path: Path, monkeypatch) -
     # the ranks run that one stage with this command's other overrides, whatever list this process was given
     assert launched[0][-3:] == ["asr_kd.cli", "nj=2", "stage=students"] and "--nproc-per-node=2" in launched[0]
     assert os.environ.get("OMP_NUM_THREADS") == omp_before  # set for the ranks only, not for later stages here
+    # and workers forked by later stages die on Pool.terminate()'s SIGTERM instead of raising inside a task
+    assert {sig: signal.getsignal(sig) for sig in handlers_before} == handlers_before
 
 
 def test_stage_lists_run_in_order_and_unknown_names_fail_before_any_runs(tmp_path: Path) -> None:
