@@ -257,19 +257,30 @@ def test_temperature_sweep_and_small_data(data, teacher, teacher_path, tmp_path)
     assert json.loads((tmp_path / "sweep" / "sweep.json").read_text()) == sweep
 
     utt2spk = {u: f"spk{i % 3}" for i, u in enumerate(train_set.utt_ids)}
-    result = run_small_data(MODEL, train_cfg(2), SmallDataConfig(fraction=0.2, epochs=2, teacher="baseline",
-                                                                     compare_teachers=True),
-                            DistillConfig(temperature=2.0, top_k=4),
+    scfg = SmallDataConfig(fraction=0.2, epochs=2, teacher="baseline", compare_teachers=True, temperatures=[1.0, 3.0])
+    result = run_small_data(MODEL, train_cfg(2), scfg, DistillConfig(temperature=2.0, top_k=4, hard_weight=0.5),
                             {"train": train_set, "dev": dev_set, "test": test_set}, utt2spk,
                             {"baseline": [teacher_path], "ensemble": [teacher, teacher]}, tmp_path / "dnn", NUM_CLASSES)
     acc = result["systems"]
     assert set(acc) == {"baseline_full", "small_hard", "small_soft", "small_soft_ensemble"}
     assert result["num_utts"] == 12 and set(acc["small_hard"]) == {"train", "dev", "test"}
-    assert acc["small_soft"]["teacher"] == "baseline"
-    for system in ("small_hard", "small_soft", "small_soft_ensemble"):
-        metrics = json.loads((tmp_path / "dnn" / system / "metrics.json").read_text())
-        assert metrics["train_cfg"]["early_stopping"] == (system == "small_hard")
-        assert metrics["train_cfg"]["epochs"] == 2
+    assert acc["small_soft"]["teacher"] == "baseline" and acc["small_soft_ensemble"]["teacher"] == "ensemble"
+    metrics = json.loads((tmp_path / "dnn" / "small_hard" / "metrics.json").read_text())
+    assert metrics["train_cfg"]["early_stopping"] and metrics["train_cfg"]["epochs"] == 2
+    for system in ("small_soft", "small_soft_ensemble"):
+        by_t = acc[system]["dev_by_temperature"]
+        assert set(by_t) == {"1", "3"}
+        best = acc[system]["temperature"]
+        assert by_t[f"{best:g}"] == max(by_t.values())  # dev chooses the temperature
+        assert acc[system]["dev"] == by_t[f"{best:g}"]  # the kept model is the chosen one
+        assert (tmp_path / "dnn" / system / "model.pt").read_bytes() == \
+            (tmp_path / "dnn" / f"{system}_T{best:g}" / "model.pt").read_bytes()
+        for t in (1.0, 3.0):
+            run = tmp_path / "dnn" / f"{system}_T{t:g}"
+            assert not json.loads((run / "metrics.json").read_text())["train_cfg"]["early_stopping"]
+            # the 3% objective, not the full-data student's: every class, no hard term, this run's temperature
+            assert json.loads((run / "distill.json").read_text()) | {"teacher": None} == \
+                DistillConfig(temperature=t, top_k=None, hard_weight=0.0).to_dict() | {"teacher": None}
     subset = (tmp_path / "dnn" / "small_data_subset.txt").read_text().split()
     assert len(subset) == 12 and {utt2spk[u] for u in subset} == {"spk0", "spk1", "spk2"}
     assert json.loads((tmp_path / "dnn" / "small_data.json").read_text()) == result

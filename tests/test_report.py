@@ -66,9 +66,11 @@ def workspace(tmp_path: Path) -> Workspace:
         "ensemble": {"members": {"dev": {"members": [54.0, 55.0, 56.0], "member_mean": 55.0, "member_std": 1.0,
                                          "ensemble": 60.0, "combine": "arith", "frames": 200}}},
         "small_data": {"fraction_percent": 3.0, "num_utts": 7, "num_frames": 700, "teacher": "ensemble",
-                       "temperature": 2.0, "hard_early_stopping": True, "soft_early_stopping": False,
+                       "temperature": 5.0, "hard_weight": 0.0, "top_k": None, "hard_early_stopping": True,
+                       "soft_early_stopping": False,
                        "systems": {"baseline_full": {"train": 63.0}, "small_hard": {"train": 90.0},
-                                   "small_soft": {"teacher": "ensemble", "train": 70.0}}},
+                                   "small_soft": {"teacher": "ensemble", "train": 70.0, "temperature": 5.0,
+                                                  "dev_by_temperature": {"2": 43.5, "5": 45.0}}}},
         "decode": {"baseline": {"acoustic_scale": 0.1, "rtf": 0.05, "dev": {"no_path": [], "no_final_state": []},
                                 "test": {"no_path": ["t03"], "no_final_state": ["t04", "t05"]}}},
         "tri": {f"boundaries/{split}": {
@@ -147,6 +149,9 @@ def test_markdown_shows_the_collected_numbers(workspace: Workspace) -> None:
     assert "| baseline | 0.1 | 0.050 | 0 / 1 | 0 / 2 |" in md
     assert "- small_hard: best 30.00 at epoch 1 of 3, last 20.00 (-10.00): falls." in md
     assert "- small_soft: best 46.00 at epoch 3 of 3, last 46.00 (+0.00): does not fall." in md
+    assert ("soft targets over all classes, hard-target weight 0, at T=5 (chosen on dev frame accuracy: "
+            "T=2: 43.50, T=5: 45.00).") in md
+    assert "| soft targets of the full-data ensemble, 3%, T=5 (no early stopping) | 70.0 | 45.0 [" in md
     assert (workspace.root / "results" / "RESULTS.md").read_text().count("50.0 [") >= 1
     kind = machine_kind(machine_description())
     assert f"- machine: {kind} (" in md and "training numerics: " in md

@@ -223,6 +223,7 @@ def collect(ws: Workspace, stages: list[str], num_samples: int = 1000, seed: int
         if key not in small_systems:
             continue
         small[key] = {"train": _get(small_systems, key, "train"), "teacher": _get(small_systems, key, "teacher"),
+                      "temperature": _get(small_systems, key, "temperature"),
                       "dev": _system_cell(stats, "frames", "small", "dev", system),
                       "test": _system_cell(stats, "frames", "small", "test", system),
                       "test_wer": _system_cell(stats, "wer", "small", "test", system)}
@@ -327,6 +328,18 @@ def _claims_md(r: dict) -> list[str]:
     return lines
 
 
+def _small_objective(small: dict) -> str:
+    """How the 3% soft-target models were trained: their targets and the temperature dev chose."""
+    classes = "all classes" if small.get("top_k") is None else f"the top {small['top_k']} classes"
+    text = (f"soft targets over {classes}, hard-target weight {small.get('hard_weight', 0):g}, "
+            f"at T={small['temperature']:g}")
+    by_t = _get(small, "systems", "small_soft", "dev_by_temperature")
+    if not by_t:
+        return text + "."
+    dev = ", ".join(f"T={t}: {acc:.2f}" for t, acc in by_t.items())
+    return text + f" (chosen on dev frame accuracy: {dev})."
+
+
 def _small_md(r: dict) -> list[str]:
     small = r.get("small_data")
     if not small:
@@ -336,12 +349,13 @@ def _small_md(r: dict) -> list[str]:
     soft_es = ", early stopping" if small.get("soft_early_stopping") else " (no early stopping)"
     lines = ["## Soft targets as a regularizer (the paper's 3% experiment): frame accuracy (%), 95% intervals", "",
              f"Training subset: {pct} of the training utterances ({small['num_utts']} utterances, "
-             f"{small['num_frames']} frames); soft targets at T={small['temperature']:g}.", "",
+             f"{small['num_frames']} frames); {_small_objective(small)}", "",
              "| system and training set | train frame acc | dev frame acc | test frame acc | test WER "
              "| paper: train / test |", "|---|---|---|---|---|---|"]
     for key, row in r["small_data_table"].items():
         label = {"baseline_full": "baseline, 100%", "small_hard": f"baseline, {pct} (hard targets{hard_es})"}.get(
-            key, f"soft targets of the full-data {row['teacher']}, {pct}{soft_es}")
+            key, f"soft targets of the full-data {row['teacher']}, {pct}"
+                 + (f", T={row['temperature']:g}" if row.get("temperature") else "") + soft_es)
         paper = PAPER_SMALL["small_soft" if key in SMALL_SOFT else key]
         lines.append(f"| {label} | {_fmt(row['train'])} | {_iv(row['dev'])} | {_iv(row['test'])} | "
                      f"{_iv(row['test_wer'])} | {paper[0]} / {paper[1]} |")

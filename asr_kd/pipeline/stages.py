@@ -266,7 +266,7 @@ RANK_PARALLEL: dict[str, Callable[[DictConfig], int]] = {
     "ensemble": lambda cfg: cfg.ensemble.num_members,
     "soft_targets": lambda cfg: cfg.procs,  # frames: always as many shares as ranks
     "distill": lambda cfg: len(cfg.distill.temperatures_sweep),
-    "small_data": lambda cfg: 1 + len(xp.to_object(cfg.small_data).teacher_names()),  # hard + one soft per teacher
+    "small_data": lambda cfg: len(xp.to_object(cfg.small_data).models()),  # hard + each teacher at each T
     "students": lambda cfg: len(cfg.students),
 }
 """Stages whose work splits into independent shares (models, or frames for the soft targets), and how many shares a
