@@ -338,9 +338,13 @@ class SmallDataConfig:
         """Soft-target system name -> its teacher: ``small_soft`` (``teacher``), ``small_soft_<other>``."""
         return {("small_soft" if i == 0 else f"small_soft_{name}"): name for i, name in enumerate(self.teacher_names())}
 
+    def soft_runs(self) -> dict[str, tuple[str, float]]:
+        """Model dir name -> (soft system, temperature): ``<system>_T<T>`` for each soft system at each T."""
+        return {f"{system}_T{t:g}": (system, float(t)) for system in self.soft_systems() for t in self.temperatures}
+
     def models(self) -> list[str]:
         """Every model the experiment trains: the hard one, then each soft system at each temperature."""
-        return ["small_hard", *(f"{s}_T{t:g}" for s in self.soft_systems() for t in self.temperatures)]
+        return ["small_hard", *self.soft_runs()]
 
 
 def _as_models(models: Sequence[Path | DNN], device: torch.device) -> list[DNN]:
@@ -392,7 +396,7 @@ def run_small_data(
                                     batch_size=scfg.batch_size, patience=scfg.patience)
     soft_cfg = dataclasses.replace(small_cfg, early_stopping=scfg.soft_early_stopping)
     soft_systems = scfg.soft_systems()
-    runs = {f"{system}_T{t:g}": (system, float(t)) for system in soft_systems for t in scfg.temperatures}
+    runs = scfg.soft_runs()
     for model in ranks.share(scfg.models()):
         if model == "small_hard":
             train(model_cfg, dataclasses.replace(small_cfg, early_stopping=scfg.hard_early_stopping), small, dev_set,
@@ -414,10 +418,10 @@ def run_small_data(
     systems: dict[str, dict] = {"baseline_full": accuracies(_as_models(teachers["baseline"], device)[0], train_set)}
     systems["small_hard"] = accuracies(load_model(out_dir / "small_hard" / "model.pt", device), small)
     for system, teacher in soft_systems.items():
-        dev_acc = {t: round(100.0 * frame_accuracy(load_model(out_dir / f"{system}_T{t:g}" / "model.pt", device),
-                                                   dev_set), 2) for t in map(float, scfg.temperatures)}
+        dev_acc = {t: round(100.0 * frame_accuracy(load_model(out_dir / model / "model.pt", device), dev_set), 2)
+                   for model, (of, t) in runs.items() if of == system}
         best = max(dev_acc, key=lambda t: dev_acc[t])  # dev chooses; the first of equal ones
-        chosen = out_dir / f"{system}_T{best:g}" / "model.pt"
+        chosen = next(out_dir / model / "model.pt" for model, run in runs.items() if run == (system, best))
         if ranks.is_main:
             with atomic_write(out_dir / system / "model.pt", "wb") as f:
                 f.write(chosen.read_bytes())
