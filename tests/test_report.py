@@ -71,6 +71,9 @@ def workspace(tmp_path: Path) -> Workspace:
                        "systems": {"baseline_full": {"train": 63.0}, "small_hard": {"train": 90.0},
                                    "small_soft": {"teacher": "ensemble", "train": 70.0, "temperature": 5.0,
                                                   "dev_by_temperature": {"2": 43.5, "5": 45.0}}}},
+        "distill": {"best_temperature": 2.0, "schedules": {"students": "plateau", "members": "newbob"},
+                    "sweep": {"2.0": {"dev": {"all": 58.0}, "test": {"all": 46.0}, "epochs_run": 12},
+                              "5.0": {"dev": {"all": 57.5}, "test": {"all": 46.5}, "epochs_run": 14}}},
         "decode": {"baseline": {"acoustic_scale": 0.1, "rtf": 0.05, "dev": {"no_path": [], "no_final_state": []},
                                 "test": {"no_path": ["t03"], "no_final_state": ["t04", "t05"]}}},
         "tri": {f"boundaries/{split}": {
@@ -135,7 +138,7 @@ def test_every_number_comes_from_the_stage_outputs(workspace: Workspace) -> None
 
 def test_markdown_shows_the_collected_numbers(workspace: Workspace) -> None:
     cfg = OmegaConf.create({"report": {"bootstrap_samples": 200, "seed": 0}, "results_dir": None})
-    write_report(cfg, workspace, ["tri", "ensemble", "small_data", "decode"])
+    write_report(cfg, workspace, ["tri", "ensemble", "distill", "small_data", "decode"])
     md = (workspace.report / "report.md").read_text()
     assert "| dev | 90/100 | 80.0% | 95.0% | 8.5 |" in md and "| test | 90/100 | 70.0% | 95.0% | 8.5 |" in md
     # per speaker, dev then test: a swapped split or a fraction shown as a percent would not match
@@ -147,6 +150,9 @@ def test_markdown_shows_the_collected_numbers(workspace: Workspace) -> None:
     assert "| frame accuracy | 80% [" in md  # share kept on dev
     assert "**Flagged: distilled, small_data/small_soft.**" in md
     assert "| baseline | 0.1 | 0.050 | 0 / 1 | 0 / 2 |" in md
+    assert "| 2.0 | 58.00 | 46.00 | 12 |" in md and "| 5.0 | 57.50 | 46.50 | 14 |" in md
+    assert ("Chosen on dev: T = 2.0. Learning-rate schedule of the students: plateau; of the baseline and the "
+            "members: newbob") in md
     assert "- small_hard: best 30.00 at epoch 1 of 3, last 20.00 (-10.00): falls." in md
     assert "- small_soft: best 46.00 at epoch 3 of 3, last 46.00 (+0.00): does not fall." in md
     assert ("soft targets over all classes, hard-target weight 0, at T=5 (chosen on dev frame accuracy: "

@@ -173,6 +173,31 @@ def test_newbob_on_dev_accuracy_ignores_dev_loss() -> None:
     assert s.lr_factor == 0.5 and s.stopped.startswith("newbob") and s.best_epoch == 5
 
 
+def test_plateau_lowers_the_rate_only_when_dev_accuracy_stalls_then_stops() -> None:
+    tc = cfg(lr_schedule="plateau", plateau_patience=1, plateau_reductions=2, early_stopping=True, patience=3,
+             epochs=100)
+    s = MemberState()
+    factors = []
+    # slow gains keep the full rate (newbob would halve after the 0.2-point epoch); stalls halve it
+    for epoch, acc in enumerate([0.40, 0.45, 0.452, 0.451, 0.46, 0.465, 0.462, 0.47, 0.469], 1):
+        s.end_epoch(tc, epoch, 1.0, acc)
+        factors.append(s.lr_factor)
+        assert s.stopped is None or epoch == 9
+    assert factors == [1.0, 1.0, 1.0, 0.5, 0.5, 0.5, 0.25, 0.25, 0.25]
+    assert s.stopped.startswith("plateau converged") and s.reductions == 2 and s.best_epoch == 8
+
+
+def test_plateau_patience_counts_stalled_epochs_in_a_row() -> None:
+    tc = cfg(lr_schedule="plateau", plateau_patience=2, plateau_reductions=1, early_stopping=False, epochs=100)
+    s = MemberState()
+    for epoch, acc in enumerate([0.40, 0.39, 0.41, 0.40, 0.40], 1):
+        s.end_epoch(tc, epoch, 1.0, acc)
+    assert s.lr_factor == 0.5 and s.stopped is None  # one stall of 1 epoch (ignored), then 2 in a row
+    s.end_epoch(tc, 6, 1.0, 0.40)
+    s.end_epoch(tc, 7, 1.0, 0.40)
+    assert s.stopped.startswith("plateau converged") and s.lr_factor == 0.5
+
+
 def test_cosine_schedule_with_warmup() -> None:
     tc = cfg(lr_schedule="cosine", lr=1.0, warmup_steps=10)
     assert base_lr(tc, 0, 110) == pytest.approx(0.1)

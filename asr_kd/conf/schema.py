@@ -109,6 +109,10 @@ class ExperimentConfig:
     ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
     soft_targets: SoftTargetConfig = field(default_factory=SoftTargetConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    # ``train`` overrides for every model trained on the ensemble's soft targets (the sweep's students and the soft
+    # students of a research config; not the 3% models, which have their own schedule): soft targets do not overfit
+    # the way hard targets do, so they may earn another schedule, chosen on dev (see asr_kd.train, "plateau").
+    student_train: dict[str, Any] = field(default_factory=lambda: {})
     small_data: SmallDataConfig = field(default_factory=SmallDataConfig)
     students: dict[str, StudentConfig] = field(default_factory=lambda: {})  # research configs (the class has a
     # field named "dict", hence no default_factory=dict): ablations, size sweeps

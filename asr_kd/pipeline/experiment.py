@@ -19,6 +19,7 @@ from asr_kd.frames import FrameSet, load_frameset, load_unaligned_frameset
 from asr_kd.pipeline.workspace import Workspace
 from asr_kd.priors import log_priors
 from asr_kd.systems import System, frame_accuracies, split_by_utterance
+from asr_kd.train import TrainConfig
 from decoding.decode import posteriors_to_loglikes
 from decoding.score import WerResult, compute_wer, write_scoring_files
 from features.atomic import write_text_atomic
@@ -33,6 +34,11 @@ teachers)."""
 def to_object(node: DictConfig) -> Any:
     """The typed dataclass behind a config node (hydra keeps them as DictConfig)."""
     return OmegaConf.to_object(node)
+
+
+def student_train_config(cfg: DictConfig, overrides: Any = None) -> TrainConfig:
+    """How a model on the ensemble's soft targets trains: ``train`` with ``student_train`` (and ``overrides``)."""
+    return to_object(OmegaConf.merge(cfg.train, cfg.student_train, overrides or {}))
 
 
 def write_json(path: Path, data: dict) -> None:

@@ -239,6 +239,7 @@ def collect(ws: Workspace, stages: list[str], num_samples: int = 1000, seed: int
         "ensemble_members": _get(s.get("ensemble"), "members"),
         "temperature_sweep": {str(t): v for t, v in (_get(s.get("distill"), "sweep") or {}).items()},
         "best_temperature": _get(s.get("distill"), "best_temperature"),
+        "schedules": _get(s.get("distill"), "schedules"),
         "convergence": _convergence(ws),
         "soft_targets": s.get("soft_targets"),
         "lang": s.get("lang"),
@@ -511,7 +512,11 @@ def _details_md(r: dict) -> list[str]:
         for t, v in r["temperature_sweep"].items():
             lines.append(f"| {t} | {_fmt(_get(v, 'dev', 'all'), 2)} | {_fmt(_get(v, 'test', 'all'), 2)} | "
                          f"{v.get('epochs_run', '-')} |")
-        lines += ["", f"Chosen on dev: T = {r['best_temperature']}.", "", "![temperature sweep](temperature_sweep.png)"]
+        lines += ["", f"Chosen on dev: T = {r['best_temperature']}."]
+        if r.get("schedules"):
+            lines[-1] += (f" Learning-rate schedule of the students: {r['schedules']['students']}; of the baseline "
+                          f"and the members: {r['schedules']['members']} (asr_kd/train.py says why).")
+        lines += ["", "![temperature sweep](temperature_sweep.png)"]
     members = r.get("ensemble_members")
     if members:
         lines += ["", "## Ensemble members (frame accuracy %)", "",

@@ -191,7 +191,8 @@ def stage_distill(cfg: DictConfig, ws: Workspace) -> dict:
     device = xp.device_of(cfg)
     soft = {float(t): SoftTargets.load(ws.soft_targets("ensemble", t), device=device)
             for t in cfg.distill.temperatures_sweep}
-    sweep = temperature_sweep(xp.to_object(cfg.model), xp.to_object(cfg.train), xp.to_object(cfg.distill),
+    train_cfg = xp.student_train_config(cfg)
+    sweep = temperature_sweep(xp.to_object(cfg.model), train_cfg, xp.to_object(cfg.distill),
                               xp.frames(cfg, ws, "train", device), xp.frames(cfg, ws, "dev", device), soft,
                               ws.distill_sweep, xp.num_pdfs(ws), device)
     if not dist_context(device).is_main:  # the other ranks trained their temperatures; rank 0 evaluates
@@ -205,7 +206,8 @@ def stage_distill(cfg: DictConfig, ws: Workspace) -> dict:
     ws.dnn("distilled").mkdir(parents=True, exist_ok=True)
     shutil.copy2(ws.distill_sweep / f"T{best:g}" / "model.pt", ws.dnn("distilled") / "model.pt")
     distilled = xp.evaluate_system(cfg, ws, System("distilled", [ws.dnn("distilled") / "model.pt"]))
-    return {"best_temperature": best, "sweep": accuracy, "distilled": distilled}
+    return {"best_temperature": best, "sweep": accuracy, "distilled": distilled,
+            "schedules": {"students": train_cfg.lr_schedule, "members": cfg.train.lr_schedule}}
 
 
 def stage_small_data(cfg: DictConfig, ws: Workspace) -> dict:

@@ -54,16 +54,16 @@ def _soft_targets(cfg: DictConfig, ws: Workspace, dcfg: DistillConfig, stored_k:
 def student_configs(cfg: DictConfig, name: str, temperature: float | None = None
                     ) -> tuple[ModelConfig, TrainConfig, DistillConfig | None]:
     """Student ``name``'s model, training and (soft students only) distillation settings: the experiment's with its
-    spec's overrides, at ``temperature`` (the one the distill stage chose) unless the spec sets one. An unknown key
-    or a bad value in the spec raises here (so a config test catches a typo before any training)."""
+    spec's overrides (a soft student trains as the distill stage's students do, with ``student_train``), at
+    ``temperature`` (the one the distill stage chose) unless the spec sets one. An unknown key or a bad value in the
+    spec raises here (so a config test catches a typo before any training)."""
     spec = cfg.students[name]
     if spec.targets not in TARGETS or spec.budget not in BUDGETS:
         raise ValueError(f"student {name}: targets must be one of {TARGETS} and budget one of {BUDGETS}")
     model_cfg = xp.to_object(OmegaConf.merge(cfg.model, spec.model))
-    train_cfg = xp.to_object(OmegaConf.merge(cfg.train, spec.train))
     if spec.targets == "hard":
-        return model_cfg, train_cfg, None
-    return model_cfg, train_cfg, xp.to_object(OmegaConf.merge(
+        return model_cfg, xp.to_object(OmegaConf.merge(cfg.train, spec.train)), None
+    return model_cfg, xp.student_train_config(cfg, spec.train), xp.to_object(OmegaConf.merge(
         cfg.distill, {"temperature": temperature or cfg.distill.temperature}, spec.distill))
 
 
