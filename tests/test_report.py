@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
+from asr_kd.pipeline import report
 from asr_kd.pipeline.report import collect, write_report
 from asr_kd.pipeline.runner import machine_description, machine_kind
 from asr_kd.pipeline.workspace import Workspace
@@ -164,3 +165,31 @@ def test_markdown_shows_the_collected_numbers(workspace: Workspace) -> None:
     assert json.loads((workspace.root / "results" / "history.json").read_text())[0]["machine"] == kind
     assert json.loads((workspace.root / "results" / "history.json").read_text())[0]["headline"][
         "baseline_dev_frame_acc"] == pytest.approx(50.0)
+
+
+def test_distillation_gain_names_each_pair_of_one_shape() -> None:
+    """Every (hard, distilled) pair of one shape gets its own row, named, with the sign of distilled - hard: a
+    shape holding several students (an ablation beside the size sweep) must not print anonymous repeated rows."""
+    def pair(a: str, b: str, estimate: float) -> dict:
+        return {"name_a": a, "name_b": b, "significant": True,
+                "diff": {"estimate": estimate, "low": estimate - 0.5, "high": estimate + 0.5}}
+
+    specs = {name: {"targets": targets, "hidden_layers": 3, "hidden_dim": 128, "params": 1000, "budget": "converge",
+                    "size_sweep": True, "epochs_run": 5, "temperature": 2.0, "hard_weight": 0.5, "top_k": 20}
+             for name, targets in (("hard_3x128", "hard"), ("soft_3x128", "soft"), ("soft_other", "soft"))}
+    test_pairs = [pair("soft_3x128", "hard_3x128", -2.0), pair("hard_3x128", "soft_other", 1.0)]
+    stats = {"frames": {"students": {"test": {"groups": {"all": {"systems": {}, "pairs": test_pairs,
+                                                                "shares": []}}}}}}
+    gains = report._students(stats, specs)["distillation_gain"]
+    by_soft = {g["distilled"]: g for g in gains}
+    assert set(by_soft) == {"soft_3x128", "soft_other"} and {g["hard"] for g in gains} == {"hard_3x128"}
+    # (hard - soft) = -2 read the other way round: the distilled student is 2 points better
+    assert by_soft["soft_3x128"]["frame_acc"]["estimate"] == pytest.approx(2.0)
+    assert by_soft["soft_3x128"]["frame_acc"]["low"] == pytest.approx(1.5)
+    assert by_soft["soft_other"]["frame_acc"]["estimate"] == pytest.approx(1.0)
+    students = {name: {**spec, "kept_frame_acc": None, "dev_frame_acc": None, "test_frame_acc": None,
+                       "test_wer": None} for name, spec in specs.items()}
+    md = "\n".join(report._students_md({"students": students, "distillation_gain": gains, "cost": {},
+                                        "gain_kept": {}}))
+    assert "| 3x128 | 1,000 | hard_3x128 | soft_3x128 | +2.00 [+1.50, +2.50] | **yes** | - | no |" in md
+    assert "| 3x128 | 1,000 | hard_3x128 | soft_other | +1.00 [+0.50, +1.50] | **yes** | - | no |" in md

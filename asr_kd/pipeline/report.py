@@ -430,11 +430,13 @@ def _students_md(r: dict) -> list[str]:
                      + (f"{percent(kept['estimate'])} [{percent(kept['low'])}, {percent(kept['high'])}]"
                         if kept else "-") + " |")
     if r["distillation_gain"]:
-        lines += ["", "Distillation gain per size (distilled - hard-target student of the same shape, test):", "",
-                  "| shape | params | frame accuracy | significant | WER | significant |", "|---|---|---|---|---|---|"]
+        lines += ["", "Distillation gain per size (distilled - hard-target student of the same shape, test; every "
+                      "such pair, named, since one shape may hold several of each):", "",
+                  "| shape | params | hard-target student | distilled student | frame accuracy | significant | WER "
+                  "| significant |", "|---|---|---|---|---|---|---|---|"]
         for g in r["distillation_gain"]:
             fa, wer = g.get("frame_acc"), g.get("wer")
-            lines.append(f"| {g['shape']} | {g['params']:,} | {_iv(fa, 2, True)} | "
+            lines.append(f"| {g['shape']} | {g['params']:,} | {g['hard']} | {g['distilled']} | {_iv(fa, 2, True)} | "
                          f"{'**yes**' if fa and fa['significant'] else 'no'} | {_iv(wer, 2, True)} | "
                          f"{'**yes**' if wer and wer['significant'] else 'no'} |")
     reference = _get(r["gain_kept"], "frames", "test", "share")
