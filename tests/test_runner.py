@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
+from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
 
-from asr_kd.pipeline.runner import machine_description, machine_kind, read_summary, run_stage
+from asr_kd.pipeline.runner import git_commit, machine_description, machine_kind, read_summary, run_stage
 from asr_kd.pipeline.workspace import Workspace
 
 
@@ -66,3 +68,28 @@ def test_machine_kind_names_the_kernels_and_bf16(monkeypatch):
         assert m["bf16_native"] is native and m["simd"] == torch.backends.cpu.get_cpu_capability()
         assert machine_kind(m) == f"{m['cpus']} CPUs {m['simd']}{suffix}, GPU {m['gpu']}"
     assert machine_kind({"cpus": 2, "gpu": None}) == "2 CPUs, GPU None"  # a result from before the kind was kept
+
+
+def test_git_commit_ignores_the_results_dir_it_publishes_to(tmp_path: Path) -> None:
+    """A report rerun after a full run finds the committed results already rewritten: still the clean commit.
+    A change to the code, or to results outside the ignored dir, still reads as dirty."""
+    def git(*args: str) -> None:
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    (tmp_path / "results" / "a").mkdir(parents=True)
+    (tmp_path / "results" / "a" / "RESULTS.md").write_text("old\n")
+    (tmp_path / "results" / "b.md").write_text("old\n")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "init")
+    rev = git_commit(tmp_path)
+    assert rev and not rev.endswith("+dirty") and rev != "unknown"
+    (tmp_path / "results" / "a" / "RESULTS.md").write_text("new\n")
+    assert git_commit(tmp_path, ignore=(tmp_path / "results" / "a",)) == rev
+    assert git_commit(tmp_path) == rev + "+dirty"
+    (tmp_path / "results" / "b.md").write_text("new\n")
+    assert git_commit(tmp_path, ignore=(tmp_path / "results" / "a",)) == rev + "+dirty"
+    git("checkout", "-q", "--", "results/b.md")
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert git_commit(tmp_path, ignore=(tmp_path / "results" / "a", Path("/elsewhere"))) == rev + "+dirty"

@@ -616,11 +616,12 @@ def write_report(cfg: DictConfig, ws: Workspace, stages: list[str]) -> dict:
     charts.comparisons(r, out / "comparisons.png")
     if r["students"]:
         charts.cost_accuracy(r, out / "cost_accuracy.png")
+    results_dir = Path(cfg.results_dir) if cfg.get("results_dir") else ws.results
     finished = [str((read_summary(ws, name) or {}).get("finished")) for name in stages if name != "report"]
     meta = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "run": hashlib.sha256("|".join(finished).encode()).hexdigest()[:12],  # same stage outputs, same run
-        "git_commit": git_commit(Path(__file__).resolve().parents[2]),
+        "git_commit": git_commit(Path(__file__).resolve().parents[2], ignore=(results_dir,)),
         "machine": machine_description(),
         "command": os.environ.get("ASR_KD_COMMAND", " ".join(sys.argv)),
         "total_seconds": round(sum(r["stage_seconds"].values()), 1),
@@ -636,7 +637,6 @@ def write_report(cfg: DictConfig, ws: Workspace, stages: list[str]) -> dict:
               f"- total time of all stages: {meta['total_seconds']:.0f} s", ""]
     write_text_atomic(out / "report.md", "\n".join(header + body) + "\n")
     write_text_atomic(out / "report.json", json.dumps(r, indent=2, default=str) + "\n")
-    results_dir = Path(cfg.results_dir) if cfg.get("results_dir") else ws.results
     publish_results(results_dir, out, meta, r, body, header)
     return {"report": str(out / "report.md"), "results": str(results_dir / "RESULTS.md"),
             "total_seconds": meta["total_seconds"]}

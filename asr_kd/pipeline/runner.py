@@ -32,13 +32,18 @@ log = logging.getLogger(__name__)
 StageFn = Callable[[Any, Workspace], dict]
 
 
-def git_commit(repo_dir: Path) -> str:
-    """The commit the code ran from (with '+dirty' when the tree had changes), for the report."""
+def git_commit(repo_dir: Path, ignore: tuple[Path, ...] = ()) -> str:
+    """The commit the code ran from (with '+dirty' when the tree had changes), for the report.
+
+    Changes under ``ignore`` do not count: the report passes the results dir it publishes to, whose committed
+    files an earlier run of the same recipe has already rewritten (that is not a change to the code that ran)."""
+    root = repo_dir.resolve()
+    excluded = [f":(exclude){p.resolve().relative_to(root)}" for p in ignore if p.resolve().is_relative_to(root)]
     try:
         rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo_dir, capture_output=True,
                              text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo_dir,
-                               capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", *excluded],
+                               cwd=repo_dir, capture_output=True, text=True, check=True).stdout.strip()
         return rev + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
