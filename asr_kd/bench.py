@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from asr_kd.device import autocast, select_device, synchronize
+from asr_kd.device import autocast, bf16_native, select_device, synchronize
 from asr_kd.distill import DistillConfig, make_online_loss, make_stored_loss
 from asr_kd.ensemble import EnsembleConfig, member_dir, train_ensemble
 from asr_kd.frames import FrameSet
@@ -102,17 +102,25 @@ def _setup(preset: str, batch_size: int, steps: int, num_classes: int, device_na
 
 
 def bench_train(preset: str, batch_size: int, steps: int, num_classes: int, device_name: str) -> dict:
-    """The real training loop's frames/s (its second epoch) against the bare step on one pre-made batch."""
+    """The real training loop's frames/s (its second epoch) against the bare step on one pre-made batch, and the
+    bare step in float32 against bf16 autocast where the device has native bf16 (what ``train.bf16`` buys here:
+    it is not faster on every CPU that reports AVX512-BF16)."""
     model_cfg, train_cfg, device, train_set, dev_set = _setup(preset, batch_size, steps, num_classes, device_name)
     with tempfile.TemporaryDirectory() as tmp:
         res = train(model_cfg, train_cfg, train_set, dev_set, Path(tmp), num_classes, device=device)
     real = res.history[-1]["frames_per_s"]
     torch.manual_seed(0)
-    bare = time_steps(DNN(model_cfg, num_classes).to(device), train_set, None, batch_size, steps, device,
-                      fixed_batch=True, bf16=train_cfg.bf16)
+    bare = {}
+    for bf16 in (False, True) if bf16_native(device) else (False,):
+        torch.manual_seed(0)
+        bare[bf16] = time_steps(DNN(model_cfg, num_classes).to(device), train_set, None, batch_size, steps, device,
+                                fixed_batch=True, bf16=bf16)
+    used = bare[train_cfg.bf16 and bf16_native(device)]
     return {"bench": "train", "preset": preset, "batch_size": batch_size, "steps": steps, "classes": num_classes,
-            "device": str(device), "threads": torch.get_num_threads(), "real_frames_per_s": round(real),
-            "bare_frames_per_s": round(bare), "real_over_bare": round(real / bare, 3)}
+            "device": str(device), "threads": torch.get_num_threads(), "bf16_autocast": train_cfg.bf16
+            and bf16_native(device), "real_frames_per_s": round(real), "bare_frames_per_s": round(used),
+            "real_over_bare": round(real / used, 3), "bare_fp32_frames_per_s": round(bare[False]),
+            "bare_bf16_over_fp32": round(bare[True] / bare[False], 3) if True in bare else None}
 
 
 def bench_ensemble(preset: str, members: int, batch_size: int, steps: int, num_classes: int,

@@ -297,3 +297,20 @@ def test_distill_bench_runs_and_reports_storage():
     assert all(v > 0 for v in result["frames_per_s"].values())
     assert [r["bytes_per_frame"] for r in result["storage"]] == [5 * 4 + 2, 50 * 4 + 2]
     assert "| online |" in format_report(result)
+
+
+def test_train_bench_reports_both_numerics():
+    """The train benchmark times the bare step in float32 and, where bf16 is native, under bf16 autocast: the
+    number that says whether ``train.bf16`` pays on this machine."""
+    import torch
+
+    from asr_kd.bench import bench_train
+    from asr_kd.device import bf16_native
+
+    result = bench_train("tiny", batch_size=64, steps=4, num_classes=50, device_name="cpu")
+    assert result["bare_fp32_frames_per_s"] > 0 and result["real_frames_per_s"] > 0
+    native = bf16_native(torch.device("cpu"))
+    assert result["bf16_autocast"] is native
+    assert (result["bare_bf16_over_fp32"] is not None) is native
+    if not native:
+        assert result["bare_frames_per_s"] == result["bare_fp32_frames_per_s"]
