@@ -161,7 +161,13 @@ def test_markdown_shows_the_collected_numbers(workspace: Workspace) -> None:
     assert "| soft targets of the full-data ensemble, 3%, T=5 (no early stopping) | 70.0 | 45.0 [" in md
     assert (workspace.root / "results" / "RESULTS.md").read_text().count("50.0 [") >= 1
     kind = machine_kind(machine_description())
-    assert f"- machine: {kind} (" in md and "training numerics: " in md
+    native = machine_description()["bf16_native"]
+    assert f"- machine: {kind} (" in md
+    assert f"training numerics: {'bf16 autocast' if native else 'float32'} on the CPU" in md
+    # train.bf16=false trains in float32 even where the CPU has native bf16, and the report says so
+    write_report(OmegaConf.merge(cfg, {"train": {"bf16": False}}), workspace,
+                 ["tri", "ensemble", "distill", "small_data", "decode"])
+    assert "training numerics: float32 on the CPU" in (workspace.report / "report.md").read_text()
     assert json.loads((workspace.root / "results" / "history.json").read_text())[0]["machine"] == kind
     assert json.loads((workspace.root / "results" / "history.json").read_text())[0]["headline"][
         "baseline_dev_frame_acc"] == pytest.approx(50.0)

@@ -618,11 +618,15 @@ def write_report(cfg: DictConfig, ws: Workspace, stages: list[str]) -> dict:
         charts.cost_accuracy(r, out / "cost_accuracy.png")
     results_dir = Path(cfg.results_dir) if cfg.get("results_dir") else ws.results
     finished = [str((read_summary(ws, name) or {}).get("finished")) for name in stages if name != "report"]
+    machine = machine_description()
     meta = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "run": hashlib.sha256("|".join(finished).encode()).hexdigest()[:12],  # same stage outputs, same run
         "git_commit": git_commit(Path(__file__).resolve().parents[2], ignore=(results_dir,)),
-        "machine": machine_description(),
+        "machine": machine,
+        # what training ran in: the config may turn bf16 off where the CPU has it natively but runs it slower
+        "training_numerics": "bf16 autocast" if machine["bf16_native"] and (cfg.get("train") or {}).get("bf16", True)
+        else "float32",
         "command": os.environ.get("ASR_KD_COMMAND", " ".join(sys.argv)),
         "total_seconds": round(sum(r["stage_seconds"].values()), 1),
     }
@@ -632,7 +636,7 @@ def write_report(cfg: DictConfig, ws: Workspace, stages: list[str]) -> dict:
     header = ["# asr-kd report", "",
               f"- date: {meta['date']}", f"- git commit: {meta['git_commit']}",
               f"- machine: {machine_kind(meta['machine'])} ({meta['machine']['cpu']}; training numerics: "
-              f"{'bf16 autocast' if meta['machine']['bf16_native'] else 'float32'} on the CPU), "
+              f"{meta['training_numerics']} on the CPU), "
               f"torch {meta['machine']['torch']}",
               f"- total time of all stages: {meta['total_seconds']:.0f} s", ""]
     write_text_atomic(out / "report.md", "\n".join(header + body) + "\n")
