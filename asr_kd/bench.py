@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from asr_kd.device import autocast, bf16_native, select_device, synchronize
+from asr_kd.device import autocast, bf16_native, select_device, synchronize, uses_bf16
 from asr_kd.distill import DistillConfig, make_online_loss, make_stored_loss
 from asr_kd.ensemble import EnsembleConfig, member_dir, train_ensemble
 from asr_kd.frames import FrameSet
@@ -115,10 +115,11 @@ def bench_train(preset: str, batch_size: int, steps: int, num_classes: int, devi
         torch.manual_seed(0)
         bare[bf16] = time_steps(DNN(model_cfg, num_classes).to(device), train_set, None, batch_size, steps, device,
                                 fixed_batch=True, bf16=bf16)
-    used = bare[train_cfg.bf16 and bf16_native(device)]
+    in_bf16 = uses_bf16(device, train_cfg.bf16)
+    used = bare[in_bf16]
     return {"bench": "train", "preset": preset, "batch_size": batch_size, "steps": steps, "classes": num_classes,
-            "device": str(device), "threads": torch.get_num_threads(), "bf16_autocast": train_cfg.bf16
-            and bf16_native(device), "real_frames_per_s": round(real), "bare_frames_per_s": round(used),
+            "device": str(device), "threads": torch.get_num_threads(), "bf16_autocast": in_bf16,
+            "real_frames_per_s": round(real), "bare_frames_per_s": round(used),
             "real_over_bare": round(real / used, 3), "bare_fp32_frames_per_s": round(bare[False]),
             "bare_bf16_over_fp32": round(bare[True] / bare[False], 3) if True in bare else None}
 

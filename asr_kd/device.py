@@ -96,6 +96,11 @@ def bf16_native(device: torch.device) -> bool:
     return False
 
 
+def uses_bf16(device: torch.device, bf16: bool) -> bool:
+    """Whether a step asked for bf16 (``train.bf16``) runs in it on ``device``: only where bf16 is native."""
+    return bf16 and bf16_native(device)
+
+
 def autocast(device: torch.device, bf16: bool) -> torch.autocast:
     """bf16 autocast for a training or inference step when asked for and native on ``device``, else a no-op."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16 and bf16_native(device))
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=uses_bf16(device, bf16))

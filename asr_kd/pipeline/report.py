@@ -28,7 +28,8 @@ from omegaconf import DictConfig, OmegaConf
 from asr_kd.compare import compare_frame_accuracy, compare_wer, percent
 from asr_kd.pipeline import charts
 from asr_kd.pipeline import experiment as xp
-from asr_kd.pipeline.runner import git_commit, machine_description, machine_kind, read_summary
+from asr_kd.pipeline.runner import (git_commit, machine_description, machine_kind, read_summary,
+                                    training_numerics)
 from asr_kd.pipeline.workspace import Workspace
 from features.atomic import write_text_atomic
 from features.kaldi_io import load_vec_int_scp
@@ -618,15 +619,13 @@ def write_report(cfg: DictConfig, ws: Workspace, stages: list[str]) -> dict:
         charts.cost_accuracy(r, out / "cost_accuracy.png")
     results_dir = Path(cfg.results_dir) if cfg.get("results_dir") else ws.results
     finished = [str((read_summary(ws, name) or {}).get("finished")) for name in stages if name != "report"]
-    machine = machine_description()
     meta = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "run": hashlib.sha256("|".join(finished).encode()).hexdigest()[:12],  # same stage outputs, same run
         "git_commit": git_commit(Path(__file__).resolve().parents[2], ignore=(results_dir,)),
-        "machine": machine,
+        "machine": machine_description(),
         # what training ran in: the config may turn bf16 off where the CPU has it natively but runs it slower
-        "training_numerics": "bf16 autocast" if machine["bf16_native"] and (cfg.get("train") or {}).get("bf16", True)
-        else "float32",
+        "training_numerics": training_numerics((cfg.get("train") or {}).get("bf16", True)),
         "command": os.environ.get("ASR_KD_COMMAND", " ".join(sys.argv)),
         "total_seconds": round(sum(r["stage_seconds"].values()), 1),
     }

@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 from omegaconf import DictConfig, OmegaConf
 
-from asr_kd.device import bf16_native, dist_context, select_device
+from asr_kd.device import bf16_native, dist_context, select_device, uses_bf16
 from asr_kd.pipeline.workspace import Workspace
 from features.atomic import write_text_atomic
 
@@ -68,6 +68,13 @@ def machine_description() -> dict:
         "python": platform.python_version(),
         "torch": torch.__version__,
     }
+
+
+def training_numerics(bf16: bool) -> str:
+    """What training on this CPU runs in when the config asks for bf16 or not (the rule autocast applies)."""
+    import torch
+
+    return "bf16 autocast" if uses_bf16(torch.device("cpu"), bf16) else "float32"
 
 
 def machine_kind(machine: dict) -> str:
