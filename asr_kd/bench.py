@@ -28,13 +28,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-from asr_kd.device import autocast, bf16_native, select_device, synchronize, uses_bf16
+from asr_kd.device import bf16_native, select_device, synchronize, uses_bf16
 from asr_kd.distill import DistillConfig, make_online_loss, make_stored_loss
 from asr_kd.ensemble import EnsembleConfig, member_dir, train_ensemble
 from asr_kd.frames import FrameSet
 from asr_kd.model import DNN, PRESETS, ModelConfig
+from asr_kd.numerics import step_frames_per_s
 from asr_kd.soft_targets import SoftTargetConfig, SoftTargets, compute_soft_targets, index_dtype
 from asr_kd.train import LossFn, TrainConfig, train
 
@@ -61,32 +61,17 @@ def time_steps(model: DNN, frame_set: FrameSet, loss_fn: LossFn | None, batch_si
     allows); otherwise every step draws random frames from ``frame_set`` and gathers their windows. A fresh
     optimizer per call: Adam's state is allocated at its first step, inside the warm-up.
     """
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4, **({"fused": True} if device.type == "cuda" else {}))
     g = torch.Generator(device=frame_set.device).manual_seed(seed)
     fixed = torch.randint(0, frame_set.num_frames, (batch_size,), generator=g, device=frame_set.device)
     x_fixed = frame_set.windows(fixed).to(device, torch.float32)
-    model.train()
 
-    def step() -> None:
+    def batch() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         idx = fixed if fixed_batch else torch.randint(0, frame_set.num_frames, (batch_size,), generator=g,
                                                      device=frame_set.device)
         x = x_fixed if fixed_batch else frame_set.windows(idx).to(device, torch.float32)
-        y = frame_set.targets[idx].to(device)
-        with autocast(device, bf16):
-            logits = model(x)
-        loss = F.cross_entropy(logits.float(), y) if loss_fn is None else loss_fn(logits, idx, y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        return x, frame_set.targets[idx].to(device), idx
 
-    for _ in range(warmup_steps):
-        step()
-    synchronize(device)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    synchronize(device)
-    return steps * batch_size / (time.perf_counter() - t0)
+    return step_frames_per_s(model, batch, device, bf16, steps, warmup_steps, loss_fn)
 
 
 # ----------------------------------------------------------------------------------------------- train, ensemble
@@ -104,10 +89,11 @@ def _setup(preset: str, batch_size: int, steps: int, num_classes: int, device_na
 def bench_train(preset: str, batch_size: int, steps: int, num_classes: int, device_name: str) -> dict:
     """The real training loop's frames/s (its second epoch) against the bare step on one pre-made batch, and the
     bare step in float32 against bf16 autocast where the device has native bf16 (what ``train.bf16`` buys here:
-    it is not faster on every CPU that reports AVX512-BF16)."""
+    it is not faster on every CPU that reports AVX512-BF16), and what the loop's default setting chose."""
     model_cfg, train_cfg, device, train_set, dev_set = _setup(preset, batch_size, steps, num_classes, device_name)
     with tempfile.TemporaryDirectory() as tmp:
         res = train(model_cfg, train_cfg, train_set, dev_set, Path(tmp), num_classes, device=device)
+        chosen = json.loads(res.metrics_path.read_text())["train_cfg"]["bf16"]  # the default setting's choice
     real = res.history[-1]["frames_per_s"]
     torch.manual_seed(0)
     bare = {}
@@ -115,7 +101,7 @@ def bench_train(preset: str, batch_size: int, steps: int, num_classes: int, devi
         torch.manual_seed(0)
         bare[bf16] = time_steps(DNN(model_cfg, num_classes).to(device), train_set, None, batch_size, steps, device,
                                 fixed_batch=True, bf16=bf16)
-    in_bf16 = uses_bf16(device, train_cfg.bf16)
+    in_bf16 = uses_bf16(device, chosen)
     used = bare[in_bf16]
     return {"bench": "train", "preset": preset, "batch_size": batch_size, "steps": steps, "classes": num_classes,
             "device": str(device), "threads": torch.get_num_threads(), "bf16_autocast": in_bf16,

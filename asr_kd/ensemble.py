@@ -52,6 +52,7 @@ from asr_kd.train import (
     on_device,
     train_one,
     write_member_outputs,
+    with_numerics,
 )
 
 logger = logging.getLogger(__name__)
@@ -123,6 +124,7 @@ def train_ensemble(
     logger.info("ensemble: rank %d/%d trains members %s (%s) on %s", rank, world, mine, mode, device)
     train_set, dev_set = on_device(train_set, device), on_device(dev_set, device)
     check_targets(train_set, dev_set, num_classes)
+    train_cfg = with_numerics(train_cfg, model_cfg, num_classes, device, "ensemble")  # one choice for all members
     if mode == "sequential":
         for m in mine:
             cfg = dataclasses.replace(train_cfg, seed=ens_cfg.base_seed + m)

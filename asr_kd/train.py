@@ -14,8 +14,9 @@ Design decisions:
 * Frames are shuffled across utterances by a permutation drawn per epoch from a ``torch.Generator`` seeded with
   (seed, epoch), generated on the training device; nothing in a training step waits for the host (no ``.item()``,
   metrics accumulate in device tensors and are read once per epoch). The forward pass runs under bf16 autocast
-  where the device computes bf16 natively (CUDA, CPUs with AVX512-BF16 or AMX; :func:`asr_kd.device.bf16_native`),
-  with the loss in float32; elsewhere it runs in float32.
+  or in float32 as ``TrainConfig.bf16`` says; its default measures which is faster on this device
+  (:mod:`asr_kd.numerics`, decided once per call of :func:`train` or :func:`asr_kd.ensemble.train_ensemble`;
+  the pipeline decides once per run). The loss is computed in float32 either way.
 * A checkpoint is written atomically after every epoch (model, optimizer, learning-rate state, early-stopping
   state, best weights, history, RNG states). Because batch order depends only on (seed, epoch), a run killed at
   any point and resumed ends with the same weights as an uninterrupted run.
@@ -92,6 +93,7 @@ from asr_kd.device import DistContext, autocast, dist_context, select_device, sy
 from asr_kd.frames import FrameSet
 from asr_kd.inference import save_model
 from asr_kd.model import DNN, ModelConfig, StackedDNN
+from asr_kd.numerics import resolve
 from features.atomic import atomic_write, write_text_atomic
 
 logger = logging.getLogger(__name__)
@@ -132,7 +134,8 @@ class TrainConfig:
     plateau_patience: int = 1
     plateau_reductions: int = 4
     seed: int = 0
-    bf16: bool = True  # bf16 autocast where the device computes bf16 natively (asr_kd.device.bf16_native)
+    bf16: bool | None = None  # bf16 autocast: true where native, false never, None where measured faster
+                              # (asr_kd.numerics)
     num_threads: int | None = None
     eval_batch_size: int = 4096
     progress: bool = True
@@ -469,6 +472,8 @@ def fit(
     M = trainee.num_members
     if len(seeds) != M:
         raise ValueError(f"{M} members but {len(seeds)} seeds")
+    if train_cfg.bf16 is None:
+        raise ValueError("train_cfg.bf16 is undecided: pass the config through asr_kd.train.with_numerics first")
     optimizer = _make_optimizer(train_cfg, list(trainee.module.parameters()), device)
     if checkpoint_path.exists():
         progress = load_checkpoint(checkpoint_path, trainee, optimizer, seeds, train_cfg, device, desc)
@@ -583,6 +588,7 @@ def train_one(
     """:func:`train` with the device and process group given (ensembles train members rank-locally)."""
     train_set, dev_set = on_device(train_set, device), on_device(dev_set, device)
     check_targets(train_set, dev_set, num_classes)
+    train_cfg = with_numerics(train_cfg, model_cfg, num_classes, device, out_dir.name, dist_ctx)
     model = build_members(model_cfg, num_classes, [train_cfg.seed])[0].to(device)
     trainee = Trainee(model, dist_ctx)
     states, weights = fit(trainee, train_cfg, train_set, dev_set, [train_cfg.seed], out_dir / "checkpoint.pt",
@@ -597,6 +603,21 @@ def train_one(
         result = TrainResult(out_dir / "model.pt", out_dir / "metrics.json", s.best_epoch, s.best_dev_acc,
                              len(s.history), s.history)
     return result
+
+
+def with_numerics(train_cfg: TrainConfig, model_cfg: ModelConfig, num_classes: int, device: torch.device,
+                  desc: str = "train", dist_ctx: DistContext = DistContext()) -> TrainConfig:
+    """``train_cfg`` with ``bf16`` decided for ``device`` (measured on this model's step when the config leaves it
+    open): what every model of one call trains in, written to its metrics.json and checkpoint. Under DDP rank 0
+    measures and every rank takes its choice (ranks of one model must compute alike)."""
+    if train_cfg.bf16 is not None:
+        return train_cfg
+    bf16 = torch.zeros(1, device=device)
+    if dist_ctx.is_main:
+        numerics = resolve(None, model_cfg, num_classes, train_cfg.batch_size, device)
+        logger.info("%s: training numerics %s", desc, numerics.describe())
+        bf16 += numerics.bf16
+    return dataclasses.replace(train_cfg, bf16=bool(dist_ctx.all_reduce_sum(bf16).item() > 0))
 
 
 def on_device(frame_set: FrameSet, device: torch.device) -> FrameSet:

@@ -64,3 +64,30 @@ def test_two_gloo_ranks_match_one_process(tmp_path: Path) -> None:
     for ra, rb in zip(ha, hb, strict=True):
         # train metrics are all-reduced over ranks and dev accuracy is computed on shards: both must add up
         assert abs(ra["train_loss"] - rb["train_loss"]) < 1e-4 and abs(ra["dev_acc"] - rb["dev_acc"]) < 1e-6
+
+
+def _numerics_rank(rank: int, world: int, port: int, out_dir: str, speedups: tuple[float, ...]) -> None:
+    """One rank deciding an open ``bf16`` setting; each rank would measure its own speed-up."""
+    from asr_kd import numerics
+    from asr_kd.device import dist_context
+    from asr_kd.train import with_numerics
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.cpu._is_avx512_bf16_supported = lambda: True
+    numerics.measure_bf16_speedup = lambda *a, **k: speedups[rank]
+    try:
+        cpu = torch.device("cpu")
+        cfg = with_numerics(dataclasses.replace(TRAIN_CFG, bf16=None), TINY, CLASSES, cpu, dist_ctx=dist_context(cpu))
+        Path(out_dir, f"rank{rank}").write_text(json.dumps(cfg.bf16))
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def test_ranks_of_one_model_train_in_rank_0s_choice(tmp_path: Path) -> None:
+    """Under DDP the ranks of one model must compute alike: rank 0's measured choice holds on every rank, even
+    where another rank would have measured the other way."""
+    for speedups, expected in (((1.5, 0.5), True), ((0.5, 1.5), False)):
+        mp.spawn(_numerics_rank, args=(2, _free_port(), str(tmp_path), speedups), nprocs=2, join=True)
+        assert [json.loads((tmp_path / f"rank{r}").read_text()) for r in range(2)] == [expected, expected]

@@ -300,8 +300,8 @@ def test_distill_bench_runs_and_reports_storage():
 
 
 def test_train_bench_reports_both_numerics():
-    """The train benchmark times the bare step in float32 and, where bf16 is native, under bf16 autocast: the
-    number that says whether ``train.bf16`` pays on this machine."""
+    """The train benchmark times the bare step in float32 and, where bf16 is native, under bf16 autocast (the
+    number that says whether ``train.bf16`` pays on this machine), and reports the loop's own choice."""
     import torch
 
     from asr_kd.bench import bench_train
@@ -310,7 +310,7 @@ def test_train_bench_reports_both_numerics():
     result = bench_train("tiny", batch_size=64, steps=4, num_classes=50, device_name="cpu")
     assert result["bare_fp32_frames_per_s"] > 0 and result["real_frames_per_s"] > 0
     native = bf16_native(torch.device("cpu"))
-    assert result["bf16_autocast"] is native
     assert (result["bare_bf16_over_fp32"] is not None) is native
-    if not native:
+    assert result["bf16_autocast"] in ((True, False) if native else (False,))  # the loop's measured choice
+    if not result["bf16_autocast"]:
         assert result["bare_frames_per_s"] == result["bare_fp32_frames_per_s"]

@@ -6,6 +6,7 @@ hypotheses (overall and per voice condition, with the icefall-style files beside
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from asr_kd.device import select_device
 from asr_kd.frames import FrameSet, load_frameset, load_unaligned_frameset
+from asr_kd.numerics import Numerics, load_or_choose, measure_bf16_speedup, recorded
 from asr_kd.pipeline.workspace import Workspace
 from asr_kd.priors import log_priors
 from asr_kd.systems import System, frame_accuracies, split_by_utterance
@@ -39,6 +41,32 @@ def to_object(node: DictConfig) -> Any:
 def student_train_config(cfg: DictConfig, overrides: Any = None) -> TrainConfig:
     """How a model on the ensemble's soft targets trains: ``train`` with ``student_train`` (and ``overrides``)."""
     return to_object(OmegaConf.merge(cfg.train, cfg.student_train, overrides or {}))
+
+
+def run_numerics(cfg: DictConfig, ws: Workspace) -> Numerics:
+    """The arithmetic every model of this run trains in (:mod:`asr_kd.numerics`): under ``train.bf16=null`` the
+    first training stage times a member's step in bf16 and float32 and records its choice in ``ws.numerics``; every
+    later stage and rank reads it from there."""
+    device, model_cfg = device_of(cfg), to_object(cfg.model)
+    return load_or_choose(ws.numerics, cfg.train.bf16, device,
+                          lambda: measure_bf16_speedup(model_cfg, num_pdfs(ws), cfg.train.batch_size, device))
+
+
+def recorded_numerics(cfg: DictConfig, ws: Workspace) -> Numerics | None:
+    """What :func:`run_numerics` chose, for the report (None when no training stage has run)."""
+    return recorded(ws.numerics, (cfg.get("train") or {}).get("bf16"), select_device(cfg.get("device", "auto")))
+
+
+def with_run_numerics(cfg: DictConfig, ws: Workspace, train_cfg: TrainConfig) -> TrainConfig:
+    """``train_cfg`` with the run's arithmetic where it leaves ``bf16`` open (a student's own setting stays)."""
+    if train_cfg.bf16 is not None:
+        return train_cfg
+    return dataclasses.replace(train_cfg, bf16=run_numerics(cfg, ws).bf16)
+
+
+def train_config(cfg: DictConfig, ws: Workspace) -> TrainConfig:
+    """How the baseline, the members and the 3% models train: ``train`` in the run's arithmetic."""
+    return with_run_numerics(cfg, ws, to_object(cfg.train))
 
 
 def write_json(path: Path, data: dict) -> None:

@@ -28,8 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from asr_kd.compare import compare_frame_accuracy, compare_wer, percent
 from asr_kd.pipeline import charts
 from asr_kd.pipeline import experiment as xp
-from asr_kd.pipeline.runner import (git_commit, machine_description, machine_kind, read_summary,
-                                    training_numerics)
+from asr_kd.pipeline.runner import git_commit, machine_description, machine_kind, read_summary
 from asr_kd.pipeline.workspace import Workspace
 from features.atomic import write_text_atomic
 from features.kaldi_io import load_vec_int_scp
@@ -606,6 +605,12 @@ def publish_results(results_dir: Path, report_dir: Path, meta: dict, r: dict, bo
                                                                indent=2, default=str) + "\n")
 
 
+def _numerics_line(cfg: DictConfig, ws: Workspace) -> str:
+    """What every model of the run trained in, and why (the run's record of the auto setting's measurement)."""
+    numerics = xp.recorded_numerics(cfg, ws)
+    return numerics.describe() if numerics else "not chosen (no training stage has run)"
+
+
 def write_report(cfg: DictConfig, ws: Workspace, stages: list[str]) -> dict:
     """Write exp/report/{report.md, report.json, *.png} and publish them to the config's results dir."""
     r = collect(ws, stages, cfg.report.bootstrap_samples, cfg.report.seed)
@@ -624,8 +629,7 @@ def write_report(cfg: DictConfig, ws: Workspace, stages: list[str]) -> dict:
         "run": hashlib.sha256("|".join(finished).encode()).hexdigest()[:12],  # same stage outputs, same run
         "git_commit": git_commit(Path(__file__).resolve().parents[2], ignore=(results_dir,)),
         "machine": machine_description(),
-        # what training ran in: the config may turn bf16 off where the CPU has it natively but runs it slower
-        "training_numerics": training_numerics((cfg.get("train") or {}).get("bf16", True)),
+        "training_numerics": _numerics_line(cfg, ws),
         "command": os.environ.get("ASR_KD_COMMAND", " ".join(sys.argv)),
         "total_seconds": round(sum(r["stage_seconds"].values()), 1),
     }
@@ -634,9 +638,9 @@ def write_report(cfg: DictConfig, ws: Workspace, stages: list[str]) -> dict:
     body = _body(r)
     header = ["# asr-kd report", "",
               f"- date: {meta['date']}", f"- git commit: {meta['git_commit']}",
-              f"- machine: {machine_kind(meta['machine'])} ({meta['machine']['cpu']}; training numerics: "
-              f"{meta['training_numerics']} on the CPU), "
+              f"- machine: {machine_kind(meta['machine'])} ({meta['machine']['cpu']}), "
               f"torch {meta['machine']['torch']}",
+              f"- training numerics: {meta['training_numerics']}",
               f"- total time of all stages: {meta['total_seconds']:.0f} s", ""]
     write_text_atomic(out / "report.md", "\n".join(header + body) + "\n")
     write_text_atomic(out / "report.json", json.dumps(r, indent=2, default=str) + "\n")

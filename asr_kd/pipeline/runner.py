@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 from omegaconf import DictConfig, OmegaConf
 
-from asr_kd.device import bf16_native, dist_context, select_device, uses_bf16
+from asr_kd.device import bf16_native, dist_context, select_device
 from asr_kd.pipeline.workspace import Workspace
 from features.atomic import write_text_atomic
 
@@ -52,7 +52,7 @@ def git_commit(repo_dir: Path, ignore: tuple[Path, ...] = ()) -> str:
 def machine_description() -> dict:
     """What the numbers were measured on: CPU count and model, GPU name (if any), Python and torch versions, and
     the machine's *kind* for reproduction: the vector kernels torch dispatches to (``simd``: AVX2, AVX512, ...) and
-    whether the CPU computes bf16 natively (training then runs under bf16 autocast, else in float32). Two CPUs of
+    whether the CPU computes bf16 natively (what training may run in: :mod:`asr_kd.numerics`). Two CPUs of
     different kinds round float sums differently, from the GMM's statistics on, so each kind reproduces its own
     numbers to the last digit and the results name the kind they came from."""
     import torch
@@ -70,16 +70,9 @@ def machine_description() -> dict:
     }
 
 
-def training_numerics(bf16: bool) -> str:
-    """What training on this CPU runs in when the config asks for bf16 or not (the rule autocast applies)."""
-    import torch
-
-    return "bf16 autocast" if uses_bf16(torch.device("cpu"), bf16) else "float32"
-
-
 def machine_kind(machine: dict) -> str:
     """Short name of a :func:`machine_description` for tables: CPU count, vector kernels (+BF16 where the CPU
-    trains in bf16), GPU. Results made before the kind was recorded show the CPU count and GPU only."""
+    computes bf16 natively), GPU. Results made before the kind was recorded show the CPU count and GPU only."""
     simd = machine.get("simd")
     kernels = f" {simd}{'+BF16' if machine.get('bf16_native') else ''}" if simd else ""
     return f"{machine['cpus']} CPUs{kernels}, GPU {machine['gpu']}"

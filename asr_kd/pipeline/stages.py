@@ -135,7 +135,7 @@ def stage_baseline(cfg: DictConfig, ws: Workspace) -> dict:
     """The baseline: one DNN on hard alignment targets."""
     device = xp.device_of(cfg)
     out = ws.dnn("baseline")
-    train(xp.to_object(cfg.model), xp.to_object(cfg.train), xp.frames(cfg, ws, "train", device),
+    train(xp.to_object(cfg.model), xp.train_config(cfg, ws), xp.frames(cfg, ws, "train", device),
           xp.frames(cfg, ws, "dev", device), out, xp.num_pdfs(ws), device=device)
     return xp.evaluate_system(cfg, ws, System("baseline", [out / "model.pt"]), splits=("train", "dev", "test"))
 
@@ -143,7 +143,7 @@ def stage_baseline(cfg: DictConfig, ws: Workspace) -> dict:
 def stage_ensemble(cfg: DictConfig, ws: Workspace) -> dict:
     """N members differing only in their random initialisation; each member and their average evaluated."""
     device = xp.device_of(cfg)
-    train_ensemble(xp.to_object(cfg.model), xp.to_object(cfg.train), xp.to_object(cfg.ensemble),
+    train_ensemble(xp.to_object(cfg.model), xp.train_config(cfg, ws), xp.to_object(cfg.ensemble),
                    xp.frames(cfg, ws, "train", device), xp.frames(cfg, ws, "dev", device), ws.dnn("ensemble"),
                    xp.num_pdfs(ws), device)
     ranks = dist_context(device)
@@ -191,7 +191,7 @@ def stage_distill(cfg: DictConfig, ws: Workspace) -> dict:
     device = xp.device_of(cfg)
     soft = {float(t): SoftTargets.load(ws.soft_targets("ensemble", t), device=device)
             for t in cfg.distill.temperatures_sweep}
-    train_cfg = xp.student_train_config(cfg)
+    train_cfg = xp.with_run_numerics(cfg, ws, xp.student_train_config(cfg))
     sweep = temperature_sweep(xp.to_object(cfg.model), train_cfg, xp.to_object(cfg.distill),
                               xp.frames(cfg, ws, "train", device), xp.frames(cfg, ws, "dev", device), soft,
                               ws.distill_sweep, xp.num_pdfs(ws), device)
@@ -215,7 +215,7 @@ def stage_small_data(cfg: DictConfig, ws: Workspace) -> dict:
     device = xp.device_of(cfg)
     sets = {split: xp.frames(cfg, ws, split, device) for split in SPLITS}
     teachers = {"baseline": [ws.dnn("baseline") / "model.pt"], "ensemble": xp.member_paths(ws)}
-    summary = run_small_data(xp.to_object(cfg.model), xp.to_object(cfg.train), xp.to_object(cfg.small_data),
+    summary = run_small_data(xp.to_object(cfg.model), xp.train_config(cfg, ws), xp.to_object(cfg.small_data),
                              xp.to_object(cfg.distill), sets, read_dict(ws.data("train") / "utt2spk"), teachers,
                              ws.small_data, xp.num_pdfs(ws))
     if not dist_context(device).is_main:

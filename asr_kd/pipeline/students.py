@@ -83,6 +83,7 @@ def train_students(cfg: DictConfig, ws: Workspace) -> dict:
     summary = {}
     for name, spec in cfg.students.items():
         model_cfg, train_cfg, dcfg = student_configs(cfg, name, best_t)
+        train_cfg = xp.with_run_numerics(cfg, ws, train_cfg)
         if spec.budget == "member":
             train_cfg.epochs = member_epochs(ws)
         out = ws.student(name)

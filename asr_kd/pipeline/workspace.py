@@ -105,6 +105,11 @@ class Workspace:
     def dnn_root(self) -> Path:
         return self.root / "exp" / "dnn"
 
+    @property
+    def numerics(self) -> Path:
+        """The run's training arithmetic (bf16 autocast or float32) as its first training stage measured it."""
+        return self.root / "exp" / "numerics.json"
+
     def dnn(self, system: str) -> Path:
         """Directory of one trained network system: baseline, ensemble (its members inside), distilled."""
         return self.dnn_root / system
