@@ -100,6 +100,29 @@ def test_bucket_tail_loss_value_and_gradient(temperature):
     assert torch.isfinite(a) and a.item() == pytest.approx(b.item(), rel=1e-6)
 
 
+def test_bucket_tail_keeps_precision_when_the_k_classes_hold_nearly_everything():
+    """A confident student leaves ~1e-9 outside its top classes: 1 - sum(q_k) would round that to 0 or 1e-7 in
+    float32; the bucket term's value and gradient must still match the float64 reference. A student with nothing
+    representable outside the k gets a finite loss (the tail's floor), not inf or nan."""
+    B, C, k = 3, 12, 4
+    ind = torch.arange(k).repeat(B, 1)
+    probs = torch.full((B, k), 1.0 / k)
+    mass, hard = torch.full((B,), 0.9), torch.zeros(B, dtype=torch.int64)
+    z = torch.zeros(B, C)
+    z[:, k:] = -25.0  # outside mass 8 * e^-25 / 4 = 2.8e-11 per row at T=1
+    z = z.requires_grad_()
+    z_ref = z.detach().double().requires_grad_()
+    loss = distillation_loss(z, ind, probs, hard, 1.0, 0.0, mass_kept=mass)
+    ref = bucket_reference(z_ref, ind, probs, mass, hard, 1.0, 0.0)
+    loss.backward()
+    ref.backward()
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-5)
+    assert torch.allclose(z.grad.double(), z_ref.grad, rtol=1e-4, atol=1e-9)
+    far = torch.zeros(B, C)
+    far[:, k:] = -500.0
+    assert torch.isfinite(distillation_loss(far.requires_grad_(), ind, probs, hard, 1.0, 0.0, mass_kept=mass))
+
+
 def test_soft_weight_and_hard_weight_terms():
     torch.manual_seed(0)
     z, hard = torch.randn(4, 5), torch.randint(0, 5, (4,))
