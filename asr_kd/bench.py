@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from asr_kd.device import bf16_native, select_device, synchronize, uses_bf16
+from asr_kd.device import bf16_native, select_device, synchronize
 from asr_kd.distill import DistillConfig, make_online_loss, make_stored_loss
 from asr_kd.ensemble import EnsembleConfig, member_dir, train_ensemble
 from asr_kd.frames import FrameSet
@@ -93,7 +93,7 @@ def bench_train(preset: str, batch_size: int, steps: int, num_classes: int, devi
     model_cfg, train_cfg, device, train_set, dev_set = _setup(preset, batch_size, steps, num_classes, device_name)
     with tempfile.TemporaryDirectory() as tmp:
         res = train(model_cfg, train_cfg, train_set, dev_set, Path(tmp), num_classes, device=device)
-        chosen = json.loads(res.metrics_path.read_text())["train_cfg"]["bf16"]  # the default setting's choice
+        in_bf16 = json.loads(res.metrics_path.read_text())["train_cfg"]["bf16"]  # the default setting's choice
     real = res.history[-1]["frames_per_s"]
     torch.manual_seed(0)
     bare = {}
@@ -101,7 +101,6 @@ def bench_train(preset: str, batch_size: int, steps: int, num_classes: int, devi
         torch.manual_seed(0)
         bare[bf16] = time_steps(DNN(model_cfg, num_classes).to(device), train_set, None, batch_size, steps, device,
                                 fixed_batch=True, bf16=bf16)
-    in_bf16 = uses_bf16(device, chosen)
     used = bare[in_bf16]
     return {"bench": "train", "preset": preset, "batch_size": batch_size, "steps": steps, "classes": num_classes,
             "device": str(device), "threads": torch.get_num_threads(), "bf16_autocast": in_bf16,
