@@ -165,8 +165,8 @@ def test_tiny_plan_has_disjoint_splits_and_test_only_unseen_voice() -> None:
     by_split: dict[str, list] = defaultdict(list)
     for u in utts:
         by_split[u.split].append(u)
-    assert len(by_split["dev"]) == 120 and len(by_split["test"]) == 150
-    assert sum(u.subset == "unseen" for u in by_split["test"]) == 75
+    assert len(by_split["dev"]) == 120 and len(by_split["test"]) == 300
+    assert sum(u.subset == "unseen" for u in by_split["test"]) == 150
     assert {u.speaker for u in utts if u.speaker == UNSEEN_VOICE.speaker} == {UNSEEN_VOICE.speaker}
     assert all(u.split == "test" and u.subset == "unseen" for u in utts if u.speaker == UNSEEN_VOICE.speaker)
     text = {split: {u.sentence.transcript for u in us} for split, us in by_split.items()}
