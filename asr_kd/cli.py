@@ -12,17 +12,22 @@ output goes to exp/hydra/. This file only parses and dispatches: each stage is a
 
 A stage that trains independent models (:data:`asr_kd.pipeline.stages.RANK_PARALLEL`) with ``procs`` > 1 runs under
 torchrun: this command, for that one stage, re-launched with that many ranks, one thread each (unless already under
-torchrun, or the config gives the stage fewer than two shares: no extra students, a one-member ensemble).
+torchrun, or the config gives the stage fewer than two shares: no extra students, a one-member ensemble). The ranks
+run this process's config object (pickled, structured types and all), not one composed again from the conf files:
+a run's stages all see the config it started with, even if a conf file changes while it runs.
 
 Bad input (a missing file, a malformed line, an OOV...) ends with one line on stderr, ``error: <file>:<line>:
 <what>``, and exit status 2; ``debug=true`` shows the traceback instead. The stage's log keeps it either way.
 """
 from __future__ import annotations
 
+import copy
 import logging
 import os
+import pickle
 import signal
 import sys
+import tempfile
 from pathlib import Path
 
 os.environ.setdefault("KALDI_ROOT", "/tmp")  # kaldi-io prints a banner at import without it
@@ -38,6 +43,7 @@ from asr_kd.pipeline.workspace import Workspace  # noqa: E402
 from features.errors import InputError  # noqa: E402
 
 INPUT_ERROR_STATUS = 2
+RANK_CONFIG_ENV = "ASR_KD_RANK_CONFIG"  # set for the ranks: the pickled config of the process that started them
 
 register()
 
@@ -52,7 +58,7 @@ _TORCHRUN_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUI
 
 
 def _spread_over_ranks(cfg: DictConfig, name: str) -> bool:
-    """Run stage ``name`` under torchrun with ``cfg.procs`` ranks (this command's overrides, that one stage) when it
+    """Run stage ``name`` under torchrun with ``cfg.procs`` ranks (this process's config, that one stage) when it
     trains independent models; True when it did (the ranks have finished)."""
     if cfg.procs <= 1 or name not in RANK_PARALLEL or "WORLD_SIZE" in os.environ:
         return False
@@ -62,7 +68,8 @@ def _spread_over_ranks(cfg: DictConfig, name: str) -> bool:
         return False  # skipped anyway: no ranks to start
     from torch.distributed.run import main as torchrun
 
-    argv = [a for a in sys.argv[1:] if not a.startswith("stage=")] + [f"stage={name}"]
+    rank_cfg = copy.deepcopy(cfg)  # this process keeps its own stage list
+    rank_cfg.stage = name
     omp = os.environ.get("OMP_NUM_THREADS")
     os.environ["OMP_NUM_THREADS"] = omp or "1"  # one thread per rank: the ranks share the cores
     # torchrun's agent leaves handlers that turn these signals into an exception. A worker that a later stage
@@ -70,13 +77,18 @@ def _spread_over_ranks(cfg: DictConfig, name: str) -> bool:
     # its last result, is then caught as a task error; the worker waits for more work and the stage hangs
     # (seen once: the main job's decode stage, 2026-12-02). So this process gets its own handlers back.
     handlers = {sig: signal.getsignal(sig) for sig in _TORCHRUN_SIGNALS}
-    try:
-        torchrun(["--standalone", f"--nproc-per-node={cfg.procs}", "-m", "asr_kd.cli", *argv])
-    finally:  # the stages after it in this process start their own workers as before
-        if omp is None:
-            del os.environ["OMP_NUM_THREADS"]
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)
+    with tempfile.TemporaryDirectory(prefix="asr_kd_ranks_") as tmp:  # the ranks run on this machine
+        config_file = Path(tmp) / "config.pkl"
+        config_file.write_bytes(pickle.dumps(rank_cfg))
+        os.environ[RANK_CONFIG_ENV] = str(config_file)
+        try:
+            torchrun(["--standalone", f"--nproc-per-node={cfg.procs}", "-m", "asr_kd.cli"])
+        finally:  # the stages after it in this process start their own workers as before
+            del os.environ[RANK_CONFIG_ENV]
+            if omp is None:
+                del os.environ["OMP_NUM_THREADS"]
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
     return True
 
 
@@ -105,8 +117,7 @@ def _run(cfg: DictConfig) -> None:
             run_stage(name, STAGES[name], cfg, ws, force=cfg.force)
 
 
-@hydra.main(version_base="1.3", config_path=None, config_name="asr_kd")
-def _hydra_main(cfg: DictConfig) -> None:
+def _run_reporting_input_errors(cfg: DictConfig) -> None:
     try:
         _run(cfg)
     except InputError as e:
@@ -116,10 +127,24 @@ def _hydra_main(cfg: DictConfig) -> None:
         sys.exit(INPUT_ERROR_STATUS)
 
 
+@hydra.main(version_base="1.3", config_path=None, config_name="asr_kd")
+def _hydra_main(cfg: DictConfig) -> None:
+    _run_reporting_input_errors(cfg)
+
+
+def _rank_main(config_file: Path) -> None:
+    """A torchrun rank: the stage of the config its parent pickled (hydra's console log format, no composition)."""
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+    _run_reporting_input_errors(pickle.loads(config_file.read_bytes()))
+
+
 def main() -> None:
     """Entry point (``asr-kd`` console script and ``python -m asr_kd.cli``)."""
     logging.getLogger("matplotlib").setLevel(logging.WARNING)
-    _hydra_main()
+    if RANK_CONFIG_ENV in os.environ and "WORLD_SIZE" in os.environ:
+        _rank_main(Path(os.environ[RANK_CONFIG_ENV]))
+    else:
+        _hydra_main()
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ already prepared lost; the traceback only with debug=true (and always in the sta
 from __future__ import annotations
 
 import os
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -79,22 +80,26 @@ def test_ranks_start_only_for_at_least_two_shares(tmp_path: Path, monkeypatch) -
     handlers_before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
 
     def torchrun(argv):  # what the real agent does to this process's signals, besides starting the ranks
-        launched.append(argv)
+        launched.append((argv, pickle.loads(Path(os.environ[cli.RANK_CONFIG_ENV]).read_bytes())))
         for sig in handlers_before:
             signal.signal(sig, _terminate_process_handler)
 
     monkeypatch.setattr("torch.distributed.run.main", torchrun)
     monkeypatch.delenv("WORLD_SIZE", raising=False)
-    cfg = OmegaConf.create({"procs": 2, "stage": "students", "students": {}, "work_dir": str(tmp_path),
+    cfg = OmegaConf.create({"procs": 2, "stage": "students,decode", "students": {}, "work_dir": str(tmp_path),
                             "force": False, "ensemble": {"num_members": 1}, "distill": {"temperatures_sweep": [2.0]}})
-    monkeypatch.setattr(sys, "argv", ["asr_kd.cli", "stage='baseline,students,decode'", "nj=2"])
     for stage in ("students", "ensemble", "distill"):
         assert RANK_PARALLEL[stage](cfg) < 2 and not cli._spread_over_ranks(cfg, stage)
     assert not launched
     cfg.students = {"a": {}, "b": {}}
     assert cli._spread_over_ranks(cfg, "students") and len(launched) == 1  # two students: two ranks
-    # the ranks run that one stage with this command's other overrides, whatever list this process was given
-    assert launched[0][-3:] == ["asr_kd.cli", "nj=2", "stage=students"] and "--nproc-per-node=2" in launched[0]
+    # the ranks run that one stage of this process's config (not one composed again from the conf files, which
+    # may have changed since this run began), whatever list this process was given
+    argv, rank_cfg = launched[0]
+    assert argv[-2:] == ["-m", "asr_kd.cli"] and "--nproc-per-node=2" in argv
+    assert rank_cfg.stage == "students" and cfg.stage == "students,decode"
+    assert OmegaConf.to_container(rank_cfg.students) == {"a": {}, "b": {}} and rank_cfg.procs == 2
+    assert cli.RANK_CONFIG_ENV not in os.environ  # the config file is gone with the ranks
     assert os.environ.get("OMP_NUM_THREADS") == omp_before  # set for the ranks only, not for later stages here
     # and workers forked by later stages die on Pool.terminate()'s SIGTERM instead of raising inside a task
     assert {sig: signal.getsignal(sig) for sig in handlers_before} == handlers_before
