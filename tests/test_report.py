@@ -6,6 +6,7 @@ wrong split changes what the report shows and fails here.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from asr_kd.pipeline import report
-from asr_kd.pipeline.report import collect, write_report
+from asr_kd.pipeline.report import collect, share_verdict, write_report
 from asr_kd.pipeline.runner import machine_description, machine_kind
 from asr_kd.pipeline.workspace import Workspace
 from features.kaldi_io import write_vec_int_ark_scp
@@ -149,6 +150,11 @@ def test_markdown_shows_the_collected_numbers(workspace: Workspace) -> None:
     assert rows["3x ensemble"].split("|")[2].strip().startswith("60.0 [")
     assert rows["distilled single model"].split("|")[5].strip().startswith("22.0 [")  # dev WER column
     assert "| frame accuracy | 80% [" in md  # share kept on dev
+    # and the paper's "more than 80%" judged from each interval: test's 60% share is said to fall short or not,
+    # never simply printed
+    claim = next(line for line in md.splitlines() if line.startswith("The paper's claim"))
+    assert re.search(r"on dev 80% \[\d+%, \d+%\]: undecided \(the interval contains 80%\); "
+                     r"on test 60% \[\d+%, \d+%\]: (undecided|does not hold) \(", claim), claim
     assert "**Flagged: distilled, small_data/small_soft.**" in md
     assert "| baseline | 0.1 | 0.050 | 0 / 1 | 0 / 2 |" in md
     assert "| 2.0 | 58.00 | 46.00 | 12 |" in md and "| 5.0 | 57.50 | 46.50 | 14 |" in md
@@ -165,6 +171,12 @@ def test_markdown_shows_the_collected_numbers(workspace: Workspace) -> None:
     assert json.loads((workspace.root / "results" / "history.json").read_text())[0]["machine"] == kind
     assert json.loads((workspace.root / "results" / "history.json").read_text())[0]["headline"][
         "baseline_dev_frame_acc"] == pytest.approx(50.0)
+
+
+@pytest.mark.parametrize("low, high, verdict", [(0.81, 0.95, "holds"), (0.6, 0.79, "does not hold"),
+                                                 (0.7, 0.9, "undecided"), (0.8, 0.8, "undecided")])
+def test_share_verdict_needs_the_whole_interval_on_one_side(low: float, high: float, verdict: str) -> None:
+    assert share_verdict({"estimate": (low + high) / 2, "low": low, "high": high}, 0.8).startswith(verdict + " (")
 
 
 @pytest.mark.parametrize("native", [True, False])
