@@ -122,7 +122,10 @@ def _equal_align_shard(utts: list[str]) -> AlignResult:
 
 
 def _run(worker: Callable[[list[str]], AlignResult], job: _Job, nj: int, desc: str) -> AlignResult:
-    """Run ``worker`` over utterance shards (8 per job, for load balance) in ``nj`` forked processes."""
+    """Run ``worker`` over utterance shards (8 per job, for load balance) in ``nj`` forked processes.
+
+    Shard results are merged in shard order, not in the order workers finish, so that the summed objective and
+    the failed utterances come out the same whatever ``nj`` and whatever the timing."""
     global _JOB
     utts = sorted(set(job.feats) | set(job.graphs))
     shards = [utts[i::max(1, nj) * 8] for i in range(max(1, nj) * 8)]
@@ -136,11 +139,12 @@ def _run(worker: Callable[[list[str]], AlignResult], job: _Job, nj: int, desc: s
                 result.merge(part)
         else:
             with mp.get_context("fork").Pool(nj) as pool:
-                for part in tqdm(pool.imap_unordered(worker, shards), total=len(shards), desc=desc, leave=False):
+                for part in tqdm(pool.imap(worker, shards), total=len(shards), desc=desc, leave=False):
                     result.merge(part)
     finally:
         _JOB = None
     result.alignments = dict(sorted(result.alignments.items()))
+    result.failed = dict(sorted(result.failed.items()))
     return result
 
 

@@ -12,7 +12,7 @@ import functools
 import logging
 import multiprocessing as mp
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -27,7 +27,7 @@ from decoding.score import WerResult, compute_wer
 from features.errors import InputError
 
 __all__ = ["DecodeConfig", "DecodeResult", "TunedDecode", "decode_loglikes", "posteriors_to_loglikes",
-           "tune_and_decode"]
+           "search_scale", "tune_and_decode"]
 
 logger = logging.getLogger(__name__)
 
@@ -198,28 +198,62 @@ class TunedDecode:
     test: DecodeResult
 
 
+def search_scale(wer_at: Callable[[float], float], acoustic_scales: Sequence[float], extend_edges: int = 0
+                 ) -> float:
+    """The scale with the lowest ``wer_at(scale)`` (ties to the larger scale: faster search), over the grid and,
+    while the best is at an end of what was tried, up to ``extend_edges`` further steps beyond that end.
+
+    A fixed grid (Kaldi's LMWT 7-17) answers "which of these", not "which scale": a choice at its end says only that
+    dev wanted to go further. Each step out has the spacing of the grid's last two points on that side, and a
+    scale must stay above 0. ``wer_at`` is called once per scale tried.
+    """
+    grid = sorted(set(acoustic_scales))
+    if not grid:
+        raise ValueError("choosing an acoustic scale needs at least one scale")
+    if extend_edges < 0:
+        raise ValueError(f"extend_edges must be >= 0, got {extend_edges}")
+    wer = {s: wer_at(s) for s in grid}
+
+    def best() -> float:
+        return min(wer, key=lambda s: (wer[s], -s))
+
+    for _ in range(extend_edges if len(grid) > 1 else 0):
+        chosen, tried = best(), sorted(wer)
+        if chosen == tried[-1]:
+            scale = round(chosen + (grid[-1] - grid[-2]), 6)
+        elif chosen == tried[0] and round(chosen - (grid[1] - grid[0]), 6) > 0:
+            scale = round(chosen - (grid[1] - grid[0]), 6)
+        else:
+            break
+        wer[scale] = wer_at(scale)
+    return best()
+
+
 def tune_and_decode(graph_dir: Path, transition_model: Path | khg.TransitionModel,
                     dev_loglikes: Mapping[str, np.ndarray], dev_refs: Mapping[str, Sequence[str]],
                     test_loglikes: Mapping[str, np.ndarray], cfg: DecodeConfig | None = None,
-                    acoustic_scales: Sequence[float] = (0.06, 0.08, 0.1, 0.12, 0.15), nj: int = 1) -> TunedDecode:
-    """Pick the acoustic scale with the lowest dev WER from ``acoustic_scales``, then decode test with it.
+                    acoustic_scales: Sequence[float] = (0.06, 0.08, 0.1, 0.12, 0.15), nj: int = 1,
+                    extend_edges: int = 0) -> TunedDecode:
+    """Pick the acoustic scale with the lowest dev WER (:func:`search_scale` over ``acoustic_scales``, beyond
+    an end of it by up to ``extend_edges`` steps while dev still improves there), then decode test with it.
 
-    Only dev chooses: the test set is decoded once, so its WER stays an unbiased estimate. Ties go to the
-    larger scale (faster search). Dev is decoded once per scale, test once.
+    Only dev chooses: the test set is decoded once, so its WER stays an unbiased estimate. Dev is decoded once per
+    scale tried, test once.
     """
     cfg = cfg or DecodeConfig()
-    if not acoustic_scales:
-        raise ValueError("tune_and_decode needs at least one acoustic scale")
     if not isinstance(transition_model, khg.TransitionModel):
         from decoding.model_io import read_model
 
         transition_model = read_model(Path(transition_model))[0]
     dev_wer, dev_results = {}, {}
-    for scale in acoustic_scales:
+
+    def wer_at(scale: float) -> float:
         dev_results[scale] = decode_loglikes(graph_dir, transition_model, dev_loglikes,
                                              replace(cfg, acoustic_scale=scale), nj)
         dev_wer[scale] = compute_wer(dev_refs, dev_results[scale].hyps)
         logger.info("dev WER at acoustic scale %g: %.2f%%", scale, dev_wer[scale].wer)
-    best = min(acoustic_scales, key=lambda s: (dev_wer[s].wer, -s))
+        return dev_wer[scale].wer
+
+    best = search_scale(wer_at, acoustic_scales, extend_edges)
     test = decode_loglikes(graph_dir, transition_model, test_loglikes, replace(cfg, acoustic_scale=best), nj)
-    return TunedDecode(best, dev_wer, dev_results[best], test)
+    return TunedDecode(best, dict(sorted(dev_wer.items())), dev_results[best], test)

@@ -177,6 +177,12 @@ def test_align_outputs_and_boundaries(trained: dict, tmp_path: Path) -> None:
     assert summary["num_failed"] == 2 and summary["num_aligned"] == 60
     failed = dict(line.split(" ", 1) for line in (out / "failed.txt").read_text().splitlines())
     assert set(failed) == {"short", "notext"} and failed["notext"] == "no transcript"
+    # one process gives the same files and the same summed objective as two (merged in shard order, not as
+    # workers finish)
+    one = gmm.align(root / "tri", tmp_path / "feats", root / "lang", tmp_path / "ali1", nj=1)
+    assert {k: v for k, v in one.items() if k != "seconds"} == {k: v for k, v in summary.items() if k != "seconds"}
+    for name in ("failed.txt", "ali.ark", "pdf.ark", "pdf_counts"):
+        assert (tmp_path / "ali1" / name).read_bytes() == (out / name).read_bytes(), name
 
     num_pdfs = int((out / "num_pdfs").read_text())
     assert num_pdfs == trained["tri"]["num_pdfs"]

@@ -14,7 +14,7 @@ import kaldifst
 import numpy as np
 import pytest
 
-from decoding.decode import DecodeConfig, decode_loglikes, posteriors_to_loglikes, tune_and_decode
+from decoding.decode import DecodeConfig, decode_loglikes, posteriors_to_loglikes, search_scale, tune_and_decode
 from decoding.graph import GraphConfig, make_hclg, remove_input_symbols
 from decoding.lang import LexiconConfig, LangConfig, load_lang, prepare_dict, prepare_lang, read_lexicon
 from decoding.lm import LmConfig, make_lang_test, train_lm
@@ -153,6 +153,41 @@ def test_wrong_acoustics_give_other_words_and_tuning_picks_a_scale(lang_test: Pa
     assert set(dev_wer) == set(scales)
     assert dev_wer[best].wer == 0.0 and best == max(s for s in scales if dev_wer[s].wer == 0.0)
     assert test.hyps == {"d1": unlikely}
+
+
+class _Dev:
+    """A dev WER curve with its minimum at ``best``, that counts the scales it was asked for."""
+
+    def __init__(self, best: float) -> None:
+        self.best = best
+        self.asked: list[float] = []
+
+    def __call__(self, scale: float) -> float:
+        self.asked.append(scale)
+        return round(100 * abs(scale - self.best), 6)
+
+
+@pytest.mark.parametrize("best, extend, chosen, asked", [
+    (0.10, 3, 0.10, [0.06, 0.08, 0.1, 0.12, 0.14]),             # inside the grid: nothing more is tried
+    (0.18, 3, 0.18, [0.06, 0.08, 0.1, 0.12, 0.14, 0.16, 0.18, 0.2]),   # past the top: out until dev turns
+    (0.30, 3, 0.20, [0.06, 0.08, 0.1, 0.12, 0.14, 0.16, 0.18, 0.2]),   # ... but at most 3 steps
+    (0.18, 0, 0.14, [0.06, 0.08, 0.1, 0.12, 0.14]),             # extend_edges=0: the grid alone (Kaldi's LMWT)
+    (0.03, 3, 0.04, [0.06, 0.08, 0.1, 0.12, 0.14, 0.04, 0.02]),  # below: down, never to 0
+])
+def test_search_scale_goes_past_an_end_of_the_grid_while_dev_improves(best: float, extend: int, chosen: float,
+                                                                       asked: list[float]) -> None:
+    dev = _Dev(best)
+    assert search_scale(dev, [0.14, 0.1, 0.06, 0.12, 0.08], extend) == pytest.approx(chosen)
+    assert dev.asked == pytest.approx(asked)
+
+
+def test_search_scale_ties_go_to_the_larger_scale_and_bad_grids_are_refused() -> None:
+    assert search_scale(lambda s: 10.0, [0.08, 0.1], extend_edges=2) == pytest.approx(0.14)  # a flat dev climbs
+    assert search_scale(lambda s: 5.0, [0.1], extend_edges=3) == 0.1   # one scale: no step to take
+    with pytest.raises(ValueError):
+        search_scale(lambda s: 0.0, [], 1)
+    with pytest.raises(ValueError):
+        search_scale(lambda s: 0.0, [0.1, 0.2], -1)
 
 
 def test_posteriors_to_loglikes_divides_by_the_prior() -> None:

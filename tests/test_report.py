@@ -77,7 +77,10 @@ def workspace(tmp_path: Path) -> Workspace:
                     "sweep": {"2.0": {"dev": {"all": 58.0}, "test": {"all": 46.0}, "epochs_run": 12},
                               "5.0": {"dev": {"all": 57.5}, "test": {"all": 46.5}, "epochs_run": 14}}},
         "decode": {"baseline": {"acoustic_scale": 0.1, "rtf": 0.05, "dev": {"no_path": [], "no_final_state": []},
-                                "test": {"no_path": ["t03"], "no_final_state": ["t04", "t05"]}}},
+                                "test": {"no_path": ["t03"], "no_final_state": ["t04", "t05"]},
+                                "dev_wer_by_scale": {"0.12": 23.0, "0.1": 22.0, "0.08": 22.5}},
+                   "ensemble": {"acoustic_scale": 0.14, "rtf": 0.04, "dev": {}, "test": {},
+                                "dev_wer_by_scale": {"0.12": 21.0, "0.14": 20.5, "0.1": 22.0}}},
         "tri": {f"boundaries/{split}": {
             "matched_phones": 90, "ref_phones": 100, "boundaries": 80, "within_20ms": w20, "within_40ms": 0.95,
             "median_abs_error_s": 0.0085,
@@ -133,6 +136,7 @@ def test_every_number_comes_from_the_stage_outputs(workspace: Workspace) -> None
     assert {c["group"] for c in r["comparisons"]} == {"dev", "test", "test seen", "test unseen"}
     assert r["decoding"]["baseline"]["no_path"] == {"dev": 0, "test": 1}
     assert r["decoding"]["baseline"]["no_final_state"] == {"dev": 0, "test": 2}
+    assert r["decoding"]["baseline"]["scales_tried"] == [0.08, 0.1, 0.12]
     flagged = {c["model"]: c["converged"] for c in r["convergence"]}
     assert flagged == {"baseline": True, "distilled": False, "small_data/small_hard": True,
                        "small_data/small_soft": False}
@@ -156,7 +160,9 @@ def test_markdown_shows_the_collected_numbers(workspace: Workspace) -> None:
     assert re.search(r"on dev 80% \[\d+%, \d+%\]: undecided \(the interval contains 80%\); "
                      r"on test 60% \[\d+%, \d+%\]: (undecided|does not hold) \(", claim), claim
     assert "**Flagged: distilled, small_data/small_soft.**" in md
-    assert "| baseline | 0.1 | 0.050 | 0 / 1 | 0 / 2 |" in md
+    # the scales dev tried, in order, and a choice at an end of them marked (dev wanted to go further)
+    assert "| baseline | 0.1 | 0.08, 0.1, 0.12 | 0.050 | 0 / 1 | 0 / 2 |" in md
+    assert "| ensemble | 0.14 *(end)* | 0.1, 0.12, 0.14 | 0.040 | 0 / 0 | 0 / 0 |" in md
     assert "| 2.0 | 58.00 | 46.00 | 12 |" in md and "| 5.0 | 57.50 | 46.50 | 14 |" in md
     assert ("Chosen on dev: T = 2.0. Learning-rate schedule of the students: plateau; of the baseline and the "
             "members: newbob") in md

@@ -32,10 +32,13 @@ from features.extract import FeatureConfig
 
 @dataclass
 class DecodeStageConfig:
-    """Hybrid decoding: the decoder's settings plus the acoustic scales tried on dev (the best one is used on test)."""
+    """Hybrid decoding: the decoder's settings plus the acoustic scales tried on dev (the best one is used on test);
+    while dev's best is at an end of the scales tried, up to ``extend_edges`` more steps beyond it are tried
+    (:func:`decoding.decode.search_scale`)."""
 
     decoder: DecodeConfig = field(default_factory=DecodeConfig)
     acoustic_scales: list[float] = field(default_factory=lambda: [0.05, 0.08, 0.1, 0.15])
+    extend_edges: int = 3
     systems: list[str] = field(
         default_factory=lambda: ["baseline", "ensemble", "distilled", "small_hard", "small_soft",
                                  "small_soft_baseline"])

@@ -247,6 +247,7 @@ def collect(ws: Workspace, stages: list[str], num_samples: int = 1000, seed: int
         "tree": _get(s.get("tri"), "train"),
         "graph": _get(s.get("graph"), "graph"),
         "decoding": {name: {"acoustic_scale": v.get("acoustic_scale"), "rtf": v.get("rtf"),
+                            "scales_tried": sorted(float(k) for k in v.get("dev_wer_by_scale") or {}),
                             "no_path": {sp: len(_get(v, sp, "no_path") or []) for sp in ("dev", "test")},
                             "no_final_state": {sp: len(_get(v, sp, "no_final_state") or []) for sp in ("dev", "test")}}
                      for name, v in {"gmm": _get(s.get("graph"), "gmm") or {}, **decode}.items() if v},
@@ -559,15 +560,27 @@ def _details_md(r: dict) -> list[str]:
             f"{k}: {v['bytes_per_frame']:.0f} B/frame, top-k mass {100 * v['mean_mass_kept']:.0f}%"
             for k, v in r["soft_targets"].items()) + "."]
     if r["decoding"]:
-        lines += ["", "## Decoding", "", "| system | acoustic scale (chosen on dev) | RTF per core (test) "
-                  "| no surviving path dev / test | no final state dev / test |", "|---|---|---|---|---|"]
+        lines += ["", "## Decoding", "", "A scale chosen at an end of the scales tried is marked *(end)*: dev would "
+                  "have gone further than the search allowed.", "",
+                  "| system | acoustic scale (chosen on dev) | scales tried on dev | RTF per core (test) "
+                  "| no surviving path dev / test | no final state dev / test |", "|---|---|---|---|---|---|"]
         for name, d in r["decoding"].items():
-            lines.append(f"| {name} | {d['acoustic_scale']} | {_fmt(d['rtf'], 3)} | {d['no_path']['dev']} / "
+            chosen, tried = _scale_cells(d)
+            lines.append(f"| {name} | {chosen} | {tried} | {_fmt(d['rtf'], 3)} | {d['no_path']['dev']} / "
                          f"{d['no_path']['test']} | {d['no_final_state']['dev']} / {d['no_final_state']['test']} |")
     lines += ["", "## Where the time went (s)", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {k} | {v:.0f} |" for k, v in r["stage_seconds"].items()]
     lines += ["", "![training curves](training_curves.png)"]
     return lines
+
+
+def _scale_cells(d: dict) -> tuple[str, str]:
+    """The decoding table's chosen-scale cell (marked when it is an end of the scales tried) and scales-tried cell."""
+    tried, chosen = d.get("scales_tried") or [], d["acoustic_scale"]
+    if not tried:
+        return f"{chosen}", "-"
+    end = " *(end)*" if len(tried) > 1 and chosen in (tried[0], tried[-1]) else ""
+    return f"{chosen}{end}", ", ".join(f"{t:g}" for t in tried)
 
 
 def _body(r: dict) -> list[str]:

@@ -106,7 +106,8 @@ def _decode_tuned(cfg: DictConfig, ws: Workspace, system: str, loglikes: Callabl
                   ) -> dict:
     """Pick the acoustic scale on dev by WER, then decode test with it (test never tunes anything); score both."""
     tuned = tune_and_decode(ws.graph, ws.model, loglikes("dev"), read_text(ws.data("dev") / "text"), loglikes("test"),
-                            xp.to_object(cfg.decode.decoder), list(cfg.decode.acoustic_scales), nj=cfg.nj)
+                            xp.to_object(cfg.decode.decoder), list(cfg.decode.acoustic_scales), nj=cfg.nj,
+                            extend_edges=cfg.decode.extend_edges)
     result: dict = {"acoustic_scale": tuned.acoustic_scale,
                     "dev_wer_by_scale": {s: w.wer for s, w in tuned.dev_wer.items()},
                     "rtf": tuned.test.real_time_factor}
