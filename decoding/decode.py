@@ -219,11 +219,9 @@ def search_scale(wer_at: Callable[[float], float], acoustic_scales: Sequence[flo
 
     for _ in range(extend_edges if len(grid) > 1 else 0):
         chosen, tried = best(), sorted(wer)
-        if chosen == tried[-1]:
-            scale = round(chosen + (grid[-1] - grid[-2]), 6)
-        elif chosen == tried[0] and round(chosen - (grid[1] - grid[0]), 6) > 0:
-            scale = round(chosen - (grid[1] - grid[0]), 6)
-        else:
+        step = (grid[-1] - grid[-2]) if chosen == tried[-1] else -(grid[1] - grid[0]) if chosen == tried[0] else 0.0
+        scale = round(chosen + step, 6)
+        if step == 0.0 or scale <= 0:
             break
         wer[scale] = wer_at(scale)
     return best()
