@@ -135,6 +135,8 @@ class DistillBenchConfig:
     """Sizes of the benchmark; the defaults are the prototype's CPU setting (4x512 -> 860 states, 10 members)."""
 
     preset: str = "small"
+    hidden_layers: int | None = None  # the preset's shape unless set (the main job: 3 x 192)
+    hidden_dim: int | None = None
     num_classes: int = 860
     members: int = 10
     batch_size: int = 256
@@ -174,7 +176,8 @@ def bench_distill(cfg: DistillBenchConfig | None = None) -> dict:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = select_device(cfg.device)
-    model_cfg = PRESETS[cfg.preset]
+    model_cfg = dataclasses.replace(PRESETS[cfg.preset], **{k: v for k, v in (("hidden_layers", cfg.hidden_layers),
+                                                                             ("hidden_dim", cfg.hidden_dim)) if v})
     train_set = random_frame_set(model_cfg, cfg.num_frames, cfg.num_classes, device, seed=cfg.seed)
     torch.manual_seed(cfg.seed)
     teachers = [DNN(model_cfg, cfg.num_classes).to(device).eval() for _ in range(cfg.members)]
@@ -209,6 +212,7 @@ def bench_distill(cfg: DistillBenchConfig | None = None) -> dict:
     return {
         "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
         "threads": torch.get_num_threads(),
+        "shape": f"{model_cfg.hidden_layers}x{model_cfg.hidden_dim}",
         "timing": f"best of {cfg.rounds} interleaved rounds of {cfg.steps} steps",
         "config": dataclasses.asdict(cfg),
         "frames_per_s": {k: round(v) for k, v in speeds.items()},
@@ -221,8 +225,9 @@ def bench_distill(cfg: DistillBenchConfig | None = None) -> dict:
 def format_report(result: dict) -> str:
     """The benchmark as a short Markdown table (for the report and the terminal)."""
     c = result["config"]
-    title = (f"Distillation step speed: {c['preset']} student -> {c['num_classes']} classes, batch "
-             f"{c['batch_size']}, {c['members']}-member teacher, k={c['top_k']}, on {result['device']} "
+    title = (f"Distillation step speed: {result['shape']} student -> {c['num_classes']} classes, batch "
+             f"{c['batch_size']}, {c['members']}-member teacher, k={c['top_k']}, T={c['temperature']:g}, on "
+             f"{result['device']} "
              f"({result['threads']} threads; {result['timing']})")
     lines = [
         title,
@@ -258,6 +263,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--classes", type=int, default=860)
     p.add_argument("--members", type=int, default=10)
+    p.add_argument("--hidden-layers", type=int, default=None, help="override the preset's depth")
+    p.add_argument("--hidden-dim", type=int, default=None, help="override the preset's width")
+    p.add_argument("--temperature", type=float, default=2.0)
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
@@ -265,8 +273,9 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     if args.what == "distill":
         print(format_report(bench_distill(DistillBenchConfig(
-            preset=args.preset, batch_size=args.batch_size, num_classes=args.classes, members=args.members,
-            device=args.device, threads=args.threads))))
+            preset=args.preset, hidden_layers=args.hidden_layers, hidden_dim=args.hidden_dim,
+            batch_size=args.batch_size, num_classes=args.classes, members=args.members,
+            temperature=args.temperature, device=args.device, threads=args.threads))))
         return
     if args.what == "train":
         result = bench_train(args.preset, args.batch_size, args.steps, args.classes, args.device)

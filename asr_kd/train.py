@@ -384,7 +384,9 @@ def train_one_epoch(trainee: Trainee, optimizer: torch.optim.Optimizer, train_cf
             optimizer.step()
         with torch.no_grad():
             sums[0] += loss_terms.detach().double() * b
-            sums[1] += (logits.detach().argmax(-1) == y).sum(1).double()
+            # argmax of bf16 logits has no fast CPU kernel: 1.4 ms a step against 0.5 ms for the float copy's (the
+            # same argmax), 8% of a member's epoch on the main job
+            sums[1] += (logits.detach().float().argmax(-1) == y).sum(1).double()
             sums[2] += b
     bar.close()
     dist_ctx.all_reduce_sum(sums)

@@ -312,14 +312,15 @@ def test_temperature_sweep_and_small_data(data, teacher, teacher_path, tmp_path)
 def test_distill_bench_runs_and_reports_storage():
     from asr_kd.bench import DistillBenchConfig, bench_distill, format_report
 
-    cfg = DistillBenchConfig(preset="tiny", num_classes=50, members=2, batch_size=32, steps=2, warmup_steps=1,
-                             rounds=1, top_k=5, num_frames=600, storage_k=(5, None), storage_classes=(50,),
-                             device="cpu")
+    cfg = DistillBenchConfig(preset="tiny", hidden_dim=24, num_classes=50, members=2, batch_size=32, steps=2,
+                             warmup_steps=1, rounds=1, top_k=5, num_frames=600, storage_k=(5, None),
+                             storage_classes=(50,), device="cpu")
     result = bench_distill(cfg)
     assert set(result["frames_per_s"]) == {"baseline", "stored", "online"}
     assert all(v > 0 for v in result["frames_per_s"].values())
     assert [r["bytes_per_frame"] for r in result["storage"]] == [5 * 4 + 2, 50 * 4 + 2]
-    assert "| online |" in format_report(result)
+    assert result["shape"] == "2x24"  # the tiny preset's depth, the width asked for
+    assert "| online |" in format_report(result) and "2x24 student" in format_report(result)
 
 
 def test_train_bench_reports_both_numerics():

@@ -3,7 +3,8 @@
 #   - Debian packages: text-to-speech engines and sox for the built-in corpus, sctk (NIST sclite) for the
 #     scoring test, and real English text for the corpus and the LM (Jane Austen's novels and the Harvard
 #     sentences, read through R; WordNet examples, fortunes, GCIDE quotations);
-#   - a virtual environment (.venv at the repo root, or $ASR_KD_VENV) with the pinned Python packages.
+#   - a virtual environment (.venv at the repo root, or $ASR_KD_VENV) with the pinned Python packages
+#     (installed by uv where it can be had, pip otherwise).
 # Re-running it is cheap: each part is skipped when already in place.
 # Usage: recipes/tools/install.sh [--test]     (--test also installs the test extras)
 set -euo pipefail
@@ -56,10 +57,35 @@ fi
 stamp="$venv/.asr-kd-installed$extras"
 want=$(cat "$repo/pyproject.toml" | sha256sum | cut -c1-16)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-  echo "install.sh: pip install -e .$extras (torch is a large download the first time)"
   pip_log="$venv/pip-install.log"
-  { "$venv/bin/python" -m pip install -q --upgrade pip && "$venv/bin/python" -m pip install -q -e "$repo$extras"; } \
-    >"$pip_log" 2>&1 || { tail -n 40 "$pip_log" >&2; die "pip install failed (full log: $pip_log)"; }
+  # uv installs the same pinned packages as pip about 4x faster (torch's CUDA build brings ~4 GB of libraries:
+  # 35 s against 2 min 40 s here, a sixth of the main job's budget). uv does not read pip's configuration, so
+  # pip's indexes, find-links and constraints are handed over, with pip's rule of taking the best version from any
+  # index. Where uv cannot be had or fails, pip does the install.
+  uv_args=()
+  mapfile -t uv_args < <("$venv/bin/python" - <<'PY'
+import shlex, subprocess, sys
+flags = {"index-url": "--index-url", "extra-index-url": "--extra-index-url", "find-links": "--find-links",
+         "constraint": "--constraint"}
+listing = subprocess.run([sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True).stdout
+for line in listing.splitlines():
+    key, _, value = line.partition("=")
+    flag = flags.get(key.rsplit(".", 1)[-1])
+    for item in (shlex.split(value)[0].split() if flag and value else []):
+        print(flag)
+        print(item)
+PY
+  )
+  echo "install.sh: installing the Python packages into $venv (torch is a large download the first time)"
+  if "$venv/bin/python" -m pip install -q uv >"$pip_log" 2>&1 \
+      && "$venv/bin/python" -m uv pip install -q --python "$venv/bin/python" --index-strategy unsafe-best-match \
+           "${uv_args[@]}" -e "$repo$extras" >>"$pip_log" 2>&1; then
+    :
+  else
+    echo "install.sh: uv unavailable or failed (see $pip_log); installing with pip"
+    { "$venv/bin/python" -m pip install -q --upgrade pip && "$venv/bin/python" -m pip install -q -e "$repo$extras"; } \
+      >>"$pip_log" 2>&1 || { tail -n 40 "$pip_log" >&2; die "pip install failed (full log: $pip_log)"; }
+  fi
   echo "$want" > "$stamp"
 fi
 KALDI_ROOT=/tmp "$venv/bin/python" - <<'PY' || die "the installed packages do not import together (see above)"
