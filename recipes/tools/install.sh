@@ -58,8 +58,8 @@ stamp="$venv/.asr-kd-installed$extras"
 want=$(cat "$repo/pyproject.toml" | sha256sum | cut -c1-16)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   pip_log="$venv/pip-install.log"
-  # uv installs the same pinned packages as pip about 4x faster (torch's CUDA build brings ~4 GB of libraries:
-  # 37 s against 2 min 45 s on the main job's machine, a seventh of its 20-minute budget). uv does not read pip's
+  # uv installs the same pinned packages as pip about 2.3x faster (torch's CUDA build brings ~4 GB of libraries:
+  # 37 s against 1 min 25 s on the main job's machine with the wheels in the disk cache). uv does not read pip's
   # configuration, so pip's indexes, find-links and constraints are handed over, with pip's rule of taking the best
   # version from any index. Where uv cannot be had or fails, pip does the install.
   uv_args=()
