@@ -176,8 +176,9 @@ def bench_distill(cfg: DistillBenchConfig | None = None) -> dict:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = select_device(cfg.device)
-    model_cfg = dataclasses.replace(PRESETS[cfg.preset], **{k: v for k, v in (("hidden_layers", cfg.hidden_layers),
-                                                                             ("hidden_dim", cfg.hidden_dim)) if v})
+    preset = PRESETS[cfg.preset]
+    model_cfg = dataclasses.replace(preset, hidden_layers=cfg.hidden_layers or preset.hidden_layers,
+                                    hidden_dim=cfg.hidden_dim or preset.hidden_dim)
     train_set = random_frame_set(model_cfg, cfg.num_frames, cfg.num_classes, device, seed=cfg.seed)
     torch.manual_seed(cfg.seed)
     teachers = [DNN(model_cfg, cfg.num_classes).to(device).eval() for _ in range(cfg.members)]
