@@ -164,6 +164,24 @@ def combine_log_probs(member_log_probs: torch.Tensor, combine: str = "arith") ->
     raise ValueError(f"combine must be one of {COMBINES}, got {combine!r}")
 
 
+def _prefix_correct(member_log_probs: torch.Tensor, combine: str, targets: torch.Tensor) -> torch.Tensor:
+    """[M] counts of frames whose target is the arg-max of the first n members combined, n = 1..M.
+
+    The arg-max of :func:`combine_log_probs` of ``member_log_probs[:n]`` is that of the running sum of the members'
+    probabilities (arithmetic mean) or log-probabilities (geometric mean); a loop over members, because torch's
+    cumsum and logcumsumexp over the member dimension take 5-8x as long as the whole combination.
+    """
+    if combine not in COMBINES:
+        raise ValueError(f"combine must be one of {COMBINES}, got {combine!r}")
+    scores = member_log_probs.exp() if combine == "arith" else member_log_probs
+    running = torch.zeros_like(scores[0])
+    correct = []
+    for member_scores in scores:
+        running += member_scores
+        correct.append(int((running.argmax(-1) == targets).sum()))
+    return torch.tensor(correct, dtype=torch.int64)
+
+
 @torch.no_grad()
 def iter_member_logits(models: Sequence[DNN], frame_set: FrameSet,
                        batch_size: int = 4096) -> Iterator[tuple[int, torch.Tensor]]:
@@ -201,19 +219,23 @@ def evaluate_ensemble(member_dirs: Sequence[Path], sets: Mapping[str, FrameSet],
                       batch_size: int = 4096) -> dict:
     """Frame accuracy (%) of every member, their mean and (sample) std, and of the ensemble, for each named set.
 
-    Returns ``{split: {"members": [...], "member_mean", "member_std", "ensemble", "combine", "frames"}}``, every
-    accuracy in percent like every other frame accuracy the pipeline reports.
+    Returns ``{split: {"members": [...], "member_mean", "member_std", "ensemble", "by_size", "combine", "frames"}}``,
+    every accuracy in percent like every other frame accuracy the pipeline reports. ``by_size[n - 1]`` is the
+    accuracy of the first n members combined: the ensemble-size curve, which says how many members the gain needs
+    and how many members a distilled model is worth.
     """
     results = {}
     device = next(iter(sets.values())).device if sets else torch.device("cpu")
     models = [load_model(Path(d) / "model.pt", device) for d in member_dirs]
     for split, frame_set in sets.items():
         member_correct = torch.zeros(len(models), dtype=torch.int64)
+        prefix_correct = torch.zeros(len(models), dtype=torch.int64)
         ens_correct = 0
         for start, member_lp in iter_member_log_probs(models, frame_set, 1.0, batch_size):
             y = frame_set.targets[start:start + member_lp.shape[1]].to(member_lp.device)
             member_correct += (member_lp.argmax(-1) == y).sum(1).cpu()
             ens_correct += int((combine_log_probs(member_lp, combine).argmax(-1) == y).sum())
+            prefix_correct += _prefix_correct(member_lp, combine, y)
         n = max(1, frame_set.num_frames)
         accs = 100.0 * member_correct.double() / n
         results[split] = {
@@ -221,6 +243,7 @@ def evaluate_ensemble(member_dirs: Sequence[Path], sets: Mapping[str, FrameSet],
             "member_mean": float(accs.mean()),
             "member_std": float(accs.std()) if len(models) > 1 else 0.0,
             "ensemble": 100.0 * ens_correct / n,
+            "by_size": (100.0 * prefix_correct.double() / n).tolist(),
             "combine": combine,
             "frames": frame_set.num_frames,
         }

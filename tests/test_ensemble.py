@@ -121,3 +121,19 @@ def test_ensemble_posteriors_and_evaluation(tmp_path: Path) -> None:
     ens_pred = combine_log_probs(torch.stack([log_posteriors(m, dev_set) for m in models]), "arith").argmax(-1)
     assert dev["ensemble"] == pytest.approx(100.0 * float((ens_pred == dev_set.targets).double().mean()))
     assert set(report) == {"dev", "train"} and report["train"]["frames"] == train_set.num_frames
+
+
+@pytest.mark.parametrize("combine", ["arith", "geo"])
+def test_the_ensemble_size_curve_combines_the_first_n_members(tmp_path: Path, combine: str) -> None:
+    train_set, dev_set = structured_set(8, 3), structured_set(5, 4)
+    tc = TrainConfig(batch_size=16, epochs=1, progress=False)
+    dirs = train_ensemble(TINY, tc, EnsembleConfig(num_members=4, mode="sequential"), train_set, dev_set,
+                          tmp_path, CLASSES)
+    members = torch.stack([log_posteriors(load_model(d / "model.pt"), dev_set) for d in dirs])
+    dev = evaluate_ensemble(dirs, {"dev": dev_set}, combine=combine, batch_size=7)["dev"]
+    expected = [100.0 * float((combine_log_probs(members[:n], combine).argmax(-1) == dev_set.targets).double().mean())
+                for n in range(1, 5)]
+    assert len(set(expected)) > 1, "a curve that does not move cannot tell a prefix from the whole ensemble"
+    assert dev["by_size"] == pytest.approx(expected)
+    assert dev["by_size"][0] == pytest.approx(dev["members"][0])
+    assert dev["by_size"][-1] == pytest.approx(dev["ensemble"])

@@ -66,7 +66,8 @@ def workspace(tmp_path: Path) -> Workspace:
             write_text(ws.decode(system, split) / "hyp.txt", hyps)
     summaries = {
         "ensemble": {"members": {"dev": {"members": [54.0, 55.0, 56.0], "member_mean": 55.0, "member_std": 1.0,
-                                         "ensemble": 60.0, "combine": "arith", "frames": 200}}},
+                                         "ensemble": 60.0, "by_size": [54.0, 57.0, 60.0], "combine": "arith",
+                                         "frames": 200}}},
         "small_data": {"fraction_percent": 3.0, "num_utts": 7, "num_frames": 700, "teacher": "ensemble",
                        "temperature": 5.0, "hard_weight": 0.0, "top_k": None, "hard_early_stopping": True,
                        "soft_early_stopping": False,
@@ -119,6 +120,8 @@ def test_every_number_comes_from_the_stage_outputs(workspace: Workspace) -> None
     assert r["gain_kept"]["frames"]["dev"]["share"]["estimate"] == pytest.approx(0.8)
     assert r["gain_kept"]["frames"]["test"]["share"]["estimate"] == pytest.approx(0.6)
     assert r["gain_kept"]["wer"]["test"]["share"]["estimate"] == pytest.approx(0.5)
+    assert r["ensemble_size"] == {"dev": {"by_size": [54.0, 57.0, 60.0], "distilled": pytest.approx(58.0),
+                                          "distilled_worth": 2}}
     # the 3% rows: the full-data baseline, then the hard and soft models, each with its own numbers
     small = r["small_data_table"]
     assert small["baseline_full"]["test"]["estimate"] == pytest.approx(40.0)
@@ -163,6 +166,9 @@ def test_markdown_shows_the_collected_numbers(workspace: Workspace) -> None:
     # the scales dev tried, in order, and a choice at an end of them marked (dev wanted to go further)
     assert "| baseline | 0.1 | 0.08, 0.1, 0.12 | 0.050 | 0 / 1 | 0 / 2 |" in md
     assert "| ensemble | 0.14 *(end)* | 0.1, 0.12, 0.14 | 0.040 | 0 / 0 | 0 / 0 |" in md
+    # the ensemble-size curve, and the distilled model (dev 58) between the first 2 (57) and 3 (60) members
+    assert "| dev | 54.00 | 57.00 | 60.00 | 58.00 | 2 of 3 |" in md and "![ensemble size](ensemble_size.png)" in md
+    assert (workspace.report / "ensemble_size.png").stat().st_size > 0
     assert "| 2.0 | 58.00 | 46.00 | 12 |" in md and "| 5.0 | 57.50 | 46.50 | 14 |" in md
     assert ("Chosen on dev: T = 2.0. Learning-rate schedule of the students: plateau; of the baseline and the "
             "members: newbob") in md
@@ -177,6 +183,12 @@ def test_markdown_shows_the_collected_numbers(workspace: Workspace) -> None:
     assert json.loads((workspace.root / "results" / "history.json").read_text())[0]["machine"] == kind
     assert json.loads((workspace.root / "results" / "history.json").read_text())[0]["headline"][
         "baseline_dev_frame_acc"] == pytest.approx(50.0)
+
+
+@pytest.mark.parametrize("accuracy, worth", [(53.0, 0), (54.0, 1), (58.5, 3), (59.5, 3), (61.0, 4)])
+def test_members_worth_is_the_largest_ensemble_matched(accuracy: float, worth: int) -> None:
+    # a curve that dips at n=3 (seed noise): 58.5 is below the first 2 members' 59 but matches the first 3's 58
+    assert report.members_worth([54.0, 59.0, 58.0, 60.0], accuracy) == worth
 
 
 @pytest.mark.parametrize("low, high, verdict", [(0.81, 0.95, "holds"), (0.6, 0.79, "does not hold"),

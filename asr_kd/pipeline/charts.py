@@ -1,4 +1,5 @@
-"""The report's pictures: training curves, the temperature sweep, Table 1 with intervals, the comparisons' intervals.
+"""The report's pictures: training curves, the temperature sweep, the ensemble-size curve, Table 1 with intervals, the
+comparisons' intervals.
 
 Every chart is drawn from the dict :func:`asr_kd.pipeline.report.collect` returns (and the models' metrics.json),
 never from numbers of its own, so a chart and the tables beside it cannot disagree.
@@ -54,6 +55,24 @@ def temperature_sweep(r: dict, out: Path) -> None:
     ax.set_xlabel("temperature T")
     ax.set_ylabel("dev frame accuracy (%)")
     ax.grid(alpha=0.3)
+    _save(fig, out)
+
+
+def ensemble_size(r: dict, out: Path) -> None:
+    """Frame accuracy of the first n members combined against n, per set, with the distilled model's and the
+    baseline's accuracy as lines of the same colour: where the student's line crosses the curve is what it is worth."""
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for (split, v), color in zip(r["ensemble_size"].items(), ("#47a", "#a74", "#4a7")):
+        sizes = range(1, len(v["by_size"]) + 1)
+        ax.plot(sizes, v["by_size"], "o-", color=color, label=f"first n members ({split})")
+        ax.axhline(v["distilled"], color=color, linestyle="--", label=f"distilled ({split})")
+        baseline = r["table1"]["baseline"].get(f"{split}_frame_acc")
+        if baseline is not None:
+            ax.axhline(baseline["estimate"], color=color, linestyle=":", label=f"baseline ({split})")
+    ax.set_xlabel("ensemble members combined (n)")
+    ax.set_ylabel("frame accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
     _save(fig, out)
 
 

@@ -204,6 +204,24 @@ def _students(stats: dict, specs: dict) -> dict:
     return {"students": rows, "distillation_gain": gains}
 
 
+def members_worth(by_size: list[float], accuracy: float) -> int:
+    """How many members a single model's ``accuracy`` is worth on an ensemble-size curve (``by_size[n - 1]``: the
+    first n members combined): the largest n whose ensemble it matches or beats, 0 when it is below one member."""
+    return max((n for n, acc in enumerate(by_size, 1) if acc <= accuracy), default=0)
+
+
+def _ensemble_size(members: dict | None, table1: dict) -> dict:
+    """Per split: the ensemble-size curve and how many members the distilled model is worth on it."""
+    out = {}
+    for split, m in (members or {}).items():
+        distilled = _get(table1, "distilled", f"{split}_frame_acc", "estimate")
+        if not m.get("by_size") or distilled is None:
+            continue
+        out[split] = {"by_size": m["by_size"], "distilled": distilled,
+                      "distilled_worth": members_worth(m["by_size"], distilled)}
+    return out
+
+
 def collect(ws: Workspace, stages: list[str], num_samples: int = 1000, seed: int = 0) -> dict:
     """Everything the report shows (missing stages stay missing)."""
     summaries = {name: read_summary(ws, name) for name in stages}
@@ -237,6 +255,7 @@ def collect(ws: Workspace, stages: list[str], num_samples: int = 1000, seed: int
         "small_data": s.get("small_data"),
         "gmm": _get(s.get("graph"), "gmm"),
         "ensemble_members": _get(s.get("ensemble"), "members"),
+        "ensemble_size": _ensemble_size(_get(s.get("ensemble"), "members"), table1),
         "temperature_sweep": {str(t): v for t, v in (_get(s.get("distill"), "sweep") or {}).items()},
         "best_temperature": _get(s.get("distill"), "best_temperature"),
         "schedules": _get(s.get("distill"), "schedules"),
@@ -328,6 +347,23 @@ def _paper_claim_md(shares: dict) -> list[str]:
         return []
     return ["", f"The paper's claim, that the distilled model keeps more than {percent(PAPER_SHARE_KEPT)} of the "
             "ensemble's frame-accuracy gain: " + "; ".join(parts) + "."]
+
+
+def _ensemble_size_md(r: dict) -> list[str]:
+    """The ensemble-size curve beside the share: where on it the distilled model lands (seed noise applies: the curve
+    follows one order of the members)."""
+    sizes = r.get("ensemble_size") or {}
+    if not sizes:
+        return []
+    n = max(len(v["by_size"]) for v in sizes.values())
+    lines = ["", "Ensemble size: frame accuracy (%) of the first n members combined, and how many members the "
+             "distilled model is worth (the largest n whose ensemble it matches or beats).", "",
+             "| set | " + " | ".join(f"n={i}" for i in range(1, n + 1)) + " | distilled | worth |",
+             "|---" * (n + 3) + "|"]
+    for split, v in sizes.items():
+        lines.append(f"| {split} | " + " | ".join(f"{a:.2f}" for a in v["by_size"]) + f" | {v['distilled']:.2f} | "
+                     f"{v['distilled_worth']} of {len(v['by_size'])} |")
+    return lines + ["", "![ensemble size](ensemble_size.png)"]
 
 
 def _group_order(g: str) -> tuple[int, str]:
@@ -590,7 +626,7 @@ def _body(r: dict) -> list[str]:
     return (intro + _table1_md(r) + ["", "![table 1](table1.png)", ""]
             + _share_md("## Share of the ensemble's frame-accuracy (and WER) gain kept by the distilled model",
                         r["gain_kept"], f"paper: more than {percent(PAPER_SHARE_KEPT)}")
-            + _paper_claim_md(r["gain_kept"]) + [""]
+            + _paper_claim_md(r["gain_kept"]) + _ensemble_size_md(r) + [""]
             + _claims_md(r) + [""] + _small_md(r) + [""] + _students_md(r) + [""] + _cost_md(r) + [""]
             + _convergence_md(r) + [""] + _setup_md(r) + [""] + _details_md(r))
 
@@ -661,6 +697,8 @@ def write_report(cfg: DictConfig, ws: Workspace, stages: list[str]) -> dict:
     charts.temperature_sweep(r, out / "temperature_sweep.png")
     charts.table1(r, out / "table1.png")
     charts.comparisons(r, out / "comparisons.png")
+    if r["ensemble_size"]:
+        charts.ensemble_size(r, out / "ensemble_size.png")
     if r["students"]:
         charts.cost_accuracy(r, out / "cost_accuracy.png")
     results_dir = Path(cfg.results_dir) if cfg.get("results_dir") else ws.results
