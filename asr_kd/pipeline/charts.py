@@ -61,7 +61,7 @@ def temperature_sweep(r: dict, out: Path) -> None:
 def ensemble_size(r: dict, out: Path) -> None:
     """Frame accuracy of the first n members combined against n, per set, with the distilled model's and the
     baseline's accuracy as lines of the same colour: where the student's line crosses the curve is what it is worth."""
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig, ax = plt.subplots(figsize=(7, 3.5))
     for (split, v), color in zip(r["ensemble_size"].items(), ("#47a", "#a74", "#4a7")):
         sizes = range(1, len(v["by_size"]) + 1)
         ax.plot(sizes, v["by_size"], "o-", color=color, label=f"first n members ({split})")
@@ -69,10 +69,12 @@ def ensemble_size(r: dict, out: Path) -> None:
         baseline = r["table1"]["baseline"].get(f"{split}_frame_acc")
         if baseline is not None:
             ax.axhline(baseline["estimate"], color=color, linestyle=":", label=f"baseline ({split})")
+    n = max(len(v["by_size"]) for v in r["ensemble_size"].values())
+    ax.set_xticks(range(1, n + 1))
     ax.set_xlabel("ensemble members combined (n)")
     ax.set_ylabel("frame accuracy (%)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))  # beside the plot: the curves fill it
     _save(fig, out)
 
 
