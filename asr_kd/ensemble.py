@@ -229,21 +229,20 @@ def evaluate_ensemble(member_dirs: Sequence[Path], sets: Mapping[str, FrameSet],
     models = [load_model(Path(d) / "model.pt", device) for d in member_dirs]
     for split, frame_set in sets.items():
         member_correct = torch.zeros(len(models), dtype=torch.int64)
-        prefix_correct = torch.zeros(len(models), dtype=torch.int64)
-        ens_correct = 0
+        prefix_correct = torch.zeros(len(models), dtype=torch.int64)  # the last: all members, the ensemble
         for start, member_lp in iter_member_log_probs(models, frame_set, 1.0, batch_size):
             y = frame_set.targets[start:start + member_lp.shape[1]].to(member_lp.device)
             member_correct += (member_lp.argmax(-1) == y).sum(1).cpu()
-            ens_correct += int((combine_log_probs(member_lp, combine).argmax(-1) == y).sum())
             prefix_correct += _prefix_correct(member_lp, combine, y)
         n = max(1, frame_set.num_frames)
         accs = 100.0 * member_correct.double() / n
+        by_size = (100.0 * prefix_correct.double() / n).tolist()
         results[split] = {
             "members": accs.tolist(),
             "member_mean": float(accs.mean()),
             "member_std": float(accs.std()) if len(models) > 1 else 0.0,
-            "ensemble": 100.0 * ens_correct / n,
-            "by_size": (100.0 * prefix_correct.double() / n).tolist(),
+            "ensemble": by_size[-1],
+            "by_size": by_size,
             "combine": combine,
             "frames": frame_set.num_frames,
         }
