@@ -6,9 +6,14 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from asr_kd.frames import load_frameset
+from asr_kd.pipeline import experiment as xp
 from asr_kd.pipeline.stages import STAGES
+from asr_kd.pipeline.workspace import Workspace
+from asr_kd.systems import System
 
 
 @pytest.mark.slow
@@ -57,6 +62,7 @@ def test_report_has_every_row(ci_experiment: Path):
                 "Which differences are real", "Temperature sweep", "Ensemble members", "Convergence",
                 "Where the time went"):
         assert row in md, row
+    assert set(report["fidelity"]) == {"train", "dev", "test"} and "train (the transfer set)" in md
     for png in ("training_curves.png", "temperature_sweep.png", "table1.png", "comparisons.png"):
         assert (report_dir / png).stat().st_size > 1000
     results = (ci_experiment / "results" / "RESULTS.md").read_text()
@@ -79,3 +85,18 @@ def test_rerun_skips_every_stage(ci_experiment_copy: Path, run_recipe):
     out = partial.stdout + partial.stderr
     assert f"stages {report}..{report}: report\n" in partial.stdout  # run.sh names the stages of its range
     assert "stage report: start" in out and "stage cost" not in out  # and only that one runs
+
+
+@pytest.mark.slow
+def test_the_ensembles_training_predictions_are_its_own_arg_max(ci_experiment: Path):
+    """The fidelity row's training-frame teacher (the top class of the stored T=1 targets) is what the ensemble
+    itself predicts on those frames, frame for frame in the same order."""
+    ws = Workspace(ci_experiment)
+    train = load_frameset(ws.fbank("train"), ws.ali("train"))
+    predicted = System("ensemble", xp.member_paths(ws), "arith").log_posteriors(train).argmax(1).numpy()
+    stored = xp.predictions(ws, "ensemble", "train")
+    assert list(stored) == train.utt_ids
+    same = sum(int((stored[u] == p).sum()) for u, p in zip(train.utt_ids, np.split(
+        predicted, np.cumsum(train.utt_lengths.numpy())[:-1])))
+    assert same >= 0.999 * train.num_frames, (same, train.num_frames)
+

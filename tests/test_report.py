@@ -64,6 +64,12 @@ def workspace(tmp_path: Path) -> Workspace:
             write_vec_int_ark_scp(preds.items(), out / "pred.ark", out / "pred.scp")
             hyps = {u: ["WRONG"] * e + WORDS[e:] for u, e in zip(utts, _errors_per_utt(wer, len(utts)))}
             write_text(ws.decode(system, split) / "hyp.txt", hyps)
+    # training-frame predictions (the fidelity row's transfer set): the ensemble predicts pdf 0 everywhere, the
+    # baseline agrees on 7 of 10 frames per utterance, the distilled model on 9
+    for system, agree in (("ensemble", FRAMES), ("baseline", 7), ("distilled", 9)):
+        out = ws.eval(system, "train")
+        write_vec_int_ark_scp(((f"r{i:02d}", np.array([0] * agree + [1] * (FRAMES - agree), dtype=np.int32))
+                               for i in range(10)), out / "pred.ark", out / "pred.scp")
     summaries = {
         "ensemble": {"members": {"dev": {"members": [54.0, 55.0, 56.0], "member_mean": 55.0, "member_std": 1.0,
                                          "ensemble": 60.0, "by_size": [54.0, 57.0, 60.0], "combine": "arith",
@@ -122,6 +128,15 @@ def test_every_number_comes_from_the_stage_outputs(workspace: Workspace) -> None
     assert r["gain_kept"]["wer"]["test"]["share"]["estimate"] == pytest.approx(0.5)
     assert r["ensemble_size"] == {"dev": {"by_size": [54.0, 57.0, 60.0], "distilled": pytest.approx(58.0),
                                           "distilled_worth": 2}}
+    # agreement with the ensemble's arg-max: train as written; dev and test from the accuracies (every system
+    # predicts pdf 0 on its first correct frames), e.g. dev: ensemble 6 per utterance, baseline 5 -> 90%
+    fid = {split: {k: v["estimate"] for k, v in row.items()} for split, row in r["fidelity"].items()}
+    assert fid == {"train": {"baseline": pytest.approx(70.0), "distilled": pytest.approx(90.0),
+                             "diff": pytest.approx(20.0)},
+                   "dev": {"baseline": pytest.approx(90.0), "distilled": pytest.approx(98.0),
+                           "diff": pytest.approx(8.0)},
+                   "test": {"baseline": pytest.approx(90.0), "distilled": pytest.approx(96.0),
+                            "diff": pytest.approx(6.0)}}
     # the 3% rows: the full-data baseline, then the hard and soft models, each with its own numbers
     small = r["small_data_table"]
     assert small["baseline_full"]["test"]["estimate"] == pytest.approx(40.0)
@@ -169,6 +184,14 @@ def test_markdown_shows_the_collected_numbers(workspace: Workspace) -> None:
     # the ensemble-size curve, and the distilled model (dev 58) between the first 2 (57) and 3 (60) members
     assert "| dev | 54.00 | 57.00 | 60.00 | 58.00 | 2 of 3 |" in md and "![ensemble size](ensemble_size.png)" in md
     assert (workspace.report / "ensemble_size.png").stat().st_size > 0
+    # fidelity: columns train, dev, test; every utterance agrees equally on train, so its interval is a point
+    assert "| system | train (the transfer set) | dev | test |" in md
+    assert any(line.startswith("| baseline | 70.0 [70.0, 70.0] | 90.0 [") for line in md.splitlines())
+    assert any(line.startswith("| distilled | 90.0 [90.0, 90.0] | 98.0 [") for line in md.splitlines())
+    assert rows["distilled - baseline (points)"].startswith(
+        "| distilled - baseline (points) | +20.0 [+20.0, +20.0] | +8.0 [")
+    assert ("The distilled model agrees with the ensemble on 90.0% of its transfer set's frames and on 98.0% of dev "
+            "frames: 8.0 points more on new speech (the baseline: 20.0 points more on new speech).") in md
     assert "| 2.0 | 58.00 | 46.00 | 12 |" in md and "| 5.0 | 57.50 | 46.50 | 14 |" in md
     assert ("Chosen on dev: T = 2.0. Learning-rate schedule of the students: plateau; of the baseline and the "
             "members: newbob") in md

@@ -131,12 +131,16 @@ def evaluate_system(cfg: DictConfig, ws: Workspace, system: System, splits: tupl
     for split in splits:
         fs = frames(cfg, ws, split, device)
         log_post = system.log_posteriors(fs, device)
-        pred = log_post.argmax(dim=1).to(torch.int32).cpu().numpy()
-        out = ws.eval(system.name, split)
-        per_utt = split_by_utterance(pred, fs)
-        write_vec_int_ark_scp(((u, per_utt[u]) for u in fs.utt_ids), out / "pred.ark", out / "pred.scp")
+        write_predictions(ws, system.name, split, fs, log_post.argmax(dim=1))
         result[split] = frame_accuracies(log_post, fs, utt2subset(ws, split))
     return result
+
+
+def write_predictions(ws: Workspace, system: str, split: str, fs: FrameSet, pred: torch.Tensor) -> None:
+    """Keep a system's per-frame arg-max pdfs [N] (frame order = ``fs``) as ``ws.eval(system, split)/pred.scp``."""
+    out = ws.eval(system, split)
+    per_utt = split_by_utterance(pred.to(torch.int32).cpu().numpy(), fs)
+    write_vec_int_ark_scp(((u, per_utt[u]) for u in fs.utt_ids), out / "pred.ark", out / "pred.scp")
 
 
 def predictions(ws: Workspace, system: str, split: str) -> dict[str, np.ndarray]:

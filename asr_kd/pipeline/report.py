@@ -48,6 +48,7 @@ CLAIMS = (  # (claim, system A, system B): the report says whether B - A is real
     ("3% soft vs 3% hard", "small_hard", "small_soft"),
     ("3% soft vs full baseline", "baseline", "small_soft"),
 )
+FIDELITY = ("baseline", "distilled")  # single models whose frame arg-max the report sets against the ensemble's
 CONVERGENCE_POINTS = 0.2
 """A model whose last epoch still raised its best dev frame accuracy by more than this (points) is flagged."""
 FALL_POINTS = 1.0
@@ -112,6 +113,27 @@ def comparisons(ws: Workspace, num_samples: int, seed: int, students: list[str] 
                 hyps = {s: read_text(ws.decode(s, split) / "hyp.txt") for s in systems}
                 refs = read_text(ws.data(split) / "text")
                 out["wer"].setdefault(family, {})[split] = compare_wer(refs, hyps, **kw)
+    return out
+
+
+def fidelity(ws: Workspace, num_samples: int, seed: int) -> dict:
+    """How often each of :data:`FIDELITY` predicts the ensemble's arg-max pdf, per split, with the paired interval
+    of distilled minus baseline: how closely the student copies its teacher, on the training frames it was
+    distilled on (the transfer set) and on new speech. A student whose agreement falls from its transfer set to dev
+    by far more than the baseline's does has learnt the teacher's outputs there more than the teacher's function.
+
+    ``{split: {system: Interval dict, "diff": Interval dict}}``; a split lacking a system's predictions (train
+    needs the ensemble's stored T=1 targets) is left out.
+    """
+    out = {}
+    for split in ("train", "dev", "test"):
+        if not _have(ws, ("ensemble", *FIDELITY), split, "frames"):
+            continue
+        result = compare_frame_accuracy(xp.predictions(ws, "ensemble", split),
+                                        {s: xp.predictions(ws, s, split) for s in FIDELITY},
+                                        num_samples=num_samples, seed=seed)
+        group = result["groups"]["all"]
+        out[split] = {**{s: group["systems"][s]["interval"] for s in FIDELITY}, "diff": group["pairs"][0]["diff"]}
     return out
 
 
@@ -256,6 +278,7 @@ def collect(ws: Workspace, stages: list[str], num_samples: int = 1000, seed: int
         "gmm": _get(s.get("graph"), "gmm"),
         "ensemble_members": _get(s.get("ensemble"), "members"),
         "ensemble_size": _ensemble_size(_get(s.get("ensemble"), "members"), table1),
+        "fidelity": fidelity(ws, num_samples, seed),
         "temperature_sweep": {str(t): v for t, v in (_get(s.get("distill"), "sweep") or {}).items()},
         "best_temperature": _get(s.get("distill"), "best_temperature"),
         "schedules": _get(s.get("distill"), "schedules"),
@@ -364,6 +387,31 @@ def _ensemble_size_md(r: dict) -> list[str]:
         lines.append(f"| {split} | " + " | ".join(f"{a:.2f}" for a in v["by_size"]) + f" | {v['distilled']:.2f} | "
                      f"{v['distilled_worth']} of {len(v['by_size'])} |")
     return lines + ["", "![ensemble size](ensemble_size.png)"]
+
+
+def _fidelity_md(r: dict) -> list[str]:
+    """The student's agreement with the ensemble on its transfer set (train) and on new speech, beside the
+    baseline's (what a model trained on the hard targets alone shares with the ensemble)."""
+    fid = r.get("fidelity") or {}
+    if not fid:
+        return []
+    splits = list(fid)
+    named = {"train": "train (the transfer set)"}
+    lines = ["", "How closely a single model copies the ensemble: the share of frames (%) where its arg-max pdf is the "
+             "ensemble's, 95% intervals.", "",
+             "| system | " + " | ".join(named.get(sp, sp) for sp in splits) + " |", "|---" * (len(splits) + 1) + "|"]
+    lines += [f"| {s} | " + " | ".join(_iv(fid[sp][s]) for sp in splits) + " |" for s in FIDELITY]
+    lines.append(f"| {FIDELITY[1]} - {FIDELITY[0]} (points) | "
+                 + " | ".join(_iv(fid[sp]["diff"], signed=True) for sp in splits) + " |")
+    if "train" in fid and "dev" in fid:
+        def gap(system: str) -> str:
+            d = fid["train"][system]["estimate"] - fid["dev"][system]["estimate"]
+            return f"{abs(d):.1f} points {'fewer' if d >= 0 else 'more'} on new speech"
+
+        train, dev = fid["train"]["distilled"]["estimate"], fid["dev"]["distilled"]["estimate"]
+        lines += ["", f"The distilled model agrees with the ensemble on {train:.1f}% of its transfer set's frames and "
+                  f"on {dev:.1f}% of dev frames: {gap('distilled')} (the baseline: {gap('baseline')})."]
+    return lines
 
 
 def _group_order(g: str) -> tuple[int, str]:
@@ -626,7 +674,7 @@ def _body(r: dict) -> list[str]:
     return (intro + _table1_md(r) + ["", "![table 1](table1.png)", ""]
             + _share_md("## Share of the ensemble's frame-accuracy (and WER) gain kept by the distilled model",
                         r["gain_kept"], f"paper: more than {percent(PAPER_SHARE_KEPT)}")
-            + _paper_claim_md(r["gain_kept"]) + _ensemble_size_md(r) + [""]
+            + _paper_claim_md(r["gain_kept"]) + _ensemble_size_md(r) + _fidelity_md(r) + [""]
             + _claims_md(r) + [""] + _small_md(r) + [""] + _students_md(r) + [""] + _cost_md(r) + [""]
             + _convergence_md(r) + [""] + _setup_md(r) + [""] + _details_md(r))
 

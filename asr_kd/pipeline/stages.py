@@ -158,7 +158,8 @@ def stage_ensemble(cfg: DictConfig, ws: Workspace) -> dict:
 
 
 def stage_soft_targets(cfg: DictConfig, ws: Workspace) -> dict:
-    """The ensemble's temperature-softened posteriors on the training frames, top-k, stored once.
+    """The ensemble's temperature-softened posteriors on the training frames, top-k, stored once (at T=1 its top
+    class is also kept as the ensemble's training-frame predictions).
 
     Under torchrun each rank computes a contiguous share of the utterances; rank 0 joins the shares in order.
     """
@@ -184,6 +185,8 @@ def stage_soft_targets(cfg: DictConfig, ws: Workspace) -> dict:
             shutil.rmtree(p)
         summary[f"T={temperature:g}"] = {"bytes_per_frame": soft.bytes_per_frame,
                                          "mean_mass_kept": float(soft.mass_kept.float().mean())}
+        if temperature == 1.0:  # the ensemble's own arg-max on its training frames (the report's fidelity row)
+            xp.write_predictions(ws, "ensemble", "train", train_set, soft.indices[:, 0])
     return summary
 
 
@@ -206,7 +209,8 @@ def stage_distill(cfg: DictConfig, ws: Workspace) -> dict:
         accuracy[float(tag)]["epochs_run"] = row["epochs_run"]
     ws.dnn("distilled").mkdir(parents=True, exist_ok=True)
     shutil.copy2(ws.distill_sweep / f"T{best:g}" / "model.pt", ws.dnn("distilled") / "model.pt")
-    distilled = xp.evaluate_system(cfg, ws, System("distilled", [ws.dnn("distilled") / "model.pt"]))
+    distilled = xp.evaluate_system(cfg, ws, System("distilled", [ws.dnn("distilled") / "model.pt"]),
+                                   splits=("train", "dev", "test"))
     return {"best_temperature": best, "sweep": accuracy, "distilled": distilled,
             "schedules": {"students": train_cfg.lr_schedule, "members": cfg.train.lr_schedule}}
 
