@@ -8,12 +8,13 @@ Every stage, trainer and benchmark asks :func:`select_device` and :func:`dist_co
 * On a GPU, :func:`torch.cuda.set_device` is called before anything is allocated, so that NCCL, the caching
   allocator and any ``tensor.cuda()`` without an index land on this rank's GPU and not all on ``cuda:0``.
 * Under torchrun (``WORLD_SIZE`` > 1) :func:`dist_context` joins the process group once per process: NCCL
-  when this rank computes on a GPU, gloo otherwise.
+  when this rank computes on a GPU, gloo otherwise, with :data:`RANK_WAIT` as the collectives' timeout.
 """
 from __future__ import annotations
 
 import os
 from collections.abc import Iterable
+from datetime import timedelta
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -21,6 +22,12 @@ import torch
 import torch.distributed as dist
 
 T = TypeVar("T")
+
+RANK_WAIT = timedelta(hours=24)
+"""How long a rank waits at a barrier for the others. Ranks train different models (members, temperatures,
+students) and meet at the stage's end, so one may wait for the others' whole share: torch's default of 30 min
+killed a research run on the AVX2 CPU kind, whose ranks finished their students 30 min apart. A rank that dies
+is caught by torchrun, which stops the job, not by this timeout."""
 
 
 @dataclass(frozen=True)
@@ -76,7 +83,7 @@ def dist_context(device: torch.device) -> DistContext:
     if env.world <= 1:
         return env
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", timeout=RANK_WAIT)
     return DistContext(dist.get_rank(), dist.get_world_size(), env.local_rank)
 
 

@@ -1,6 +1,8 @@
 """Device and rank decisions (asr_kd.device): where a process computes, which GPU it selects, when bf16 is used."""
 from __future__ import annotations
 
+import datetime
+
 import pytest
 import torch
 
@@ -48,6 +50,21 @@ def test_launch_env_reads_torchrun_variables(monkeypatch):
     for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         monkeypatch.delenv(var)
     assert dev.dist_context(torch.device("cpu")) == dev.DistContext(0, 1, 0)  # no torchrun: nothing to join
+
+
+def test_ranks_wait_for_each_other_longer_than_torchs_default(monkeypatch):
+    """Ranks meet at a stage's end after training different models: a wait of hours must not time out."""
+    joined = {}
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(dev.dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dev.dist, "init_process_group", lambda **kw: joined.update(kw))
+    monkeypatch.setattr(dev.dist, "get_rank", lambda: 1)
+    monkeypatch.setattr(dev.dist, "get_world_size", lambda: 2)
+    assert dev.dist_context(torch.device("cpu")) == dev.DistContext(1, 2, 1)
+    assert joined["backend"] == "gloo"
+    assert joined["timeout"] >= datetime.timedelta(hours=12)  # torch's default is 30 min
 
 
 def test_bf16_autocast_only_where_native(monkeypatch):
