@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from datetime import timedelta
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import TypeVar
 
 import torch
