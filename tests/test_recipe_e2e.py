@@ -62,6 +62,9 @@ def test_report_has_every_row(ci_experiment: Path):
                 "Where the time went"):
         assert row in md, row
     assert set(report["fidelity"]) == {"train", "dev", "test"} and "train (the transfer set)" in md
+    run = report["run_seconds"]  # run.sh ran every stage: its wall clock, install included, is accounted for
+    assert run["install"] >= 0 and run["stages"] == pytest.approx(sum(report["stage_seconds"].values()), abs=0.2)
+    assert run["wall"] >= run["install"] + run["stages"] and "| **whole run, wall clock** |" in md
     for png in ("training_curves.png", "temperature_sweep.png", "table1.png", "comparisons.png"):
         assert (report_dir / png).stat().st_size > 1000
     results = (ci_experiment / "results" / "RESULTS.md").read_text()
@@ -84,6 +87,8 @@ def test_rerun_skips_every_stage(ci_experiment_copy: Path, run_recipe):
     out = partial.stdout + partial.stderr
     assert f"stages {report}..{report}: report\n" in partial.stdout  # run.sh names the stages of its range
     assert "stage report: start" in out and "stage cost" not in out  # and only that one runs
+    forced = json.loads((ci_experiment_copy / "exp" / "report" / "report.json").read_text())
+    assert forced["run_seconds"] is None  # the other stages ran in an earlier invocation: no whole-run time
 
 
 @pytest.mark.slow

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
@@ -274,3 +275,58 @@ def test_distillation_gain_names_each_pair_of_one_shape() -> None:
                                         "gain_kept": {}}))
     assert "| 3x128 | 1,000 | hard_3x128 | soft_3x128 | +2.00 [+1.50, +2.50] | **yes** | - | no |" in md
     assert "| 3x128 | 1,000 | hard_3x128 | soft_other | +1.00 [+0.50, +1.50] | **yes** | - | no |" in md
+
+
+def _records(*finished: str) -> dict[str, dict]:
+    return {f"s{i}": {"seconds": 10.0, "finished": f} for i, f in enumerate(finished)}
+
+
+def test_the_whole_runs_time_counts_install_and_start_up(monkeypatch) -> None:
+    """run.sh's clock (started before installing) splits the wall time into install, stages and the rest, but only
+    when every stage ran in that invocation: a stage finished before it started means a resumed run."""
+    start = datetime(2026, 12, 4, 10, 0, 0, tzinfo=timezone.utc)
+    monkeypatch.setenv("ASR_KD_RUN_STARTED", str(int(start.timestamp())))
+    monkeypatch.setenv("ASR_KD_INSTALL_SECONDS", "37")
+    now = start.timestamp() + 100.0
+    after = (start + timedelta(seconds=60)).isoformat()
+    assert report.run_time(_records(after, after), now) == {"wall": 100.0, "install": 37.0, "stages": 20.0,
+                                                            "other": 43.0}
+    assert report.run_time(_records(start.isoformat(), after), now) is not None  # finished in the start's second
+    assert report.run_time(_records((start - timedelta(seconds=1)).isoformat(), after), now) is None
+    assert report.run_time({**_records(after), "cost": None}, now) is None  # a stage that never ran
+    assert report.run_time(_records("now"), now) is None
+    monkeypatch.delenv("ASR_KD_RUN_STARTED")
+    assert report.run_time(_records(after), now) is None  # not started by run.sh
+
+
+def test_time_table_adds_install_and_wall_clock_only_for_a_whole_run(workspace: Workspace, monkeypatch) -> None:
+    cfg = OmegaConf.create({"report": {"bootstrap_samples": 20, "seed": 0}, "results_dir": None})
+    stages = ["tri", "ensemble", "distill", "small_data", "decode", "report"]
+    write_report(cfg, workspace, stages)  # the fixture's stages "finished" at no parseable time
+    md = (workspace.report / "report.md").read_text()
+    assert "Install and start-up are not counted" in md and "whole run, wall clock" not in md
+    assert "- whole run, install and start-up included: unknown" in md
+    (workspace.stage("report")).mkdir(parents=True, exist_ok=True)
+    (workspace.stage("report") / "summary.json").write_text(json.dumps(
+        {"stage": "report", "seconds": 999.0, "finished": "2000-01-01T00:00:00+00:00", "summary": {}}))
+    started = datetime.now(timezone.utc) - timedelta(seconds=300)
+    for stage in stages[:-1]:
+        path = workspace.stage(stage) / "summary.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), "seconds": 50.0,
+                                    "finished": (started + timedelta(seconds=200)).isoformat(timespec="seconds")}))
+    monkeypatch.setenv("ASR_KD_RUN_STARTED", str(int(started.timestamp())))
+    monkeypatch.setenv("ASR_KD_INSTALL_SECONDS", "40")
+    write_report(cfg, workspace, stages)
+    r = json.loads((workspace.report / "report.json").read_text())
+    assert "report" not in r["stage_seconds"]  # its own previous run is not a stage of this one
+    run = r["run_seconds"]
+    assert run["stages"] == 250.0 and run["install"] == 40.0 and 300.0 <= run["wall"] < 360.0
+    assert run["other"] == pytest.approx(run["wall"] - 290.0)
+    md = (workspace.report / "report.md").read_text()
+    assert "| install (recipes/tools/install.sh) | 40 |" in md
+    assert f"| **whole run, wall clock** | **{run['wall']:.0f}** |" in md
+    assert f"- whole run, install and start-up included: {run['wall']:.0f} s (5 min " in md
+    history = json.loads((workspace.root / "results" / "history.json").read_text())
+    assert history[0]["wall_seconds"] == run["wall"]
+    results = (workspace.root / "results" / "RESULTS.md").read_text()
+    assert "| date | commit | machine | stages s | wall s |" in results

@@ -19,6 +19,7 @@ import logging
 import os
 import shutil
 import sys
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -244,9 +245,31 @@ def _ensemble_size(members: dict | None, table1: dict) -> dict:
     return out
 
 
+def run_time(stage_records: dict[str, dict | None], now: float) -> dict | None:
+    """Where the wall clock of this ``run.sh`` went, when that one invocation ran every stage: install, the stages
+    (their sum) and the rest (start-up, the report itself), in seconds; None otherwise.
+
+    run.sh exports ``ASR_KD_RUN_STARTED`` (epoch seconds, before installing) and ``ASR_KD_INSTALL_SECONDS``. The
+    project's time budget is for a whole run from a fresh clone, install included; a stage that finished before
+    the invocation started (a resumed run, a forced report) or a run outside run.sh leaves that time unknown.
+    """
+    started, install = os.environ.get("ASR_KD_RUN_STARTED"), os.environ.get("ASR_KD_INSTALL_SECONDS")
+    if not started or not install or not stage_records or not all(stage_records.values()):
+        return None
+    try:
+        finished = [datetime.fromisoformat(rec["finished"]).timestamp() for rec in stage_records.values()]
+    except (KeyError, TypeError, ValueError):
+        return None
+    if min(finished) < float(started):
+        return None
+    wall, stages = now - float(started), sum(rec["seconds"] for rec in stage_records.values())
+    return {"wall": round(wall, 1), "install": float(install), "stages": round(stages, 1),
+            "other": round(wall - float(install) - stages, 1)}
+
+
 def collect(ws: Workspace, stages: list[str], num_samples: int = 1000, seed: int = 0) -> dict:
     """Everything the report shows (missing stages stay missing)."""
-    summaries = {name: read_summary(ws, name) for name in stages}
+    summaries = {name: read_summary(ws, name) for name in stages if name != "report"}  # not its last run's
     s = {name: (rec or {}).get("summary") for name, rec in summaries.items()}
     student_specs = s.get("students") or {}
     stats = comparisons(ws, num_samples, seed, list(student_specs))
@@ -298,6 +321,7 @@ def collect(ws: Workspace, stages: list[str], num_samples: int = 1000, seed: int
         **_students(stats, student_specs),
         "bootstrap": {"num_samples": num_samples, "seed": seed, "level": 0.95, "resampled": "utterances"},
         "stage_seconds": {name: rec["seconds"] for name, rec in summaries.items() if rec},
+        "run_seconds": run_time(summaries, time.time()),
     }
 
 
@@ -654,6 +678,14 @@ def _details_md(r: dict) -> list[str]:
                          f"{d['no_path']['test']} | {d['no_final_state']['dev']} / {d['no_final_state']['test']} |")
     lines += ["", "## Where the time went (s)", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {k} | {v:.0f} |" for k, v in r["stage_seconds"].items()]
+    run = r.get("run_seconds")
+    if run:
+        lines += [f"| install (recipes/tools/install.sh) | {run['install']:.0f} |",
+                  f"| start-up, report and the rest | {run['other']:.0f} |",
+                  f"| **whole run, wall clock** | **{run['wall']:.0f}** |"]
+    else:
+        lines += ["", "Install and start-up are not counted: the stages did not all run in this one invocation of "
+                  "run.sh."]
     lines += ["", "![training curves](training_curves.png)"]
     return lines
 
@@ -696,10 +728,11 @@ def _history_md(history: list[dict]) -> list[str]:
         return []
     keys = list(history[0]["headline"])
     lines = ["## History (newest first)", "",
-             "| date | commit | machine | total s | " + " | ".join(keys) + " | command |",
-             "|---" * (len(keys) + 5) + "|"]
+             "| date | commit | machine | stages s | wall s | " + " | ".join(keys) + " | command |",
+             "|---" * (len(keys) + 6) + "|"]
     for h in history:
         lines.append(f"| {h['date']} | {h['git_commit']} | {h['machine']} | {h['total_seconds']:.0f} | "
+                     f"{_fmt(h.get('wall_seconds'), 0)} | "
                      + " | ".join(_fmt(h["headline"].get(k), 3 if k.startswith(("kept", "recov")) else 1)
                                   for k in keys) + f" | `{h['command']}` |")
     return lines
@@ -719,7 +752,8 @@ def publish_results(results_dir: Path, report_dir: Path, meta: dict, r: dict, bo
     history = json.loads(history_path.read_text()) if history_path.exists() else []
     entry = {"run": meta["run"], "date": meta["date"], "git_commit": meta["git_commit"],
              "machine": machine_kind(meta["machine"]),
-             "command": meta["command"], "total_seconds": meta["total_seconds"], "headline": _headline(r)}
+             "command": meta["command"], "total_seconds": meta["total_seconds"],
+             "wall_seconds": meta["wall_seconds"], "headline": _headline(r)}
     history = [entry] + [h for h in history if h.get("run") != meta["run"]]
     write_text_atomic(history_path, json.dumps(history, indent=1) + "\n")
     results_header = ["# RESULTS (generated by asr_kd.pipeline.report from a real run; do not edit by hand)", "",
@@ -728,6 +762,14 @@ def publish_results(results_dir: Path, report_dir: Path, meta: dict, r: dict, bo
                       "\n".join(results_header + header[2:] + body + [""] + _history_md(history)) + "\n")
     write_text_atomic(results_dir / "results.json", json.dumps({k: v for k, v in r.items() if k != "config"},
                                                                indent=2, default=str) + "\n")
+
+
+def _wall(meta: dict) -> str:
+    """The header's whole-run line: minutes and seconds, or why it is unknown."""
+    wall = meta.get("wall_seconds")
+    if wall is None:
+        return "unknown (the stages did not all run in one invocation of run.sh)"
+    return f"{wall:.0f} s ({int(wall) // 60} min {int(wall) % 60} s)"
 
 
 def _numerics_line(cfg: DictConfig, ws: Workspace) -> str:
@@ -759,6 +801,7 @@ def write_report(cfg: DictConfig, ws: Workspace, stages: list[str]) -> dict:
         "training_numerics": _numerics_line(cfg, ws),
         "command": os.environ.get("ASR_KD_COMMAND", " ".join(sys.argv)),
         "total_seconds": round(sum(r["stage_seconds"].values()), 1),
+        "wall_seconds": _get(r, "run_seconds", "wall"),
     }
     r["meta"] = meta
     r["config"] = OmegaConf.to_container(cfg, resolve=True)
@@ -768,7 +811,8 @@ def write_report(cfg: DictConfig, ws: Workspace, stages: list[str]) -> dict:
               f"- machine: {machine_kind(meta['machine'])} ({meta['machine']['cpu']}), "
               f"torch {meta['machine']['torch']}",
               f"- training numerics: {meta['training_numerics']}",
-              f"- total time of all stages: {meta['total_seconds']:.0f} s", ""]
+              f"- total time of all stages: {meta['total_seconds']:.0f} s",
+              f"- whole run, install and start-up included: {_wall(meta)}", ""]
     write_text_atomic(out / "report.md", "\n".join(header + body) + "\n")
     write_text_atomic(out / "report.json", json.dumps(r, indent=2, default=str) + "\n")
     publish_results(results_dir, out, meta, r, body, header)

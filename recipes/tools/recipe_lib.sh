@@ -33,6 +33,8 @@ recipe_help() {  # the calling run.sh's header comment, this file's usage, and t
 
 parse_args() {  # parse_args DEFAULT_CONFIG "$@"
   config=$1; shift
+  # The whole run's clock, install included (the report's time table: where a fresh clone's time goes).
+  export ASR_KD_RUN_STARTED; ASR_KD_RUN_STARTED=$(date +%s)
   export ASR_KD_COMMAND="${ASR_KD_COMMAND:-recipes/$(basename "$recipe_dir")/run.sh${*:+ $*}}"  # for RESULTS.md
   while [ $# -gt 0 ]; do
     case "$1" in
@@ -45,6 +47,7 @@ parse_args() {  # parse_args DEFAULT_CONFIG "$@"
     esac
   done
   bash "$repo/recipes/tools/install.sh"
+  export ASR_KD_INSTALL_SECONDS=$(( $(date +%s) - ASR_KD_RUN_STARTED ))
   # The code of this checkout, whatever the venv's editable install points at or the work dir holds.
   export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}"
   export KALDI_ROOT=${KALDI_ROOT:-/tmp} PYTHONUNBUFFERED=1
