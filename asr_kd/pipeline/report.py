@@ -245,6 +245,10 @@ def _ensemble_size(members: dict | None, table1: dict) -> dict:
     return out
 
 
+NO_WHOLE_RUN = "the stages did not all run in one invocation of run.sh"
+"""Why a report has no whole-run time (its table and its header say so in these words)."""
+
+
 def run_time(stage_records: dict[str, dict | None], now: float) -> dict | None:
     """Where the wall clock of this ``run.sh`` went, when that one invocation ran every stage: install, the stages
     (their sum) and the rest (start-up, the report itself), in seconds; None otherwise.
@@ -684,8 +688,7 @@ def _details_md(r: dict) -> list[str]:
                   f"| start-up, report and the rest | {run['other']:.0f} |",
                   f"| **whole run, wall clock** | **{run['wall']:.0f}** |"]
     else:
-        lines += ["", "Install and start-up are not counted: the stages did not all run in this one invocation of "
-                  "run.sh."]
+        lines += ["", f"Install and start-up are not counted: {NO_WHOLE_RUN}."]
     lines += ["", "![training curves](training_curves.png)"]
     return lines
 
@@ -768,7 +771,7 @@ def _wall(meta: dict) -> str:
     """The header's whole-run line: minutes and seconds, or why it is unknown."""
     wall = meta.get("wall_seconds")
     if wall is None:
-        return "unknown (the stages did not all run in one invocation of run.sh)"
+        return f"unknown ({NO_WHOLE_RUN})"
     return f"{wall:.0f} s ({int(wall) // 60} min {int(wall) % 60} s)"
 
 
