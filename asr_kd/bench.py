@@ -1,7 +1,7 @@
 """Benchmarks of the neural side: is each loop as fast as the network allows, and what does each option cost?
 
     python -m asr_kd.bench train --preset small --batch-size 256 --steps 50
-        frames/s of :func:`asr_kd.train.train` (context windows gathered from a frame matrix, shuffling, metrics,
+        frames/s of :func:`asr_kd.nn.train.train` (context windows gathered from a frame matrix, shuffling, metrics,
         checkpoint) against a bare loop (same model and optimizer, one pre-made random batch, nothing else).
         The gap is what the data pipeline costs.
     python -m asr_kd.bench ensemble --members 10
@@ -29,14 +29,14 @@ from pathlib import Path
 
 import torch
 
-from asr_kd.device import bf16_native, select_device, synchronize
-from asr_kd.distill import DistillConfig, make_online_loss, make_stored_loss
-from asr_kd.ensemble import EnsembleConfig, member_dir, train_ensemble
-from asr_kd.frames import FrameSet
-from asr_kd.model import DNN, PRESETS, ModelConfig
-from asr_kd.numerics import step_frames_per_s
-from asr_kd.soft_targets import SoftTargetConfig, SoftTargets, compute_soft_targets, index_dtype
-from asr_kd.train import LossFn, TrainConfig, train
+from asr_kd.nn.device import bf16_native, select_device, synchronize
+from asr_kd.distillation.distill import DistillConfig, make_online_loss, make_stored_loss
+from asr_kd.distillation.ensemble import EnsembleConfig, member_dir, train_ensemble
+from asr_kd.nn.frames import FrameSet
+from asr_kd.nn.model import DNN, PRESETS, ModelConfig
+from asr_kd.nn.numerics import step_frames_per_s
+from asr_kd.distillation.soft_targets import SoftTargetConfig, SoftTargets, compute_soft_targets, index_dtype
+from asr_kd.nn.train import LossFn, TrainConfig, train
 
 logger = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ them as Kaldi users would with ``compute-wer``/``sclite``/``compute-wer-bootci``
 ``asr-kd-compare`` compares WER with ``--ref``/``--hyp`` and frame accuracy with ``--ali``/``--pred`` (Kaldi
 int-vector scp files of per-frame pdf ids: the alignment, and each system's arg-max predictions). Both tools are
 also ``python -m asr_kd.score_cli score|compare ...``. This module only parses arguments and prints: the work is
-:mod:`decoding.score_io` and :mod:`asr_kd.compare`. Bad input ends in one line on stderr,
+:mod:`decoding.score_io` and :mod:`asr_kd.evaluation.compare`. Bad input ends in one line on stderr,
 ``error: <file>:<line>: <message>``, and exit status 2 (``--debug`` shows the traceback instead); an output
 that cannot be written exits with status 1.
 """
@@ -24,8 +24,8 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from asr_kd.compare import compare_frame_accuracy, compare_wer, format_comparison
-from asr_kd.stats import METHODS
+from asr_kd.evaluation.compare import compare_frame_accuracy, compare_wer, format_comparison
+from asr_kd.evaluation.stats import METHODS
 from decoding.score import compute_wer, write_scoring_files
 from decoding.score_io import FORMATS, format_score, group_summaries, read_transcripts, read_utt_map, write_pralign
 from features.atomic import write_text_atomic

@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from asr_kd.compare import compare_frame_accuracy, compare_wer, format_comparison, percent
-from asr_kd.stats import paired_difference, rate_interval
+from asr_kd.evaluation.compare import compare_frame_accuracy, compare_wer, format_comparison, percent
+from asr_kd.evaluation.stats import paired_difference, rate_interval
 from decoding.score import compute_wer
 from features.errors import InputError
 

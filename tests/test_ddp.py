@@ -11,9 +11,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from asr_kd.frames import FrameSet
-from asr_kd.model import PRESETS
-from asr_kd.train import TrainConfig, train
+from asr_kd.nn.frames import FrameSet
+from asr_kd.nn.model import PRESETS
+from asr_kd.nn.train import TrainConfig, train
 
 TINY = dataclasses.replace(PRESETS["tiny"], left_context=2, right_context=1, feat_dim=8)
 CLASSES = 5
@@ -68,9 +68,9 @@ def test_two_gloo_ranks_match_one_process(tmp_path: Path) -> None:
 
 def _numerics_rank(rank: int, world: int, port: int, out_dir: str, speedups: tuple[float, ...]) -> None:
     """One rank deciding an open ``bf16`` setting; each rank would measure its own speed-up."""
-    from asr_kd import numerics
-    from asr_kd.device import dist_context
-    from asr_kd.train import with_numerics
+    from asr_kd.nn import numerics
+    from asr_kd.nn.device import dist_context
+    from asr_kd.nn.train import with_numerics
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))

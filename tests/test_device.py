@@ -1,4 +1,4 @@
-"""Device and rank decisions (asr_kd.device): where a process computes, which GPU it selects, when bf16 is used."""
+"""Device and rank decisions (asr_kd.nn.device): where a process computes, which GPU it selects, when bf16 is used."""
 from __future__ import annotations
 
 import datetime
@@ -6,7 +6,7 @@ import datetime
 import pytest
 import torch
 
-from asr_kd import device as dev
+from asr_kd.nn import device as dev
 
 
 @pytest.fixture()

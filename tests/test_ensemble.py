@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from asr_kd.ensemble import (
+from asr_kd.distillation.ensemble import (
     EnsembleConfig,
     combine_log_probs,
     ensemble_log_posteriors,
@@ -17,10 +17,10 @@ from asr_kd.ensemble import (
     members_for_rank,
     train_ensemble,
 )
-from asr_kd.frames import FrameSet
-from asr_kd.model import PRESETS
-from asr_kd.inference import load_model, log_posteriors
-from asr_kd.train import TrainConfig
+from asr_kd.nn.frames import FrameSet
+from asr_kd.nn.model import PRESETS
+from asr_kd.nn.inference import load_model, log_posteriors
+from asr_kd.nn.train import TrainConfig
 
 TINY = dataclasses.replace(PRESETS["tiny"], left_context=2, right_context=1, feat_dim=8)
 CLASSES = 5

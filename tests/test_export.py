@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from asr_kd.export import export_model
-from asr_kd.frames import FrameSet
-from asr_kd.inference import load_model, log_posteriors, save_model
-from asr_kd.model import DNN, PRESETS
-from asr_kd.priors import log_priors
+from asr_kd.nn.export import export_model
+from asr_kd.nn.frames import FrameSet
+from asr_kd.nn.inference import load_model, log_posteriors, save_model
+from asr_kd.nn.model import DNN, PRESETS
+from asr_kd.nn.priors import log_priors
 from decoding.decode import posteriors_to_loglikes
 from features.kaldi_io import write_vector
 

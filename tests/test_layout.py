@@ -1,8 +1,10 @@
 """The code's shape: imports point down the pipeline and never form a circle, and the stage list exists once.
 
-Layers, bottom up: ``features`` (audio -> numbers) < ``decoding`` (the HMM/WFST side) < the ``asr_kd`` library
-(corpora, DNNs, distillation, statistics) < ``asr_kd.conf`` (the config schema) < ``asr_kd.pipeline`` (stages,
-report) < the command lines. A module may import its own layer or lower ones only; the schema loads no stage.
+Layers, bottom up: ``features`` (audio -> numbers) < ``decoding`` (the HMM/WFST side) < the ``asr_kd`` library,
+itself in layers (``corpus`` < ``nn``: the DNN and its training < ``distillation``: ensembles, soft targets,
+students, the 3% experiment < ``evaluation``: systems, statistics, comparisons, cost < ``bench``) <
+``asr_kd.conf`` (the config schema) < ``asr_kd.pipeline`` (stages, report) < the command lines. A module may
+import its own layer or lower ones only; the schema loads no stage.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from asr_kd.pipeline.stages import STAGES
 
 REPO = Path(__file__).resolve().parent.parent
 PACKAGES = ("features", "decoding", "asr_kd")
-COMMAND_LINES = ("asr_kd.cli", "asr_kd.score_cli")  # asr_kd.export is a library module with a thin main()
+COMMAND_LINES = ("asr_kd.cli", "asr_kd.score_cli")  # asr_kd.nn.export is a library module with a thin main()
 
 
 def _modules() -> dict[str, Path]:
@@ -51,12 +53,27 @@ def _imports(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
     return found
 
 
-def _layer(module: str) -> int:
+LAYERS = (  # bottom up; a module may import its own layer or a lower one
+    ("features", 0),
+    ("decoding", 1),
+    ("asr_kd.corpus", 2.0),
+    ("asr_kd.nn", 2.1),
+    ("asr_kd.distillation", 2.2),
+    ("asr_kd.evaluation", 2.3),
+    ("asr_kd.bench", 2.4),
+    ("asr_kd.conf", 3),
+    ("asr_kd.pipeline", 4),
+)
+
+
+def _layer(module: str) -> float:
     if module in COMMAND_LINES:
         return 5
-    for prefix, rank in (("asr_kd.pipeline", 4), ("asr_kd.conf", 3), ("asr_kd", 2), ("decoding", 1), ("features", 0)):
+    for prefix, rank in sorted(LAYERS, key=lambda item: -len(item[0])):  # the longest prefix decides
         if module == prefix or module.startswith(prefix + "."):
             return rank
+    if module == "asr_kd":
+        return 2
     raise AssertionError(f"{module} belongs to no layer")
 
 
@@ -118,9 +135,10 @@ def test_the_layer_check_would_catch_an_upward_import(tmp_path: Path) -> None:
     """The checks above are only worth something if they can fail: a planted upward import is seen."""
     path = tmp_path / "model.py"
     path.write_text("from asr_kd.pipeline import stages\nfrom . import train\n")
-    deps = _imports("asr_kd.model", path, _modules())
-    assert deps == {"asr_kd.pipeline.stages", "asr_kd.train"}
-    assert _layer("asr_kd.pipeline.stages") > _layer("asr_kd.model")
+    deps = _imports("asr_kd.nn.model", path, _modules())
+    assert deps == {"asr_kd.pipeline.stages", "asr_kd.nn.train"}
+    assert _layer("asr_kd.pipeline.stages") > _layer("asr_kd.nn.model")
+    assert _layer("asr_kd.distillation.ensemble") > _layer("asr_kd.nn.train")  # the library's own layers too
 
 
 def test_loading_the_schema_loads_no_stage_code() -> None:

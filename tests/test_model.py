@@ -6,7 +6,7 @@ import dataclasses
 import pytest
 import torch
 
-from asr_kd.model import DNN, PRESETS, ModelConfig, StackedDNN, num_parameters
+from asr_kd.nn.model import DNN, PRESETS, ModelConfig, StackedDNN, num_parameters
 
 
 def test_paper_preset_is_the_papers_network() -> None:

@@ -1,4 +1,4 @@
-"""Training arithmetic chosen by measurement (asr_kd.numerics): bf16 autocast only where native *and* faster, one
+"""Training arithmetic chosen by measurement (asr_kd.nn.numerics): bf16 autocast only where native *and* faster, one
 choice per run, recorded, read back by every later stage and rank."""
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from asr_kd import numerics
+from asr_kd.nn import numerics
 from asr_kd.bench import random_frame_set
-from asr_kd.model import ModelConfig
-from asr_kd.numerics import BF16_MIN_SPEEDUP, choose, load_or_choose, measure_bf16_speedup, recorded
-from asr_kd.train import TrainConfig, train
+from asr_kd.nn.model import ModelConfig
+from asr_kd.nn.numerics import BF16_MIN_SPEEDUP, choose, load_or_choose, measure_bf16_speedup, recorded
+from asr_kd.nn.train import TrainConfig, train
 
 CPU = torch.device("cpu")
 
@@ -120,7 +120,7 @@ def test_train_decides_an_open_setting_once_and_writes_it(native, monkeypatch, t
 
 
 def test_the_loop_refuses_an_undecided_setting(tmp_path: Path) -> None:
-    from asr_kd.train import Trainee, build_members, fit
+    from asr_kd.nn.train import Trainee, build_members, fit
 
     cfg = ModelConfig(hidden_layers=1, hidden_dim=8)
     sets = random_frame_set(cfg, 64, 5, CPU), random_frame_set(cfg, 32, 5, CPU)

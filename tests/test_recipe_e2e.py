@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from asr_kd.frames import load_frameset
+from asr_kd.nn.frames import load_frameset
 from asr_kd.pipeline import experiment as xp
 from asr_kd.pipeline.stages import STAGES
 from asr_kd.pipeline.workspace import Workspace
-from asr_kd.systems import System, split_by_utterance
+from asr_kd.evaluation.systems import System, split_by_utterance
 
 
 @pytest.mark.slow

@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from asr_kd.pipeline import report
-from asr_kd.pipeline.report import collect, share_verdict, write_report
+from asr_kd.pipeline.report import markdown, write_report
+from asr_kd.pipeline.report.collect import collect, extra_students, run_time
+from asr_kd.pipeline.report.statistics import members_worth, share_verdict
 from asr_kd.pipeline.runner import machine_description, machine_kind
 from asr_kd.pipeline.workspace import Workspace
 from features.kaldi_io import write_vec_int_ark_scp
@@ -212,7 +213,7 @@ def test_markdown_shows_the_collected_numbers(workspace: Workspace) -> None:
 @pytest.mark.parametrize("accuracy, worth", [(53.0, 0), (54.0, 1), (58.5, 3), (59.5, 3), (61.0, 4)])
 def test_members_worth_is_the_largest_ensemble_matched(accuracy: float, worth: int) -> None:
     # a curve that dips at n=3 (seed noise): 58.5 is below the first 2 members' 59 but matches the first 3's 58
-    assert report.members_worth([54.0, 59.0, 58.0, 60.0], accuracy) == worth
+    assert members_worth([54.0, 59.0, 58.0, 60.0], accuracy) == worth
 
 
 @pytest.mark.parametrize("low, high, verdict", [(0.81, 0.95, "holds"), (0.6, 0.79, "does not hold"),
@@ -262,7 +263,7 @@ def test_distillation_gain_names_each_pair_of_one_shape() -> None:
     test_pairs = [pair("soft_3x128", "hard_3x128", -2.0), pair("hard_3x128", "soft_other", 1.0)]
     stats = {"frames": {"students": {"test": {"groups": {"all": {"systems": {}, "pairs": test_pairs,
                                                                 "shares": []}}}}}}
-    gains = report._students(stats, specs)["distillation_gain"]
+    gains = extra_students(stats, specs)["distillation_gain"]
     by_soft = {g["distilled"]: g for g in gains}
     assert set(by_soft) == {"soft_3x128", "soft_other"} and {g["hard"] for g in gains} == {"hard_3x128"}
     # (hard - soft) = -2 read the other way round: the distilled student is 2 points better
@@ -271,7 +272,7 @@ def test_distillation_gain_names_each_pair_of_one_shape() -> None:
     assert by_soft["soft_other"]["frame_acc"]["estimate"] == pytest.approx(1.0)
     students = {name: {**spec, "kept_frame_acc": None, "dev_frame_acc": None, "test_frame_acc": None,
                        "test_wer": None} for name, spec in specs.items()}
-    md = "\n".join(report._students_md({"students": students, "distillation_gain": gains, "cost": {},
+    md = "\n".join(markdown._students_md({"students": students, "distillation_gain": gains, "cost": {},
                                         "gain_kept": {}}))
     assert "| 3x128 | 1,000 | hard_3x128 | soft_3x128 | +2.00 [+1.50, +2.50] | **yes** | - | no |" in md
     assert "| 3x128 | 1,000 | hard_3x128 | soft_other | +1.00 [+0.50, +1.50] | **yes** | - | no |" in md
@@ -289,14 +290,14 @@ def test_the_whole_runs_time_counts_install_and_start_up(monkeypatch) -> None:
     monkeypatch.setenv("ASR_KD_INSTALL_SECONDS", "37")
     now = start.timestamp() + 100.0
     after = (start + timedelta(seconds=60)).isoformat()
-    assert report.run_time(_records(after, after), now) == {"wall": 100.0, "install": 37.0, "stages": 20.0,
+    assert run_time(_records(after, after), now) == {"wall": 100.0, "install": 37.0, "stages": 20.0,
                                                             "other": 43.0}
-    assert report.run_time(_records(start.isoformat(), after), now) is not None  # finished in the start's second
-    assert report.run_time(_records((start - timedelta(seconds=1)).isoformat(), after), now) is None
-    assert report.run_time({**_records(after), "cost": None}, now) is None  # a stage that never ran
-    assert report.run_time(_records("now"), now) is None
+    assert run_time(_records(start.isoformat(), after), now) is not None  # finished in the start's second
+    assert run_time(_records((start - timedelta(seconds=1)).isoformat(), after), now) is None
+    assert run_time({**_records(after), "cost": None}, now) is None  # a stage that never ran
+    assert run_time(_records("now"), now) is None
     monkeypatch.delenv("ASR_KD_RUN_STARTED")
-    assert report.run_time(_records(after), now) is None  # not started by run.sh
+    assert run_time(_records(after), now) is None  # not started by run.sh
 
 
 def test_time_table_adds_install_and_wall_clock_only_for_a_whole_run(workspace: Workspace, monkeypatch) -> None:

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from asr_kd.frames import FrameSet
-from asr_kd.model import DNN, ModelConfig
-from asr_kd.soft_targets import (
+from asr_kd.nn.frames import FrameSet
+from asr_kd.nn.model import DNN, ModelConfig
+from asr_kd.distillation.soft_targets import (
     SoftTargetConfig,
     SoftTargets,
     compute_soft_targets,

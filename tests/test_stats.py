@@ -6,8 +6,8 @@ from statistics import NormalDist
 import numpy as np
 import pytest
 
-from asr_kd import stats
-from asr_kd.stats import Interval, bootstrap_indices, paired_difference, rate_interval, share_of_gain
+from asr_kd.evaluation import stats
+from asr_kd.evaluation.stats import Interval, bootstrap_indices, paired_difference, rate_interval, share_of_gain
 
 
 def _by_hand(numer: np.ndarray, denom: np.ndarray, num_samples: int, seed: int) -> np.ndarray:

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from asr_kd.frames import FrameSet, load_frameset
-from asr_kd.model import PRESETS
-from asr_kd.priors import DISABLED_LOG_PRIOR, log_priors
-from asr_kd.inference import frame_accuracy, load_model, log_posteriors
-from asr_kd.train import MemberState, TrainConfig, base_lr, train
+from asr_kd.nn.frames import FrameSet, load_frameset
+from asr_kd.nn.model import PRESETS
+from asr_kd.nn.priors import DISABLED_LOG_PRIOR, log_priors
+from asr_kd.nn.inference import frame_accuracy, load_model, log_posteriors
+from asr_kd.nn.train import MemberState, TrainConfig, base_lr, train
 from features.cmvn import compute_cmvn_stats
 from features.errors import InputError
 from features.kaldi_io import write_mat_ark_scp, write_vec_int_ark_scp

@@ -6,7 +6,7 @@ itself (which stage, where, how many jobs, decoding sweeps). It imports no stage
 import it, never the other way round. Recipes (``recipes/*/conf/*.yaml``) override fields; the command line
 overrides the recipe (``python -m asr_kd.cli --config-dir conf --config-name tiny stage=baseline train.lr=0.002``).
 Two fields are hydra config groups: ``corpus`` (one option per corpus of :data:`asr_kd.corpus.registry.CORPORA`:
-``corpus=librispeech corpus.source_dir=/data/LS``) and ``model`` (:data:`asr_kd.model.PRESETS`: ``model=paper``).
+``corpus=librispeech corpus.source_dir=/data/LS``) and ``model`` (:data:`asr_kd.nn.model.PRESETS`: ``model=paper``).
 """
 from __future__ import annotations
 
@@ -17,11 +17,12 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 from asr_kd.corpus.registry import CORPORA
-from asr_kd.distill import DistillConfig, SmallDataConfig
-from asr_kd.ensemble import EnsembleConfig
-from asr_kd.model import PRESETS, ModelConfig
-from asr_kd.soft_targets import SoftTargetConfig
-from asr_kd.train import TrainConfig
+from asr_kd.distillation.distill import DistillConfig
+from asr_kd.distillation.small_data import SmallDataConfig
+from asr_kd.distillation.ensemble import EnsembleConfig
+from asr_kd.nn.model import PRESETS, ModelConfig
+from asr_kd.distillation.soft_targets import SoftTargetConfig
+from asr_kd.nn.train import TrainConfig
 from decoding.decode import DecodeConfig
 from decoding.gmm import MonoConfig, TriConfig
 from decoding.graph import GraphConfig
@@ -96,7 +97,7 @@ class ExperimentConfig:
     # train ~1.5x faster than one 2-thread process; on GPUs, one rank per GPU. Part of what a result is a function
     # of: a rank computes with 1 thread, and float sums in another thread count round differently.
     procs: int = 1
-    device: str = "auto"  # auto | cpu | cuda: where the DNNs compute (asr_kd.device.select_device)
+    device: str = "auto"  # auto | cpu | cuda: where the DNNs compute (asr_kd.nn.device.select_device)
     corpus: Any = MISSING  # a config group: one option per registered corpus
     fbank: FeatureConfig = field(default_factory=lambda: FeatureConfig(kind="fbank"))
     mfcc: FeatureConfig = field(default_factory=lambda: FeatureConfig(kind="mfcc"))
@@ -114,7 +115,7 @@ class ExperimentConfig:
     distill: DistillConfig = field(default_factory=DistillConfig)
     # ``train`` overrides for every model trained on the ensemble's soft targets (the sweep's students and the soft
     # students of a research config; not the 3% models, which have their own schedule): soft targets do not overfit
-    # the way hard targets do, so they may earn another schedule, chosen on dev (see asr_kd.train, "plateau").
+    # the way hard targets do, so they may earn another schedule, chosen on dev (see asr_kd.nn.train, "plateau").
     student_train: dict[str, Any] = field(default_factory=lambda: {})
     small_data: SmallDataConfig = field(default_factory=SmallDataConfig)
     students: dict[str, StudentConfig] = field(default_factory=lambda: {})  # research configs (the class has a

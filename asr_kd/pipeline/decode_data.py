@@ -7,7 +7,7 @@ CMVN taken from the new dir's own speakers, and each system decodes with the exp
 scale it chose on dev (``exp/decode/<system>/tuning.json``). Hypotheses go to
 ``exp/decode/<system>/<name>/hyp.txt``; a dir with transcripts is also scored, exactly as dev and test are.
 
-No alignment exists for new audio, so DNN inputs are a :class:`~asr_kd.frames.FrameSet` without targets: decoding
+No alignment exists for new audio, so DNN inputs are a :class:`~asr_kd.nn.frames.FrameSet` without targets: decoding
 only asks a system for log-posteriors, never for frame accuracy.
 """
 from __future__ import annotations

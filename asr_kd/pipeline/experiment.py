@@ -15,13 +15,13 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from asr_kd.device import select_device
-from asr_kd.frames import FrameSet, load_frameset, load_unaligned_frameset
-from asr_kd.numerics import Numerics, load_or_choose, measure_bf16_speedup, recorded
+from asr_kd.nn.device import select_device
+from asr_kd.nn.frames import FrameSet, load_frameset, load_unaligned_frameset
+from asr_kd.nn.numerics import Numerics, load_or_choose, measure_bf16_speedup, recorded
 from asr_kd.pipeline.workspace import Workspace
-from asr_kd.priors import log_priors
-from asr_kd.systems import System, frame_accuracies, split_by_utterance
-from asr_kd.train import TrainConfig
+from asr_kd.nn.priors import log_priors
+from asr_kd.evaluation.systems import System, frame_accuracies, split_by_utterance
+from asr_kd.nn.train import TrainConfig
 from decoding.decode import posteriors_to_loglikes
 from decoding.score import WerResult, compute_wer, write_scoring_files
 from features.atomic import write_text_atomic
@@ -44,7 +44,7 @@ def student_train_config(cfg: DictConfig, overrides: Any = None) -> TrainConfig:
 
 
 def run_numerics(cfg: DictConfig, ws: Workspace) -> Numerics:
-    """The arithmetic every model of this run trains in (:mod:`asr_kd.numerics`): under ``train.bf16=null`` the
+    """The arithmetic every model of this run trains in (:mod:`asr_kd.nn.numerics`): under ``train.bf16=null`` the
     first training stage times a member's step in bf16 and float32 and records its choice in ``ws.numerics``; every
     later stage and rank reads it from there."""
     device, model_cfg = device_of(cfg), to_object(cfg.model)
@@ -74,7 +74,7 @@ def write_json(path: Path, data: dict) -> None:
 
 
 def device_of(cfg: DictConfig) -> torch.device:
-    """The device this process computes on (:func:`asr_kd.device.select_device` of ``cfg.device``)."""
+    """The device this process computes on (:func:`asr_kd.nn.device.select_device` of ``cfg.device``)."""
     return select_device(cfg.device)
 
 

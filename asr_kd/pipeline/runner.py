@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 from omegaconf import DictConfig, OmegaConf
 
-from asr_kd.device import bf16_native, dist_context, select_device
+from asr_kd.nn.device import bf16_native, dist_context, select_device
 from asr_kd.pipeline.workspace import Workspace
 from features.atomic import write_text_atomic
 
@@ -52,7 +52,7 @@ def git_commit(repo_dir: Path, ignore: tuple[Path, ...] = ()) -> str:
 def machine_description() -> dict:
     """What the numbers were measured on: CPU count and model, GPU name (if any), Python and torch versions, and
     the machine's *kind* for reproduction: the vector kernels torch dispatches to (``simd``: AVX2, AVX512, ...) and
-    whether the CPU computes bf16 natively (what training may run in: :mod:`asr_kd.numerics`). Two CPUs of
+    whether the CPU computes bf16 natively (what training may run in: :mod:`asr_kd.nn.numerics`). Two CPUs of
     different kinds round float sums differently, from the GMM's statistics on, so each kind reproduces its own
     numbers to the last digit and the results name the kind they came from."""
     import torch

@@ -5,7 +5,7 @@ A CPU that computes bf16 natively is not always faster in it. Measured with ``py
 AVX512-BF16 and no AMX 0.64x as fast (the main job's 3x192 step: 27k vs 41k frames/s on one thread). The CPU flag
 cannot tell the two apart, so ``train.bf16`` has three settings:
 
-* ``true``: bf16 autocast wherever bf16 is native (:func:`asr_kd.device.bf16_native`), float32 elsewhere;
+* ``true``: bf16 autocast wherever bf16 is native (:func:`asr_kd.nn.device.bf16_native`), float32 elsewhere;
 * ``false``: float32 everywhere;
 * ``null`` (the default, "auto"): where bf16 is native, time a bare training step of the model in both and use
   bf16 only when it is at least :data:`BF16_MIN_SPEEDUP` times as fast; float32 elsewhere.
@@ -31,8 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from asr_kd.device import autocast, bf16_native, synchronize
-from asr_kd.model import DNN, ModelConfig
+from asr_kd.nn.device import autocast, bf16_native, synchronize
+from asr_kd.nn.model import DNN, ModelConfig
 from features.atomic import write_text_atomic
 
 BF16_MIN_SPEEDUP = 1.2
@@ -73,7 +73,7 @@ def step_frames_per_s(model: nn.Module, batches: Callable[[], tuple[torch.Tensor
                       ) -> float:
     """Training frames/s of ``model``'s full step (forward, loss, backward, Adam update) on the (windows, targets,
     frame indices) that ``batches()`` makes, after a warm-up (Adam allocates its state at its first step).
-    ``loss_fn(logits, idx, y)`` replaces cross-entropy (the distillation objective, as in :mod:`asr_kd.train`)."""
+    ``loss_fn(logits, idx, y)`` replaces cross-entropy (the distillation objective, as in :mod:`asr_kd.nn.train`)."""
     opt = torch.optim.Adam(model.parameters(), lr=1e-4, **({"fused": True} if device.type == "cuda" else {}))
     model.train()
 
@@ -126,7 +126,7 @@ def _measured(model_key: tuple, num_classes: int, batch_size: int, device_name: 
 
 def resolve(setting: bool | None, model_cfg: ModelConfig, num_classes: int, batch_size: int,
             device: torch.device) -> Numerics:
-    """:func:`choose` with the model's own step measured (what a library call of :func:`asr_kd.train.train`
+    """:func:`choose` with the model's own step measured (what a library call of :func:`asr_kd.nn.train.train`
     does when nothing chose for it; the pipeline chooses once per run with :func:`load_or_choose`)."""
     return choose(setting, device, lambda: measure_bf16_speedup(model_cfg, num_classes, batch_size, device))
 

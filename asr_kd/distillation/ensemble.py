@@ -5,8 +5,8 @@ as in the paper (different initialisations; data subsets "did not significantly 
 
 Two ways to train them, chosen by :class:`EnsembleConfig` ``mode``:
 
-* ``sequential``: one :func:`asr_kd.train.train_one` per member; every member dir has its own checkpoint.pt.
-* ``stacked``: up to ``max_stack`` members as one :class:`asr_kd.model.StackedDNN` (one ``baddbmm`` per layer,
+* ``sequential``: one :func:`asr_kd.nn.train.train_one` per member; every member dir has its own checkpoint.pt.
+* ``stacked``: up to ``max_stack`` members as one :class:`asr_kd.nn.model.StackedDNN` (one ``baddbmm`` per layer,
   each member its own shuffled batch, learning rate and early stopping). With dropout 0 a stacked member follows
   the same trajectory as its sequential twin (same init, same batches, per-member newbob rates; only float
   rounding of bmm vs mm differs, tested in tests/test_ensemble.py). It pays on a GPU when one member's batch is
@@ -39,11 +39,11 @@ from pathlib import Path
 
 import torch
 
-from asr_kd.device import launch_env, select_device
-from asr_kd.frames import FrameSet
-from asr_kd.inference import load_model
-from asr_kd.model import DNN, ModelConfig, StackedDNN
-from asr_kd.train import (
+from asr_kd.nn.device import launch_env, select_device
+from asr_kd.nn.frames import FrameSet
+from asr_kd.nn.inference import load_model
+from asr_kd.nn.model import DNN, ModelConfig, StackedDNN
+from asr_kd.nn.train import (
     TrainConfig,
     Trainee,
     build_members,

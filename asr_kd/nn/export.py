@@ -12,7 +12,7 @@ per-speaker CMVN (mean and variance), exactly what :func:`features.extract.load_
 TorchScript; ONNX export would need packages this project does not install. Load it with
 ``torch.export.load(path).module()(feats)`` in Python, or compile it for C++ with AOTInductor.
 
-    python -m asr_kd.export --model exp/dnn/distilled/model.pt --pdf-counts exp/tri1_ali/train/pdf_counts \\
+    python -m asr_kd.nn.export --model exp/dnn/distilled/model.pt --pdf-counts exp/tri1_ali/train/pdf_counts \\
         --out distilled.pt2            # also writes distilled.json (context, dims, how to feed it)
 """
 from __future__ import annotations
@@ -25,9 +25,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from asr_kd.inference import load_model
-from asr_kd.model import DNN
-from asr_kd.priors import log_priors
+from asr_kd.nn.inference import load_model
+from asr_kd.nn.model import DNN
+from asr_kd.nn.priors import log_priors
 from features.atomic import atomic_write, write_text_atomic
 from features.kaldi_io import read_vector
 

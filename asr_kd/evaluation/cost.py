@@ -17,10 +17,10 @@ import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
 
-from asr_kd.device import synchronize
-from asr_kd.frames import FrameSet
-from asr_kd.inference import load_model
-from asr_kd.model import DNN
+from asr_kd.nn.device import synchronize
+from asr_kd.nn.frames import FrameSet
+from asr_kd.nn.inference import load_model
+from asr_kd.nn.model import DNN
 from decoding.gmm_accum import GmmParams
 
 FRAME_SECONDS = 0.01

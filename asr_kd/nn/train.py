@@ -1,7 +1,7 @@
 """Frame-level training of the hybrid DNN: shuffled frames, dev frame accuracy, checkpoints, exact resume, DDP.
 
 One loop serves three callers: :func:`train` (one model; the distillation engineer passes a ``loss_fn`` over soft
-targets), :mod:`asr_kd.ensemble` (M members stacked into one module, each with its own seed, batch order, learning
+targets), :mod:`asr_kd.distillation.ensemble` (M members stacked into one module, each with its own seed, batch order, learning
 rate and early stopping) and torchrun (the same :func:`train` under DistributedDataParallel).
 
 Design decisions:
@@ -10,12 +10,12 @@ Design decisions:
   :func:`train_one_epoch`, :func:`compute_validation_loss` (dev cross-entropy and frame accuracy),
   :func:`save_checkpoint` / :func:`load_checkpoint`, and :func:`fit`, which only strings them together and
   applies the stopping rules of :class:`MemberState`. Inference and ``model.pt`` I/O live in
-  :mod:`asr_kd.inference`, device and rank decisions in :mod:`asr_kd.device`.
+  :mod:`asr_kd.nn.inference`, device and rank decisions in :mod:`asr_kd.nn.device`.
 * Frames are shuffled across utterances by a permutation drawn per epoch from a ``torch.Generator`` seeded with
   (seed, epoch), generated on the training device; nothing in a training step waits for the host (no ``.item()``,
   metrics accumulate in device tensors and are read once per epoch). The forward pass runs under bf16 autocast
   or in float32 as ``TrainConfig.bf16`` says; its default measures which is faster on this device
-  (:mod:`asr_kd.numerics`, decided once per call of :func:`train` or :func:`asr_kd.ensemble.train_ensemble`;
+  (:mod:`asr_kd.nn.numerics`, decided once per call of :func:`train` or :func:`asr_kd.distillation.ensemble.train_ensemble`;
   the pipeline decides once per run). The loss is computed in float32 either way.
 * A checkpoint is written atomically after every epoch (model, optimizer, learning-rate state, early-stopping
   state, best weights, history, RNG states). Because batch order depends only on (seed, epoch), a run killed at
@@ -46,7 +46,7 @@ Design decisions:
 
       torchrun --standalone --nproc-per-node=<gpus> <script or -m module that calls train(...)>
 
-  (gloo on CPU, nccl on GPU, device ``cuda:LOCAL_RANK`` chosen by :func:`asr_kd.device.select_device`; every rank
+  (gloo on CPU, nccl on GPU, device ``cuda:LOCAL_RANK`` chosen by :func:`asr_kd.nn.device.select_device`; every rank
   loads the FrameSet onto its own GPU).
 
 Recipe search (dev frame accuracy, ``small`` preset 4x512, max 12 epochs, patience 2, one CPU thread). Data:
@@ -89,11 +89,11 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from asr_kd.device import DistContext, autocast, dist_context, select_device, synchronize
-from asr_kd.frames import FrameSet
-from asr_kd.inference import save_model
-from asr_kd.model import DNN, ModelConfig, StackedDNN
-from asr_kd.numerics import resolve
+from asr_kd.nn.device import DistContext, autocast, dist_context, select_device, synchronize
+from asr_kd.nn.frames import FrameSet
+from asr_kd.nn.inference import save_model
+from asr_kd.nn.model import DNN, ModelConfig, StackedDNN
+from asr_kd.nn.numerics import resolve
 from features.atomic import atomic_write, write_text_atomic
 
 logger = logging.getLogger(__name__)
@@ -115,7 +115,7 @@ SCHEDULES = ("constant", "newbob", "cosine", "plateau")
 @dataclass
 class TrainConfig:
     """How to train one model (and every ensemble member). Where it runs is not part of it: the device is chosen
-    once per process (:func:`asr_kd.device.select_device`) and passed to :func:`train`."""
+    once per process (:func:`asr_kd.nn.device.select_device`) and passed to :func:`train`."""
 
     optimizer: str = "adam"
     lr: float = 1e-3
@@ -135,7 +135,7 @@ class TrainConfig:
     plateau_reductions: int = 4
     seed: int = 0
     bf16: bool | None = None  # bf16 autocast: true where native, false never, None where measured faster
-                              # (asr_kd.numerics)
+                              # (asr_kd.nn.numerics)
     num_threads: int | None = None
     eval_batch_size: int = 4096
     progress: bool = True
@@ -475,7 +475,7 @@ def fit(
     if len(seeds) != M:
         raise ValueError(f"{M} members but {len(seeds)} seeds")
     if train_cfg.bf16 is None:
-        raise ValueError("train_cfg.bf16 is undecided: pass the config through asr_kd.train.with_numerics first")
+        raise ValueError("train_cfg.bf16 is undecided: pass the config through asr_kd.nn.train.with_numerics first")
     optimizer = _make_optimizer(train_cfg, list(trainee.module.parameters()), device)
     if checkpoint_path.exists():
         progress = load_checkpoint(checkpoint_path, trainee, optimizer, seeds, train_cfg, device, desc)

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import torch
 
-from asr_kd.frames import FrameSet
-from asr_kd.model import DNN, ModelConfig
+from asr_kd.nn.frames import FrameSet
+from asr_kd.nn.model import DNN, ModelConfig
 from features.atomic import atomic_write
 
 

@@ -12,9 +12,9 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
-from asr_kd.ensemble import ensemble_log_posteriors
-from asr_kd.frames import FrameSet
-from asr_kd.inference import load_model, log_posteriors
+from asr_kd.distillation.ensemble import ensemble_log_posteriors
+from asr_kd.nn.frames import FrameSet
+from asr_kd.nn.inference import load_model, log_posteriors
 
 
 @dataclass

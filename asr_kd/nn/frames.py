@@ -169,7 +169,7 @@ def load_unaligned_frameset(feats_dir: Path, device: str | torch.device = "cpu",
                             right: int = 5) -> FrameSet:
     """Every utterance of a feature dir (per-speaker CMVN, as in training) as a FrameSet with no targets.
 
-    Same features and windows as :func:`asr_kd.frames.load_frameset`, but no alignment is needed: new
+    Same features and windows as :func:`asr_kd.nn.frames.load_frameset`, but no alignment is needed: new
     recordings have none, and decoding asks only for log-posteriors. Targets are all :data:`NO_TARGET`.
     """
     feats = load_feats(Path(feats_dir), cmvn="speaker", norm_vars=True)

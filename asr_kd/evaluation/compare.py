@@ -3,7 +3,7 @@ a confidence interval, and every pair's difference with its paired-bootstrap int
 
 One implementation for everyone: written for both the ``asr-kd-compare`` command (:mod:`asr_kd.score_cli`) and the
 recipe's report, so a claim in a report can be re-checked from the hypothesis and prediction files. The
-statistics are :mod:`asr_kd.stats` (resampling over utterances, the same indices for every system of a
+statistics are :mod:`asr_kd.evaluation.stats` (resampling over utterances, the same indices for every system of a
 comparison and every pair); WER counts are :func:`decoding.score.compute_wer`'s (sclite's).
 
 The result is a JSON-able dict::
@@ -28,7 +28,7 @@ from itertools import combinations
 
 import numpy as np
 
-from asr_kd.stats import Method, paired_difference, rate_interval, share_of_gain
+from asr_kd.evaluation.stats import Method, paired_difference, rate_interval, share_of_gain
 from decoding.score import WerResult, compute_wer
 from features.errors import InputError
 

@@ -25,9 +25,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from asr_kd.ensemble import COMBINES, combine_log_probs, iter_member_logits
-from asr_kd.frames import FrameSet
-from asr_kd.model import DNN, StackedDNN
+from asr_kd.distillation.ensemble import COMBINES, combine_log_probs, iter_member_logits
+from asr_kd.nn.frames import FrameSet
+from asr_kd.nn.model import DNN, StackedDNN
 from features.atomic import atomic_dir
 from features.errors import InputError
 from features.kaldi_io import read_post_ark, write_post_ark
