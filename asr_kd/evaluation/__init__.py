@@ -1,0 +1,1 @@
+"""Trained systems, paired-bootstrap statistics, system comparisons and measured inference cost."""

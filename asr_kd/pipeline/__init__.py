@@ -1,0 +1,1 @@
+"""The recipe: where files live, the stages in order, their mechanics, and the report."""
