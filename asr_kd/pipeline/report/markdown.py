@@ -55,17 +55,20 @@ def _share_iv(share: dict) -> str:
     return f"{percent(share['estimate'])} [{percent(share['low'])}, {percent(share['high'])}]"
 
 
+def _share_cell(row: dict | None) -> str:
+    """A share-of-gain cell: the share with its interval, ``undefined (no gain)``, or ``-`` when not measured."""
+    if not row:
+        return "-"
+    return _share_iv(row["share"]) if row["share"] else "undefined (no gain)"
+
+
 def _share_md(title: str, shares: dict, paper: str) -> list[str]:
     groups = sorted({g for rows in shares.values() for g in rows}, key=_group_order)
     if not groups:
         return []
     lines = [title, "", "| metric | " + " | ".join(groups) + f" | {paper} |", "|---" * (len(groups) + 2) + "|"]
     for metric, label in (("frames", "frame accuracy"), ("wer", "WER")):
-        cells = []
-        for g in groups:
-            row = shares.get(metric, {}).get(g)
-            share = row and row["share"]
-            cells.append("undefined (no gain)" if row and not share else "-" if not row else _share_iv(share))
+        cells = [_share_cell(shares.get(metric, {}).get(g)) for g in groups]
         lines.append(f"| {label} | " + " | ".join(cells) + " | |")
     return lines
 
@@ -384,11 +387,47 @@ def _scale_cells(d: dict) -> tuple[str, str]:
     return f"{chosen}{end}", ", ".join(f"{t:g}" for t in tried)
 
 
+def at_a_glance(r: dict) -> list[str]:
+    """The paper's rows in one small table: Table 1, the share of the ensemble's gain the distilled model keeps,
+    and the 3% experiment, each beside the paper's number. The README shows this table of the committed tiny run
+    (a test holds the two together)."""
+    t1, small = r["table1"], r.get("small_data_table") or {}
+    best = r.get("best_temperature")
+    lines = ["## The paper's rows at a glance (%, 95% intervals)", "",
+             "| | dev frame acc | test frame acc | test WER | paper |", "|---|---|---|---|---|"]
+    names = {"baseline": "baseline", "ensemble": f"{_n_members(r)}x ensemble",
+             "distilled": "distilled" + (f" (T={best:g}, chosen on dev)" if best is not None else "")}
+    for key, label in names.items():
+        row = t1[key]
+        lines.append(f"| {label} | {fmt_interval(row['dev_frame_acc'])} | {fmt_interval(row['test_frame_acc'])} | "
+                     f"{fmt_interval(row['test_wer'])} | frame acc {PAPER_TABLE1[key][0]}, WER {PAPER_TABLE1[key][1]} |")
+    kept = r["gain_kept"]
+    cells = [_share_cell(lookup(kept, metric, split)) for metric, split in
+             (("frames", "dev"), ("frames", "test"), ("wer", "test"))]
+    lines.append("| share of the ensemble's gain kept by the distilled model | " + " | ".join(cells)
+                 + f" | more than {percent(PAPER_SHARE_KEPT)} |")
+    soft = small.get("small_soft") or {}
+    for key, label in (("small_hard", "3% of the data, hard targets"),
+                       ("small_soft", "3% of the data, soft targets of the ensemble"
+                        + (f" (T={soft['temperature']:g})" if soft.get("temperature") else ""))):
+        row = small.get(key)
+        if row:
+            lines.append(f"| {label} | {fmt_interval(row['dev'])} | {fmt_interval(row['test'])} | "
+                         f"{fmt_interval(row['test_wer'])} | test frame acc {PAPER_SMALL[key][1]} |")
+    recovered = lookup(r, "small_data_recovered", "small_soft")
+    if recovered:
+        cells = [_share_cell(lookup(recovered, metric, split)) for metric, split in
+                 (("frames", "dev"), ("frames", "test"), ("wer", "test"))]
+        lines.append("| share of the 3% model's gap to the full-data baseline closed by the soft targets | "
+                     + " | ".join(cells) + f" | {PAPER_SMALL_GAP.removeprefix('paper: ')} |")
+    return lines
+
+
 def body(r: dict) -> list[str]:
     b = r["bootstrap"]
     intro = [f"Intervals: paired bootstrap over utterances ({b['num_samples']} replicates, seed {b['seed']}), "
              "percentile 95% intervals; the same resampled utterances for every system of a comparison.", ""]
-    return (intro + _table1_md(r) + ["", "![table 1](table1.png)", ""]
+    return (intro + at_a_glance(r) + [""] + _table1_md(r) + ["", "![table 1](table1.png)", ""]
             + _share_md("## Share of the ensemble's frame-accuracy (and WER) gain kept by the distilled model",
                         r["gain_kept"], f"paper: more than {percent(PAPER_SHARE_KEPT)}")
             + _paper_claim_md(r["gain_kept"]) + _ensemble_size_md(r) + _fidelity_md(r) + [""]
