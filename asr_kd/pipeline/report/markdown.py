@@ -399,8 +399,9 @@ def at_a_glance(r: dict) -> list[str]:
              "distilled": "distilled" + (f" (T={best:g}, chosen on dev)" if best is not None else "")}
     for key, label in names.items():
         row = t1[key]
+        paper = f"frame acc {PAPER_TABLE1[key][0]}, WER {PAPER_TABLE1[key][1]}"
         lines.append(f"| {label} | {fmt_interval(row['dev_frame_acc'])} | {fmt_interval(row['test_frame_acc'])} | "
-                     f"{fmt_interval(row['test_wer'])} | frame acc {PAPER_TABLE1[key][0]}, WER {PAPER_TABLE1[key][1]} |")
+                     f"{fmt_interval(row['test_wer'])} | {paper} |")
     kept = r["gain_kept"]
     cells = [_share_cell(lookup(kept, metric, split)) for metric, split in
              (("frames", "dev"), ("frames", "test"), ("wer", "test"))]
