@@ -83,6 +83,7 @@ def _graph() -> dict[str, set[str]]:
 
 
 TOP_LEVEL = {"recipes", "asr_kd", "features", "decoding", "tests", "pyproject.toml",  # fixed by the project
+             "docs",
              "README.md", "ARCHITECTURE.md", ".gitignore", ".ci"}
 
 
