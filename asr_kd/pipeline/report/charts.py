@@ -1,8 +1,8 @@
 """The report's pictures: training curves, the temperature sweep, the ensemble-size curve, Table 1 with intervals, the
 comparisons' intervals.
 
-Every chart is drawn from the dict :func:`asr_kd.pipeline.report.collect.collect` returns (and the models' metrics.json),
-never from numbers of its own, so a chart and the tables beside it cannot disagree.
+Every chart is drawn from the dict :func:`asr_kd.pipeline.report.collect.collect` returns (and the models'
+metrics.json), never from numbers of its own, so a chart and the tables beside it cannot disagree.
 """
 from __future__ import annotations
 
