@@ -132,10 +132,10 @@ def bench_ensemble(preset: str, members: int, batch_size: int, steps: int, num_c
 # -------------------------------------------------------------------------------------------------------- distill
 @dataclass
 class DistillBenchConfig:
-    """Sizes of the benchmark; the defaults are the prototype's CPU setting (4x512 -> 860 states, 10 members)."""
+    """Sizes of the benchmark; the defaults are a CPU-sized setting (4x512 -> 860 states, 10 members)."""
 
     preset: str = "small"
-    hidden_layers: int | None = None  # the preset's shape unless set (the main job: 3 x 192)
+    hidden_layers: int | None = None  # the preset's shape unless set (the tiny config: 3 x 192)
     hidden_dim: int | None = None
     num_classes: int = 860
     members: int = 10

@@ -227,7 +227,7 @@ def mix_up(pdfs: list[PdfGmm], occs: np.ndarray, target: int, perturb: float, po
 
     Each new Gaussian halves the heaviest one of its pdf; the two copies move apart by ``perturb`` standard
     deviations along a random direction. The bindings' version draws from Kaldi's global ``rand()``, which
-    made runs irreproducible; this one is deterministic for a given ``rng``.
+    makes runs irreproducible; this one is deterministic for a given ``rng``.
     """
     current = sum(len(g.weights) for g in pdfs)
     if target <= current:

@@ -35,8 +35,9 @@ class LmConfig:
     """
 
     order: int = 3
-    # 1e-7 kept 400k bigrams and 376k trigrams of the synth recipe's ~0.8M words of LM text (an HCLG of several
-    # million states); 3e-6 keeps ~70k n-grams: an HCLG of about a million states that builds in ~25 s.
+    # On the synth recipe's ~0.8M words of LM text, 1e-7 keeps hundreds of thousands of bigrams and trigrams (an
+    # HCLG of several million states); 3e-6 keeps ~70k n-grams: an HCLG of about a million states that builds in
+    # well under a minute (recipes/synth/results/tiny/RESULTS.md has its size and build time).
     prune_threshold: float = 3e-6
     text_format: str = "auto"
 

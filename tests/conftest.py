@@ -1,7 +1,7 @@
 """Fixtures shared across test files.
 
 ``ci_experiment`` trains one whole CI-sized experiment (``recipes/synth/run.sh --config ci``: corpus to report,
-a few minutes on a CPU) once per test session, for every test that needs trained systems. Tests that write into
+a few minutes on a CPU) once per pytest run, for every test that needs trained systems. Tests that write into
 an experiment take a private copy (``ci_experiment_copy``), so they neither disturb each other nor depend on order.
 """
 from __future__ import annotations

@@ -64,8 +64,8 @@ def test_a_good_import_is_kept_when_a_later_run_fails(tmp_path: Path) -> None:
 
 
 def test_ranks_start_only_for_at_least_two_shares(tmp_path: Path, monkeypatch) -> None:
-    """A rank-parallel stage relaunches under torchrun only when its config gives it two or more jobs: the main
-    recipe's empty students stage (and a one-member ensemble) runs in this process, no ranks started."""
+    """A rank-parallel stage relaunches under torchrun only when its config gives it two or more jobs: the
+    default config's empty students stage (and a one-member ensemble) runs in this process, no ranks started."""
     from omegaconf import OmegaConf
 
     import asr_kd.cli as cli

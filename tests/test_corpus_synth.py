@@ -90,7 +90,7 @@ def test_espeak_stop_closure_is_given_back_to_the_stop() -> None:
 
 def test_espeak_voiceless_stops_start_with_their_closure() -> None:
     """Real espeak-ng speech: no P/T/K that follows a sound leaves closure silence to the phone before it, and
-    most of them now begin with that silence (espeak's own event sits at the burst; a flapped T has none)."""
+    most of them begin with that silence (espeak's own event sits at the burst; a flapped T has none)."""
     text = "she took a cup of tea and kept the pretty cat"
     said = synthesize(voice_by_speaker("espeak_enus_m3"), [Sentence(text, tuple(text.upper().split()))])[0]
     hop = SAMPLE_RATE // 200

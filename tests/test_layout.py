@@ -82,7 +82,7 @@ def _graph() -> dict[str, set[str]]:
     return {name: _imports(name, path, modules) for name, path in modules.items()}
 
 
-TOP_LEVEL = {"recipes", "asr_kd", "features", "decoding", "tests", "pyproject.toml",  # fixed by the project
+TOP_LEVEL = {"recipes", "asr_kd", "features", "decoding", "tests", "pyproject.toml",  # the repository's layout
              "docs",
              "README.md", "ARCHITECTURE.md", ".gitignore", ".ci"}
 

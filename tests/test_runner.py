@@ -58,7 +58,7 @@ def test_failed_stage_leaves_no_marker_and_reruns(tmp_path):
 
 
 def test_machine_kind_names_the_kernels_and_bf16(monkeypatch):
-    """Results name the kind of machine they reproduce on: the vector kernels and whether training ran in bf16."""
+    """Results name what they reproduce on: the CPU's vector kernels and whether it computes bf16 natively."""
     import torch
 
     for native, suffix in ((True, "+BF16"), (False, "")):
@@ -67,7 +67,7 @@ def test_machine_kind_names_the_kernels_and_bf16(monkeypatch):
         m = machine_description()
         assert m["bf16_native"] is native and m["simd"] == torch.backends.cpu.get_cpu_capability()
         assert machine_kind(m) == f"{m['cpus']} CPUs {m['simd']}{suffix}, GPU {m['gpu']}"
-    assert machine_kind({"cpus": 2, "gpu": None}) == "2 CPUs, GPU None"  # a result from before the kind was kept
+    assert machine_kind({"cpus": 2, "gpu": None}) == "2 CPUs, GPU None"  # a history row without the kernels
 
 
 def test_git_commit_ignores_the_results_dir_it_publishes_to(tmp_path: Path) -> None:

@@ -1,7 +1,8 @@
 """Deterministic acoustic augmentation: speed, small pitch shifts, reverb, telephone band, additive noise.
 
-Clean TTS is too easy and too uniform; the corpus difficulty is a dial (in an early prototype on the same voices,
-noise and reverb moved a 4x512 DNN's dev frame accuracy from 67% to 42%). Every choice is drawn from a generator
+Clean TTS is too easy and too uniform; the corpus difficulty is a dial (on the built-in voices, noise and reverb
+move a DNN's dev frame accuracy over a range of tens of points; recipes/synth/conf/tiny.yaml sets it to the
+paper's regime). Every choice is drawn from a generator
 seeded by the corpus seed and the utterance id, never from the clock, so a rebuild reproduces every sample bit
 for bit, and the result does not depend on which worker processed which utterance.
 

@@ -18,10 +18,10 @@ fortunes    fortunes, fortune-mod         quotations and jokes, modern          
 gcide       dict-gcide                    quotations in Webster 1913 (Shakespeare, Milton, ...)   LM
 ==========  ============================  ======================================================  ==============
 
-What each source did to held-out perplexity and OOV was measured before choosing (2026-12-01, trigram at a fixed
-vocabulary): WordNet examples are hard to predict (perplexity ~450-510 however much text the LM has), held-out
-Austen sentences ~170-220; adding the King James Bible made perplexity 8% worse and Moby-Dick changed nothing, so
-neither is read. Everything is deterministic: sources are read in a fixed order, de-duplicated by transcript.
+The sources were chosen by what each does to a trigram LM's held-out perplexity and OOV rate at a fixed
+vocabulary: WordNet's examples stay much harder to predict than held-out Austen sentences however much text the
+LM has; adding the King James Bible makes held-out perplexity worse and Moby-Dick does not change it, so neither
+is read. Everything is deterministic: sources are read in a fixed order, de-duplicated by transcript.
 """
 from __future__ import annotations
 

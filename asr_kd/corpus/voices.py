@@ -354,11 +354,11 @@ def _espeak_closures(owned: list[tuple[float, float, str, int]], audio: np.ndarr
     """Move the start of each voiceless stop/affricate back over the closure silence espeak booked to the phone
     before it.
 
-    Measured on the 14-voice corpus (dev): against forced alignments, espeak's P/T/K/CH started 34-39 ms late
-    (12% within 20 ms) while flite's and festival's were within a few ms; the clean signal shows why: the
-    30-40 ms before espeak's stop event are digital near-silence, the closure. Only a closure that follows a
-    non-silence phone moves (after a pause, closure and pause are one silence), and only over hops that are
-    really silent, so a stop without a closure keeps espeak's time.
+    Against forced alignments of the built-in corpus, espeak's P/T/K/CH start late by about the length of their
+    closure, while flite's and festival's agree to within a few ms; the clean signal shows why: the 30-40 ms
+    before espeak's stop event are digital near-silence, the closure. Only a closure that follows a non-silence
+    phone moves (after a pause, closure and pause are one silence), and only over hops that are really silent,
+    so a stop without a closure keeps espeak's time.
     """
     hop = round(_CLOSURE_HOP * SAMPLE_RATE)
     frames = audio[: len(audio) // hop * hop].reshape(-1, hop).astype(np.float64)
@@ -428,12 +428,12 @@ _RUN_TWICE = frozenset({"espeak"})
 def synthesize(voice: Voice, sentences: list[Sentence], tries: int = 4) -> list[Synthesized]:
     """Speak every sentence with ``voice``; one engine process (or library) serves the whole list.
 
-    espeak voices run until two consecutive runs give the same audio and timings. Why: on a freshly set up
-    machine one build of the corpus got a changed waveform for one espeak utterance of the babble bank (the 29
-    wavs mixed with it differed from three later builds of the same config, 2026-12-02), and 300 reruns of that
-    utterance could not bring the change back, so its cause is unknown; the check covers the whole espeak path
-    (engine, resampling, timings), logs a disagreement and keeps it out of the corpus. flite and festival run
-    once: no build has shown them to vary. Raises when no two consecutive of ``tries`` runs agree.
+    espeak voices run until two consecutive runs give the same audio and timings. Why: espeak has returned a
+    different waveform for the same sentence and voice settings on a freshly set-up machine, rarely and not
+    reproducibly, and one changed babble-bank utterance changes every wav it is mixed into; the check covers the
+    whole espeak path (engine, resampling, timings), logs a disagreement and keeps it out of the corpus. flite
+    and festival run once: they have not been seen to vary. Raises when no two consecutive of ``tries`` runs
+    agree.
     """
     def run() -> list[Synthesized]:
         with tempfile.TemporaryDirectory(prefix="asrkd_tts_") as tmp:

@@ -4,10 +4,10 @@ The student is trained on  T^2 * CE(teacher soft targets at T, softmax(z/T)) + w
 The T^2 keeps the soft term's gradient on the same scale whatever T is (its gradient shrinks as 1/T^2), so the
 relative weight of the two terms means the same thing at T=1 and T=10. After training the student runs at T=1.
 
-Soft targets come either from storage (:mod:`asr_kd.distillation.soft_targets`, top-k per frame, computed once: the student
-trains at baseline speed) or from the teacher running inside every student step ("online": no storage, but the
-teacher's forward pass costs several student steps). Both feed :func:`asr_kd.nn.train.train` through its
-``loss_fn`` hook, so checkpoints, resume, early stopping and metrics are the baseline's.
+Soft targets come either from storage (:mod:`asr_kd.distillation.soft_targets`, top-k per frame, computed once:
+the student trains at baseline speed) or from the teacher running inside every student step ("online": no
+storage, but the teacher's forward pass costs several student steps). Both feed :func:`asr_kd.nn.train.train`
+through its ``loss_fn`` hook, so checkpoints, resume, early stopping and metrics are the baseline's.
 
 Top-k targets leave out the teacher's tail; by default that tail mass is kept as one extra "any other class"
 outcome (``DistillConfig.tail``), so a small k does not make the targets sharper than the teacher at high T.
@@ -61,9 +61,9 @@ class DistillConfig:
     caps the stored k (the stored top classes are then cut).
     tail: what happens to the teacher probability outside the top-k. "bucket" (default) keeps it as one extra
     "any other class" target, matched by the student's total probability outside the top-k; "renormalize"
-    drops it and rescales the top-k to sum to 1. At high T the tail is large (a top-20 of 120 classes held only
-    75% of the mass at T=5 in a synthetic test), and renormalizing it away cost 1.7 points of dev accuracy
-    there while the bucket came within 0.2 of using all classes; at T=2 both matched all classes.
+    drops it and rescales the top-k to sum to 1. At high T the tail can hold a large share of the mass (a top-20
+    can miss a quarter of it at T=5); renormalizing it away makes the targets sharper than the teacher and gives
+    a lower dev accuracy than the bucket, which comes close to using all classes. At T=2 the two agree.
     combine: how an ensemble teacher's members are averaged in online mode (stored targets carry their own).
     """
 
@@ -105,7 +105,7 @@ class _SparseSoftCrossEntropy(torch.autograd.Function):
     Row b's targets are the weights ``w_k`` [B, k] on the classes ``idx`` [B, k] plus, with ``w_rest`` [B], the
     weight of "every other class" (the student's probability R outside the k, the bucket tail). The gradient with
     respect to z_t is ``q * sum(w) - t``, where q = softmax(z_t) and t puts w_k on the k classes and w_rest x q / R
-    on the others. Autograd over the same formula (log_softmax, scatter, logsumexp, gather) took twice as long,
+    on the others. Autograd over the same formula (log_softmax, scatter, logsumexp, gather) takes about twice as long,
     and it is the largest part of a student's step beyond a member's (asr_kd.bench, ``distill``).
     """
 

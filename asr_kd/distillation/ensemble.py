@@ -10,14 +10,14 @@ Two ways to train them, chosen by :class:`EnsembleConfig` ``mode``:
   each member its own shuffled batch, learning rate and early stopping). With dropout 0 a stacked member follows
   the same trajectory as its sequential twin (same init, same batches, per-member newbob rates; only float
   rounding of bmm vs mm differs, tested in tests/test_ensemble.py). It pays on a GPU when one member's batch is
-  too small to fill it (x1.7-2.4 at 1024 frames per member measured on an H100, ~x1 at 4096; re-measure with
-  ``python -m asr_kd.bench ensemble`` on your device).
+  too small to fill it (on an H100 it about doubles member-frames/s at 1024 frames per member and gains nothing
+  at 4096; measure yours with ``python -m asr_kd.bench ensemble``).
   The group checkpoint is out_dir/stacked_<members>.pt, removed once the members' model.pt are written.
-* ``auto``: stacked on CUDA when the per-member batch is at most 2048 frames, sequential otherwise. On this
-  2-core CPU stacking does not pay: ten ``small`` members, batch 256, 2000 outputs, one thread trained at 2870
-  member-frames/s stacked vs 2940 sequential (``python -m asr_kd.bench ensemble --threads 1``; 1770 vs 1440 in a
-  run while the machine was loaded by others). ``frames_per_s`` in a stacked member's metrics.json counts that
-  member's frames only, in the time all stacked members shared.
+* ``auto``: stacked on CUDA when the per-member batch is at most 2048 frames, sequential otherwise. On a 2-core
+  CPU stacking does not pay: stacked and sequential members train at about the same member-frames/s
+  (``python -m asr_kd.bench ensemble --threads 1`` measures both).
+  ``frames_per_s`` in a stacked member's metrics.json counts that member's frames only, in the time all
+  stacked members shared.
 
 A member whose model.pt exists is finished and skipped, so an interrupted ensemble resumes member by member.
 

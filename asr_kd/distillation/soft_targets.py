@@ -2,9 +2,9 @@
 
 Why stored and sparse: running a 10-model teacher inside every student step costs several times the student's own
 step (``python -m asr_kd.bench distill`` measures it), while its posteriors at a given temperature never change.
-Computing them once and keeping
-the k most probable classes per frame makes distillation run at baseline speed; with 14k classes a dense fp32
-row is 56 KB per frame, the top-20 (int16 index + fp16 probability) 80 B, plus 2 B for ``mass_kept``.
+Computing them once and keeping the k most probable classes per frame makes distillation run at baseline speed;
+with 14k classes a dense fp32 row is 56 KB per frame, the top-20 (int16 index + fp16 probability) 80 B, plus 2 B
+for ``mass_kept``.
 
 The top-k probabilities are renormalized to sum to one (so the soft cross-entropy is a proper cross-entropy);
 ``mass_kept`` records how much of the teacher's mass the k classes held before that, which tells whether k is

@@ -25,9 +25,9 @@ T = TypeVar("T")
 
 RANK_WAIT = timedelta(hours=24)
 """How long a rank waits at a barrier for the others. Ranks train different models (members, temperatures,
-students) and meet at the stage's end, so one may wait for the others' whole share: torch's default of 30 min
-killed a research run on the AVX2 CPU kind, whose ranks finished their students 30 min apart. A rank that dies
-is caught by torchrun, which stops the job, not by this timeout."""
+students) and meet at the stage's end, so one may wait for the others' whole share: with the research config
+on a 2-core AVX2-only CPU, ranks finish their students about as far apart as torch's default timeout (30 min).
+A rank that dies is caught by torchrun, which stops the job, not by this timeout."""
 
 
 @dataclass(frozen=True)

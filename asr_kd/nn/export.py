@@ -49,7 +49,8 @@ class HybridAcousticModel(nn.Module):
 
 
 def export_model(model_path: Path, pdf_counts: Path, out: Path) -> dict:
-    """Write the TorchScript module for ``model_path`` with the priors of ``pdf_counts``, and its description."""
+    """Write the exported program (``.pt2``) for ``model_path`` with the priors of ``pdf_counts``, and its
+    description (``.json``)."""
     dnn = load_model(model_path, "cpu")
     prior = log_priors(read_vector(pdf_counts))
     if prior.shape[0] != dnn.num_classes:

@@ -2,7 +2,7 @@
 
 The paper's network (Hinton, Vinyals & Dean 2015, section 4) sees 26 frames of 40 log-mel coefficients (20 left,
 5 right of the frame it labels), has 8 hidden layers of 2560 ReLU units and a softmax over 14,000 context-dependent
-states: 1040-8x2560-14000, 84.4M parameters. The presets scale that recipe down for the machines we run on.
+states: 1040-8x2560-14000, 84.4M parameters. The presets scale it down for smaller corpora and for CPUs.
 
 :class:`StackedDNN` holds M members with the same architecture as one module whose weights are stacked along a
 leading member axis, so that one ``torch.baddbmm`` per layer trains all members at once (each on its own batch).
@@ -55,7 +55,7 @@ class ModelConfig:
 PRESETS: dict[str, ModelConfig] = {
     # The paper: 1040-8x2560-C, 84.4M parameters with C = 14,000.
     "paper": ModelConfig(hidden_layers=8, hidden_dim=2560),
-    # The prototype's 4x512 (1.8M parameters with 860 states): ~80 s per epoch of 1.5 h on one CPU core.
+    # 4x512 (1.8M parameters with 860 states): for an hour or a few of audio on a CPU.
     "small": ModelConfig(hidden_layers=4, hidden_dim=512),
     # For tests and CI: seconds on a CPU.
     "tiny": ModelConfig(hidden_layers=2, hidden_dim=64),

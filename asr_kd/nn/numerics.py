@@ -1,9 +1,9 @@
 """Which arithmetic training runs in: float32, or bf16 autocast, chosen by what is faster *here*.
 
-A CPU that computes bf16 natively is not always faster in it. Measured with ``python -m asr_kd.bench train``: on a
-2-core AMD EPYC with AVX512-BF16 a training step ran 1.46x faster under bf16 autocast, on a 2-core Intel Xeon with
-AVX512-BF16 and no AMX 0.64x as fast (the main job's 3x192 step: 27k vs 41k frames/s on one thread). The CPU flag
-cannot tell the two apart, so ``train.bf16`` has three settings:
+A CPU that computes bf16 natively is not always faster in it (``python -m asr_kd.bench train`` measures both): on
+a 2-core AMD EPYC with AVX512-BF16, the tiny config's 3x192 training step runs well over 1.2x faster under bf16
+autocast; on a 2-core Intel Xeon with AVX512-BF16 and no AMX it runs at about two thirds of float32's speed. The
+CPU flag cannot tell the two apart, so ``train.bf16`` has three settings:
 
 * ``true``: bf16 autocast wherever bf16 is native (:func:`asr_kd.nn.device.bf16_native`), float32 elsewhere;
 * ``false``: float32 everywhere;
@@ -13,8 +13,8 @@ cannot tell the two apart, so ``train.bf16`` has three settings:
 The measured choice is a timing, not a function of the config, so a pipeline run makes it once and records it
 (:func:`load_or_choose`, ``exp/numerics.json``): every stage and every rank of that run trains in the same
 arithmetic, a resumed run keeps it, and the report prints it with the ratio. The margin keeps the choice stable on
-a kind of machine (the two CPUs above sit at 1.46 and 0.64, far from 1.2). Where results must match across kinds of
-machine, say ``train.bf16=false``.
+one CPU model (the two CPUs above sit far from 1.2, on either side). Where results must match across CPU models,
+say ``train.bf16=false``.
 """
 from __future__ import annotations
 

@@ -51,10 +51,11 @@ def git_commit(repo_dir: Path, ignore: tuple[Path, ...] = ()) -> str:
 
 def machine_description() -> dict:
     """What the numbers were measured on: CPU count and model, GPU name (if any), Python and torch versions, and
-    the machine's *kind* for reproduction: the vector kernels torch dispatches to (``simd``: AVX2, AVX512, ...) and
-    whether the CPU computes bf16 natively (what training may run in: :mod:`asr_kd.nn.numerics`). Two CPUs of
-    different kinds round float sums differently, from the GMM's statistics on, so each kind reproduces its own
-    numbers to the last digit and the results name the kind they came from."""
+    what decides reproduction to the last digit: the vector kernels torch dispatches to (``simd``: AVX2, AVX512,
+    ...) and whether the CPU computes bf16 natively (what training may run in: :mod:`asr_kd.nn.numerics`). CPUs
+    with different vector kernels round float sums differently, from the GMM's statistics on, so a run reproduces
+    its numbers to the last digit only on CPUs with the same kernels, and the results name the kernels they came
+    from."""
     import torch
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
@@ -72,7 +73,8 @@ def machine_description() -> dict:
 
 def machine_kind(machine: dict) -> str:
     """Short name of a :func:`machine_description` for tables: CPU count, vector kernels (+BF16 where the CPU
-    computes bf16 natively), GPU. Results made before the kind was recorded show the CPU count and GPU only."""
+    computes bf16 natively), GPU. A description without ``simd`` (an older history row) gives the CPU count and
+    GPU only."""
     simd = machine.get("simd")
     kernels = f" {simd}{'+BF16' if machine.get('bf16_native') else ''}" if simd else ""
     return f"{machine['cpus']} CPUs{kernels}, GPU {machine['gpu']}"

@@ -233,7 +233,7 @@ def stage_small_data(cfg: DictConfig, ws: Workspace) -> dict:
 
 
 def stage_students(cfg: DictConfig, ws: Workspace) -> dict:
-    """Extra students of a research config (ablations, other sizes); none in the main recipe."""
+    """Extra students of a research config (ablations, other sizes); none in the default config."""
     return train_students(cfg, ws)
 
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# asr-kd on the built-in synthetic (text-to-speech) corpus: corpus -> ... -> report, on a CPU in minutes with the
-# default tiny config. Configs: conf/tiny.yaml (CPU, the README's main job), conf/ci.yaml (tests),
+# asr-kd on the built-in synthetic (text-to-speech) corpus: corpus -> ... -> report, on a 2-core CPU in well under
+# an hour with the default tiny config. Configs: conf/tiny.yaml (CPU, the default), conf/ci.yaml (tests),
 # conf/research.yaml (ablations, sizes), conf/wide.yaml (every network 3x512), conf/paper.yaml (GPU, 8x2560).
 # `./run.sh --help` lists the options and stages.
 set -euo pipefail
@@ -18,7 +18,7 @@ run_stage 7 ensemble      # N DNNs from different random inits, averaged
 run_stage 8 soft_targets  # the ensemble's posteriors at each temperature, top-k, stored once
 run_stage 9 distill       # one student per temperature (students' schedule); the best on dev is "distilled"
 run_stage 10 small_data   # 3% of the data: hard targets vs soft targets from a full-data teacher
-run_stage 11 students     # extra students of research configs (ablations, sizes); none in the main recipe
+run_stage 11 students     # extra students a config lists under students: (research: ablations, sizes); none by default
 run_stage 12 decode       # hybrid decoding of every system, acoustic scale tuned on dev
 run_stage 13 cost         # what each system costs: params, MACs/frame, file size, one-thread time, decoding RTF
 run_stage 14 report       # the paper's tables with intervals, charts: Markdown + JSON + PNG, RESULTS.md

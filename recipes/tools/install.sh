@@ -47,7 +47,7 @@ fi
 
 # --- Python environment ----------------------------------------------------------------------------
 py=${PYTHON:-python3}
-command -v "$py" >/dev/null || die "$py not found: install Python 3.11 or 3.12 (apt-get install python3 python3-venv)."
+command -v "$py" >/dev/null || die "$py not found: install Python 3.11-3.13 (apt-get install python3 python3-venv)."
 "$py" -c 'import sys; sys.exit(0 if (3, 11) <= sys.version_info[:2] < (3, 14) else 1)' \
   || die "Python 3.11-3.13 needed, found $("$py" --version)"
 if [ ! -x "$venv/bin/python" ]; then
@@ -58,8 +58,8 @@ stamp="$venv/.asr-kd-installed$extras"
 want=$(cat "$repo/pyproject.toml" | sha256sum | cut -c1-16)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   pip_log="$venv/pip-install.log"
-  # uv installs the same pinned packages as pip about 2.3x faster (torch's CUDA build brings 5.4 GB of wheels:
-  # 37 s against 1 min 25 s on the main job's machine with the wheels in the disk cache). uv does not read pip's
+  # uv installs the same pinned packages as pip about twice as fast (torch's CUDA build brings several GB of
+  # wheels; with them in the disk cache, uv takes well under a minute on a 2-core CPU). uv does not read pip's
   # configuration, so pip's indexes, find-links and constraints are handed over, with pip's rule of taking the best
   # version from any index. Where uv cannot be had or fails, pip does the install.
   mapfile -t uv_args < <("$venv/bin/python" - <<'PY'

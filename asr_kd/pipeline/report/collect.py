@@ -98,8 +98,8 @@ def run_time(stage_records: dict[str, dict | None], now: float) -> dict | None:
     (their sum) and the rest (start-up, the report itself), in seconds; None otherwise.
 
     run.sh exports ``ASR_KD_RUN_STARTED`` (epoch seconds, before installing) and ``ASR_KD_INSTALL_SECONDS``. The
-    project's time budget is for a whole run from a fresh clone, install included; a stage that finished before
-    the invocation started (a resumed run, a forced report) or a run outside run.sh leaves that time unknown.
+    whole-run time is what a user waits for a run from a fresh clone, install included; a stage that finished
+    before the invocation started (a resumed run, a forced report) or a run outside run.sh leaves it unknown.
     """
     started, install = os.environ.get("ASR_KD_RUN_STARTED"), os.environ.get("ASR_KD_INSTALL_SECONDS")
     if not started or not install or not stage_records or not all(stage_records.values()):
