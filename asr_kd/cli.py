@@ -17,7 +17,9 @@ run this process's config object (pickled, structured types and all), not one co
 a run's stages all see the config it started with, even if a conf file changes while it runs.
 
 Bad input (a missing file, a malformed line, an OOV...) ends with one line on stderr, ``error: <file>:<line>:
-<what>``, and exit status 2; ``debug=true`` shows the traceback instead. The stage's log keeps it either way.
+<what>``, and exit status 2; ``debug=true`` shows the traceback instead. The stage's log keeps it either way. A
+stage started before the stages whose outputs it reads (:data:`asr_kd.pipeline.stages.NEEDS`) ends the same way,
+before it writes anything: ``error: stage <name> needs <file>, which stage <N> (<name>) makes: run it first ...``.
 """
 from __future__ import annotations
 
@@ -37,8 +39,8 @@ from omegaconf import DictConfig  # noqa: E402
 
 from asr_kd.conf.schema import register  # noqa: E402
 from asr_kd.pipeline.decode_data import decode_data_dir  # noqa: E402
-from asr_kd.pipeline.runner import run_stage  # noqa: E402
-from asr_kd.pipeline.stages import RANK_PARALLEL, STAGES  # noqa: E402
+from asr_kd.pipeline.runner import Need, check_needs, run_stage  # noqa: E402
+from asr_kd.pipeline.stages import RANK_PARALLEL, STAGES, stage_needs  # noqa: E402
 from asr_kd.pipeline.workspace import Workspace  # noqa: E402
 from features.errors import InputError  # noqa: E402
 
@@ -57,15 +59,18 @@ def stage_list() -> str:
 _TORCHRUN_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
 
 
-def _spread_over_ranks(cfg: DictConfig, name: str) -> bool:
+def _spread_over_ranks(cfg: DictConfig, name: str, needs: list[Need]) -> bool:
     """Run stage ``name`` under torchrun with ``cfg.procs`` ranks (this process's config, that one stage) when it
-    trains independent models; True when it did (the ranks have finished)."""
+    trains independent models; True when it did (the ranks have finished). Its ``needs`` are checked here first:
+    a missing one is the same one line as without ranks, not the torchrun agent's report of failed ranks."""
     if cfg.procs <= 1 or name not in RANK_PARALLEL or "WORLD_SIZE" in os.environ:
         return False
     if RANK_PARALLEL[name](cfg) < 2:
         return False  # nothing to share (no extra students, one member): one process, no ranks to start
-    if (Workspace(Path(cfg.work_dir).resolve()).stage(name) / ".done").exists() and not cfg.force:
+    ws = Workspace(Path(cfg.work_dir).resolve())
+    if (ws.stage(name) / ".done").exists() and not cfg.force:
         return False  # skipped anyway: no ranks to start
+    check_needs(name, needs, ws)
     from torch.distributed.run import main as torchrun
 
     rank_cfg = copy.deepcopy(cfg)  # this process keeps its own stage list
@@ -113,8 +118,9 @@ def _run(cfg: DictConfig) -> None:
         decode_data_dir(cfg, ws, Path(cfg.decode_data.dir), list(cfg.decode_data.systems), cfg.decode_data.name)
         return
     for name in stage_names(cfg.stage):
-        if not _spread_over_ranks(cfg, name):
-            run_stage(name, STAGES[name], cfg, ws, force=cfg.force)
+        needs = stage_needs(name, cfg, ws)  # as it comes: decode's depend on what the stages before it trained
+        if not _spread_over_ranks(cfg, name, needs):
+            run_stage(name, STAGES[name], cfg, ws, force=cfg.force, needs=needs)
 
 
 def _run_reporting_input_errors(cfg: DictConfig) -> None:

@@ -1,5 +1,6 @@
 """The command line's contract for bad input: one clear line naming the file and line, exit status 2, nothing
-already prepared lost; the traceback only with debug=true (and always in the stage's log)."""
+already prepared lost; the traceback only with debug=true (and always in the stage's log). A stage started before
+the stage that makes what it reads says so the same way, before it writes anything."""
 from __future__ import annotations
 
 import os
@@ -89,10 +90,10 @@ def test_ranks_start_only_for_at_least_two_shares(tmp_path: Path, monkeypatch) -
     cfg = OmegaConf.create({"procs": 2, "stage": "students,decode", "students": {}, "work_dir": str(tmp_path),
                             "force": False, "ensemble": {"num_members": 1}, "distill": {"temperatures_sweep": [2.0]}})
     for stage in ("students", "ensemble", "distill"):
-        assert RANK_PARALLEL[stage](cfg) < 2 and not cli._spread_over_ranks(cfg, stage)
+        assert RANK_PARALLEL[stage](cfg) < 2 and not cli._spread_over_ranks(cfg, stage, [])
     assert not launched
     cfg.students = {"a": {}, "b": {}}
-    assert cli._spread_over_ranks(cfg, "students") and len(launched) == 1  # two students: two ranks
+    assert cli._spread_over_ranks(cfg, "students", []) and len(launched) == 1  # two students: two ranks
     # the ranks run that one stage of this process's config (not one composed again from the conf files, which
     # may have changed since this run began), whatever list this process was given
     argv, rank_cfg = launched[0]
@@ -120,3 +121,42 @@ def test_stage_lists_run_in_order_and_unknown_names_fail_before_any_runs(tmp_pat
     assert _cli(work, "stage='corpus,features'", f"corpus.source_dir={src}").returncode == 0
     assert (work / "exp" / "stages" / "corpus" / ".done").exists()
     assert (work / "exp" / "stages" / "features" / ".done").exists()
+
+
+def test_a_stage_started_too_early_names_the_missing_file_and_the_stage_that_makes_it(tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    result = _cli(work, "stage=baseline")
+    assert result.returncode == 2, result.stderr
+    # the earliest stage missing (features, before tri's alignments): the one to run first
+    assert result.stderr.strip().splitlines() == [
+        f"error: stage baseline needs {work / 'data' / 'fbank' / 'train' / 'feats.scp'}, which stage 1 (features) "
+        "makes: run it first (run.sh --stage 1)"], result.stderr
+    assert sorted(p.name for p in (work / "exp").iterdir()) == ["hydra"]  # no stage dir, log, numerics or model
+
+    debug = _cli(work, "stage=baseline", "debug=true")
+    assert debug.returncode != 0 and "Traceback" in debug.stderr and "InputError" in debug.stderr
+
+
+def test_a_need_made_by_an_earlier_stage_of_the_same_run_does_not_stop_it(tmp_path: Path) -> None:
+    src = _kaldi_dirs(tmp_path / "src", bad_text=False)
+    work = tmp_path / "work"
+    work.mkdir()
+    alone = _cli(work, "stage=features")
+    assert alone.returncode == 2 and alone.stderr.strip().splitlines() == [
+        f"error: stage features needs {work / 'data' / 'train' / 'wav.scp'}, which stage 0 (corpus) makes: run it "
+        "first (run.sh --stage 0)"], alone.stderr
+    together = _cli(work, "stage='corpus,features'", f"corpus.source_dir={src}")
+    assert together.returncode == 0, together.stderr
+    assert (work / "exp" / "stages" / "features" / ".done").exists()
+
+
+def test_a_stage_for_ranks_started_too_early_says_so_in_one_line_before_starting_them(tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    result = _cli(work, "stage=ensemble", "procs=2", "ensemble.num_members=2")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"error: stage ensemble needs {work / 'data' / 'fbank' / 'train' / 'feats.scp'}, which stage 1 (features) "
+        "makes: run it first (run.sh --stage 1)"], result.stderr
+    assert "torchrun" not in result.stdout + result.stderr  # no ranks were started to fail one by one

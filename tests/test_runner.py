@@ -1,4 +1,5 @@
-"""The stage mechanics: .done markers make re-runs idempotent, failures leave no marker, config/log/summary saved."""
+"""The stage mechanics: .done markers make re-runs idempotent, failures leave no marker, config/log/summary saved,
+a stage whose needs are missing does not start."""
 from __future__ import annotations
 
 import json
@@ -9,8 +10,9 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from asr_kd.pipeline.runner import git_commit, machine_description, machine_kind, read_summary, run_stage
+from asr_kd.pipeline.runner import Need, git_commit, machine_description, machine_kind, read_summary, run_stage
 from asr_kd.pipeline.workspace import Workspace
+from features.errors import InputError
 
 
 def test_stage_runs_once_and_records(tmp_path):
@@ -55,6 +57,31 @@ def test_failed_stage_leaves_no_marker_and_reruns(tmp_path):
     run_stage("flaky", flaky, cfg, ws)
     assert (ws.stage("flaky") / ".done").exists()
     assert json.loads((ws.stage("flaky") / "summary.json").read_text())["stage"] == "flaky"
+
+
+def test_a_stage_missing_a_need_does_not_start_and_names_the_earliest_stage_to_run(tmp_path):
+    ws = Workspace(tmp_path)
+    made = tmp_path / "made"
+    made.write_text("")
+    needs = [Need(made, "first", 0), Need(tmp_path / "late", "later", 5), Need(tmp_path / "early", "earlier", 2)]
+    calls = []
+    with pytest.raises(InputError) as e:
+        run_stage("demo", lambda c, w: calls.append(1) or {}, OmegaConf.create({}), ws, needs=needs)
+    assert str(e.value) == (f"stage demo needs {tmp_path / 'early'}, which stage 2 (earlier) makes: "
+                            "run it first (run.sh --stage 2)")
+    assert not calls and not ws.stage("demo").exists()  # nothing started, nothing written
+
+    ws.stage("earlier").mkdir(parents=True)
+    (ws.stage("earlier") / ".done").write_text("")  # done, but its output deleted since: a plain re-run skips it
+    with pytest.raises(InputError, match=r"marked done but the file is gone, so redo it "
+                                         r"\(run.sh --stage 2 --stop-stage 2 force=true\)$"):
+        run_stage("demo", lambda c, w: {}, OmegaConf.create({}), ws, needs=needs)
+
+
+def test_a_done_stage_is_skipped_without_checking_its_needs(tmp_path):
+    ws = Workspace(tmp_path)
+    assert run_stage("demo", lambda c, w: {}, OmegaConf.create({}), ws) == {}
+    assert run_stage("demo", lambda c, w: {}, OmegaConf.create({}), ws, needs=[Need(tmp_path / "gone", "a", 0)]) is None
 
 
 def test_machine_kind_names_the_kernels_and_bf16(monkeypatch):

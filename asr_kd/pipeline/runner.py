@@ -6,6 +6,9 @@ rank 0 alone writes the bookkeeping. :func:`run_stage` wraps it the way Kaldi/ic
 whose ``.done`` marker exists is skipped (idempotent re-runs), the marker is written only after the stage
 returned (a killed stage re-runs; long stages resume from their own checkpoints), the log and the resolved config
 sit next to the stage's summary, and nothing is written half way (summaries go through ``atomic_write``).
+Before a stage starts, the outputs of earlier stages that it reads (each a :class:`Need`, declared beside the
+stages) must exist: a stage started too early stops with one line naming a missing file and the stage that makes
+it, not with a traceback from deep inside a reader.
 A failing stage leaves its traceback in its ``log.txt``; the console gets the one line that matters (cli.py).
 """
 from __future__ import annotations
@@ -17,6 +20,8 @@ import platform
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
@@ -26,6 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 from asr_kd.nn.device import bf16_native, dist_context, select_device
 from asr_kd.pipeline.workspace import Workspace
 from features.atomic import write_text_atomic
+from features.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -101,13 +107,41 @@ def _attach_log_file(path: Path) -> logging.Handler:
     return handler
 
 
-def run_stage(name: str, fn: StageFn, cfg: DictConfig, ws: Workspace, force: bool = False) -> dict | None:
-    """Run one stage unless its ``.done`` marker exists; returns its summary (None when skipped)."""
+@dataclass(frozen=True)
+class Need:
+    """A file an earlier stage leaves that a stage always reads, and that stage's name and run.sh number."""
+
+    path: Path
+    stage: str
+    number: int
+
+
+def check_needs(name: str, needs: Sequence[Need], ws: Workspace) -> None:
+    """Raise an :class:`InputError` (one line on the console, exit status 2) naming the missing need of stage
+    ``name`` made by the earliest stage, and what to run: that stage, or, when it is marked done without the file
+    (deleted since), that stage again with ``force=true`` (a plain re-run would skip it)."""
+    missing = [need for need in needs if not need.path.exists()]
+    if not missing:
+        return
+    need = min(missing, key=lambda n: n.number)
+    if (ws.stage(need.stage) / ".done").exists():
+        fix = (f"; it is marked done but the file is gone, so redo it "
+               f"(run.sh --stage {need.number} --stop-stage {need.number} force=true)")
+    else:
+        fix = f": run it first (run.sh --stage {need.number})"
+    raise InputError(f"stage {name} needs {need.path}, which stage {need.number} ({need.stage}) makes{fix}")
+
+
+def run_stage(name: str, fn: StageFn, cfg: DictConfig, ws: Workspace, force: bool = False,
+              needs: Sequence[Need] = ()) -> dict | None:
+    """Run one stage unless its ``.done`` marker exists; returns its summary (None when skipped). A stage that
+    runs first checks its ``needs`` (:func:`check_needs`), before it writes anything."""
     stage_dir = ws.stage(name)
     done = stage_dir / ".done"
     if done.exists() and not force:
         log.info("stage %s: already done (%s); pass force=true to redo it", name, done)
         return None
+    check_needs(name, needs, ws)
     ranks = dist_context(select_device(cfg.get("device", "auto")))
     stage_dir.mkdir(parents=True, exist_ok=True)
     if ranks.is_main:

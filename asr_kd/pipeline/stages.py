@@ -5,7 +5,8 @@ These are the only places where the packages meet: each stage reads what earlier
 summary that :mod:`asr_kd.pipeline.report` turns into tables. ``recipes/<corpus>/run.sh`` runs them by number
 through :mod:`asr_kd.cli`; :func:`asr_kd.pipeline.runner.run_stage` adds the ``.done`` markers, logs and configs.
 :data:`STAGES` is the one definition of the stage list: ``run.sh --help``, the recipes' numbered stages and the
-README table are checked against it by the tests.
+README table are checked against it by the tests. :data:`NEEDS` says what each stage reads from the earlier ones,
+so that a stage started too early says which stage to run first.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import json
 import logging
 import shutil
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
@@ -22,10 +24,11 @@ from asr_kd.evaluation.cost import dnn_cost, gmm_cost
 from asr_kd.nn.device import dist_context
 from asr_kd.distillation.distill import temperature_sweep
 from asr_kd.distillation.small_data import run_small_data
-from asr_kd.distillation.ensemble import evaluate_ensemble, train_ensemble
+from asr_kd.distillation.ensemble import evaluate_ensemble, member_dir, train_ensemble
 from asr_kd.nn.inference import load_model
 from asr_kd.pipeline import experiment as xp
 from asr_kd.pipeline.report import write_report
+from asr_kd.pipeline.runner import Need
 from asr_kd.pipeline.students import train_students
 from asr_kd.pipeline.workspace import SPLITS, Workspace
 from asr_kd.distillation.soft_targets import SoftTargets, compute_soft_targets_at
@@ -297,3 +300,96 @@ STAGES: dict[str, Callable[[DictConfig, Workspace], dict]] = {
     "cost": stage_cost,
     "report": stage_report,
 }
+
+
+# ---------------------------------------------------------------------------------------------- what each stage reads
+def _transcripts(ws: Workspace, splits: tuple[str, ...]) -> list[tuple[Path, str]]:
+    return [(ws.data(s) / "text", "corpus") for s in splits]
+
+
+def _mfcc(ws: Workspace, splits: tuple[str, ...]) -> list[tuple[Path, str]]:
+    return [(ws.mfcc(s) / "feats.scp", "features") for s in splits]
+
+
+def _lang(ws: Workspace) -> tuple[Path, str]:
+    return ws.lang / "phones.txt", "lang"
+
+
+def _frames(ws: Workspace, splits: tuple[str, ...] = SPLITS) -> list[tuple[Path, str]]:
+    """What :func:`asr_kd.pipeline.experiment.frames` joins: fbank features and pdf alignments of each split."""
+    return [*((ws.fbank(s) / "feats.scp", "features") for s in splits),
+            *((ws.ali(s) / "pdf.scp", "tri") for s in splits)]
+
+
+def _classes(ws: Workspace) -> tuple[Path, str]:
+    """The DNN's number of outputs (:func:`asr_kd.pipeline.experiment.num_pdfs`)."""
+    return ws.num_pdfs_file, "tri"
+
+
+def _members(cfg: DictConfig, ws: Workspace) -> list[tuple[Path, str]]:
+    """Every member of the config's ensemble: a teacher missing one would be a smaller ensemble, silently."""
+    return [(member_dir(ws.dnn("ensemble"), m) / "model.pt", "ensemble") for m in range(cfg.ensemble.num_members)]
+
+
+def _soft_targets(cfg: DictConfig, ws: Workspace) -> list[tuple[Path, str]]:
+    """The ensemble's stored soft targets at every temperature of the distill stage's sweep."""
+    return [(ws.soft_targets("ensemble", float(t)) / "meta.json", "soft_targets")
+            for t in cfg.distill.temperatures_sweep]
+
+
+def _small_data_needs(cfg: DictConfig, ws: Workspace) -> list[tuple[Path, str]]:
+    """The baseline is always read (the full-data reference); the ensemble only when it teaches a 3% model."""
+    teachers = xp.to_object(cfg.small_data).teacher_names()
+    return [*_frames(ws), _classes(ws), (ws.data("train") / "utt2spk", "corpus"),
+            (ws.dnn("baseline") / "model.pt", "baseline"), *(_members(cfg, ws) if "ensemble" in teachers else [])]
+
+
+def _students_needs(cfg: DictConfig, ws: Workspace) -> list[tuple[Path, str]]:
+    """Nothing without extra students. A soft student is taught by the ensemble's members (the stored soft targets
+    it reads instead, when they hold enough classes, were computed from them); a member's budget is their epochs."""
+    if not cfg.students:
+        return []
+    members = any(spec.targets == "soft" or spec.budget == "member" for spec in cfg.students.values())
+    return [*_frames(ws), _classes(ws), *(_members(cfg, ws) if members else [])]
+
+
+def _decode_needs(cfg: DictConfig, ws: Workspace) -> list[tuple[Path, str]]:
+    """The priors and the dev/test features always; the graph, the transition model and the transcripts once there
+    is a system to decode. Which DNN systems those are is up to the stages run so far: none of them is a need."""
+    decoding = [(ws.graph / "HCLG.fst", "graph"), (ws.model, "tri"), *_transcripts(ws, ("dev", "test"))]
+    return [(ws.pdf_counts, "tri"), *((ws.fbank(s) / "feats.scp", "features") for s in ("dev", "test")),
+            *(decoding if xp.dnn_systems(cfg, ws) else [])]
+
+
+NEEDS: dict[str, Callable[[DictConfig, Workspace], list[tuple[Path, str]]]] = {
+    "corpus": lambda cfg, ws: [],  # its own source only (the corpus config's)
+    "features": lambda cfg, ws: [(ws.data(s) / "wav.scp", "corpus") for s in SPLITS],
+    "lang": lambda cfg, ws: _transcripts(ws, SPLITS),
+    "mono": lambda cfg, ws: [*_mfcc(ws, ("train",)), _lang(ws)],
+    "tri": lambda cfg, ws: [*_mfcc(ws, SPLITS), _lang(ws), (ws.mono / "final.mdl", "mono"),
+                            (ws.mono / "ali.scp", "mono")],
+    "graph": lambda cfg, ws: [*_transcripts(ws, ("dev", "test")), *_mfcc(ws, ("dev", "test")),
+                              (ws.lang_test / "G.fst", "lang"), (ws.tri / "tree", "tri"), (ws.model, "tri")],
+    "baseline": lambda cfg, ws: [*_frames(ws), _classes(ws)],
+    "ensemble": lambda cfg, ws: [*_frames(ws), _classes(ws)],
+    "soft_targets": lambda cfg, ws: [*_frames(ws, ("train",)), *_members(cfg, ws)],
+    "distill": lambda cfg, ws: [*_frames(ws), _classes(ws), *_soft_targets(cfg, ws)],
+    "small_data": _small_data_needs,
+    "students": _students_needs,
+    "decode": _decode_needs,
+    "cost": lambda cfg, ws: [*_frames(ws, ("dev",)), *_mfcc(ws, ("dev",)), (ws.model, "tri")],
+    "report": lambda cfg, ws: [],  # it shows whatever the stages run so far left
+}
+"""What each stage always reads from earlier stages, for a config and a work dir: ``(file, the stage that makes it)``.
+
+One file stands for an output its stage writes as a whole (a feature dir's ``feats.scp``, a lang dir's
+``phones.txt``). What a stage reads only when it is there (the corpus's extra LM text, the synthesizer's timings,
+the trained systems that decode, cost and the report find, ``exp/numerics.json``) is no need. The runner checks
+a stage's needs just before the stage runs, so a need made by an earlier stage of the same run.sh is there by then.
+"""
+
+
+def stage_needs(name: str, cfg: DictConfig, ws: Workspace) -> list[Need]:
+    """The needs of stage ``name`` (:data:`NEEDS`) with the run.sh number of the stage that makes each."""
+    numbers = {stage: number for number, stage in enumerate(STAGES)}
+    return [Need(path, stage, numbers[stage]) for path, stage in NEEDS[name](cfg, ws)]
