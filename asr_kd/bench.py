@@ -29,13 +29,13 @@ from pathlib import Path
 
 import torch
 
-from asr_kd.nn.device import bf16_native, select_device, synchronize
 from asr_kd.distillation.distill import DistillConfig, make_online_loss, make_stored_loss
 from asr_kd.distillation.ensemble import EnsembleConfig, member_dir, train_ensemble
+from asr_kd.distillation.soft_targets import SoftTargetConfig, SoftTargets, compute_soft_targets, index_dtype
+from asr_kd.nn.device import bf16_native, select_device, synchronize
 from asr_kd.nn.frames import FrameSet
 from asr_kd.nn.model import DNN, PRESETS, ModelConfig
 from asr_kd.nn.numerics import step_frames_per_s
-from asr_kd.distillation.soft_targets import SoftTargetConfig, SoftTargets, compute_soft_targets, index_dtype
 from asr_kd.nn.train import LossFn, TrainConfig, train
 
 logger = logging.getLogger(__name__)

@@ -24,16 +24,16 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from asr_kd.nn.device import dist_context, launch_env, select_device
-from asr_kd.nn.frames import FrameSet
-from asr_kd.nn.model import DNN, ModelConfig, StackedDNN
 from asr_kd.distillation.soft_targets import (
     SoftTargets,
     describe_teacher,
     teacher_log_probs,
     top_k_targets,
 )
+from asr_kd.nn.device import dist_context, launch_env, select_device
+from asr_kd.nn.frames import FrameSet
 from asr_kd.nn.inference import frame_accuracy, load_model
+from asr_kd.nn.model import DNN, ModelConfig, StackedDNN
 from asr_kd.nn.train import LossFn, TrainConfig, TrainResult, train
 from features.atomic import write_text_atomic
 

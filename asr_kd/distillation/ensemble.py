@@ -51,8 +51,8 @@ from asr_kd.nn.train import (
     fit,
     on_device,
     train_one,
-    write_member_outputs,
     with_numerics,
+    write_member_outputs,
 )
 
 logger = logging.getLogger(__name__)

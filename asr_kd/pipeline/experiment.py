@@ -15,13 +15,13 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from asr_kd.evaluation.systems import System, frame_accuracies, split_by_utterance
 from asr_kd.nn.device import select_device
 from asr_kd.nn.frames import FrameSet, load_frameset, load_unaligned_frameset
 from asr_kd.nn.numerics import Numerics, load_or_choose, measure_bf16_speedup, recorded
-from asr_kd.pipeline.workspace import Workspace
 from asr_kd.nn.priors import log_priors
-from asr_kd.evaluation.systems import System, frame_accuracies, split_by_utterance
 from asr_kd.nn.train import TrainConfig
+from asr_kd.pipeline.workspace import Workspace
 from decoding.decode import posteriors_to_loglikes
 from decoding.score import WerResult, compute_wer, write_scoring_files
 from features.atomic import write_text_atomic

@@ -20,20 +20,20 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from asr_kd.corpus.registry import corpus_for
-from asr_kd.evaluation.cost import dnn_cost, gmm_cost
-from asr_kd.nn.device import dist_context
 from asr_kd.distillation.distill import temperature_sweep
-from asr_kd.distillation.small_data import run_small_data
 from asr_kd.distillation.ensemble import evaluate_ensemble, member_dir, train_ensemble
+from asr_kd.distillation.small_data import run_small_data
+from asr_kd.distillation.soft_targets import SoftTargets, compute_soft_targets_at
+from asr_kd.evaluation.cost import dnn_cost, gmm_cost
+from asr_kd.evaluation.systems import System
+from asr_kd.nn.device import dist_context
 from asr_kd.nn.inference import load_model
+from asr_kd.nn.train import train
 from asr_kd.pipeline import experiment as xp
 from asr_kd.pipeline.report import write_report
 from asr_kd.pipeline.runner import Need
 from asr_kd.pipeline.students import train_students
 from asr_kd.pipeline.workspace import SPLITS, Workspace
-from asr_kd.distillation.soft_targets import SoftTargets, compute_soft_targets_at
-from asr_kd.evaluation.systems import System
-from asr_kd.nn.train import train
 from decoding.align_eval import boundary_accuracy
 from decoding.decode import tune_and_decode
 from decoding.gmm import align, gmm_loglikes, gmm_params, load_gmm_feats, train_mono, train_tri

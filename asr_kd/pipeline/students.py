@@ -15,16 +15,16 @@ import statistics
 
 from omegaconf import DictConfig, OmegaConf
 
-from asr_kd.nn.device import dist_context, launch_env
 from asr_kd.distillation.distill import DistillConfig, distill
+from asr_kd.distillation.soft_targets import SoftTargetConfig, SoftTargets, compute_soft_targets
+from asr_kd.evaluation.systems import System
+from asr_kd.nn.device import dist_context, launch_env
 from asr_kd.nn.inference import load_model
 from asr_kd.nn.model import ModelConfig, num_parameters
+from asr_kd.nn.train import TrainConfig, train
 from asr_kd.pipeline import experiment as xp
 from asr_kd.pipeline.runner import read_summary
 from asr_kd.pipeline.workspace import Workspace
-from asr_kd.distillation.soft_targets import SoftTargetConfig, SoftTargets, compute_soft_targets
-from asr_kd.evaluation.systems import System
-from asr_kd.nn.train import TrainConfig, train
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,6 @@ from asr_kd.pipeline.report.paper import PAPER_SHARE_KEPT, PAPER_SMALL, PAPER_SM
 from asr_kd.pipeline.report.statistics import FIDELITY, SMALL_SOFT, lookup, share_verdict
 
 
-
 def fmt(value: Any, digits: int = 1) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 

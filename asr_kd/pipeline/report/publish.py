@@ -21,7 +21,6 @@ from asr_kd.pipeline.workspace import Workspace
 from features.atomic import write_text_atomic
 
 
-
 def headline(r: dict) -> dict:
     """The numbers a history row keeps of a run: Table 1's estimates, the gain kept, the 3% recovery."""
     t1 = r["table1"]
