@@ -9,6 +9,7 @@ import torch
 
 from asr_kd.distillation.distill import (
     DistillConfig,
+    choose_temperature,
     distill,
     distillation_loss,
     make_online_loss,
@@ -259,13 +260,33 @@ def test_online_and_stored_losses_agree(data, teacher):
     assert stored.item() == pytest.approx(online.item(), rel=2e-3)
 
 
+@pytest.mark.parametrize(("dev_accuracy", "chosen"), [
+    ({1.0: 60.0, 2.0: 62.5, 5.0: 61.0, 10.0: 59.0}, 2.0),
+    ({10.0: 62.5, 5.0: 62.5, 1.0: 60.0}, 5.0),  # a tie goes to the lowest temperature, not to the first listed
+    ({2.0: 41.58, 5.0: 47.37, 10.0: 48.2}, 10.0),
+    ({3.0: 40.0}, 3.0),
+])
+def test_choose_temperature_is_the_dev_arg_max_and_the_lowest_of_a_tie(dev_accuracy: dict[float, float],
+                                                                        chosen: float) -> None:
+    assert choose_temperature(dev_accuracy) == chosen
+    assert choose_temperature(dict(reversed(dev_accuracy.items()))) == chosen
+
+
+def test_choose_temperature_needs_a_dev_accuracy() -> None:
+    with pytest.raises(ValueError, match="no dev accuracies"):
+        choose_temperature({})
+
+
 @pytest.mark.slow
 def test_temperature_sweep_and_small_data(data, teacher, teacher_path, tmp_path):
     train_set, dev_set, test_set = data
     soft = compute_soft_targets_at([teacher], train_set, SoftTargetConfig(top_k=3), [1.0, 4.0])
     sweep = temperature_sweep(MODEL, train_cfg(1), DistillConfig(top_k=3), train_set, dev_set, soft,
                               tmp_path / "sweep", NUM_CLASSES)
-    assert set(sweep["per_temperature"]) == {"1", "4"} and sweep["best_temperature"] in (1.0, 4.0)
+    dev = {float(t): round(100.0 * frame_accuracy(load_model(tmp_path / "sweep" / f"T{t}" / "model.pt"), dev_set), 2)
+           for t in ("1", "4")}
+    assert {float(t): row["dev_frame_accuracy"] for t, row in sweep["per_temperature"].items()} == dev
+    assert sweep["best_temperature"] == min(t for t, acc in dev.items() if acc == max(dev.values()))
     assert json.loads((tmp_path / "sweep" / "T4" / "distill.json").read_text())["temperature"] == 4.0
     assert json.loads((tmp_path / "sweep" / "sweep.json").read_text()) == sweep
 

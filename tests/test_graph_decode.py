@@ -129,7 +129,9 @@ def test_decoding_returns_the_crafted_word_sequence(lang_test: Path, tmp_path: P
     assert result.hyps == {utt: words for utt, (words, _) in UTTS.items()}
     assert not result.failed and not result.partial
     assert result.frames == sum(m.shape[0] for m in loglikes.values())
-    assert result.real_time_factor > 0
+    # per-utterance decoding times (one process: within the call's wall time) per second of audio
+    assert 0 < result.seconds <= result.wall_seconds
+    assert result.real_time_factor == pytest.approx(result.seconds / (result.frames * 0.01))
 
     parallel = decode_loglikes(tmp_path / "graph", tm, loglikes, DecodeConfig(), nj=2)
     assert parallel.hyps == result.hyps

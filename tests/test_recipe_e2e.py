@@ -1,5 +1,6 @@
 """The whole recipe, corpus to report, on a CI-sized corpus (the shared ``ci_experiment`` run): every stage's
-outputs exist, the report has every row, and re-running is idempotent (every stage skipped)."""
+outputs exist, the report has every row (the extra students' included), every number it publishes agrees with
+the files it came from and with the numbers it derives from, and re-running is idempotent (every stage skipped)."""
 from __future__ import annotations
 
 import json
@@ -13,6 +14,10 @@ from asr_kd.pipeline import experiment as xp
 from asr_kd.pipeline.stages import STAGES
 from asr_kd.pipeline.workspace import Workspace
 from asr_kd.evaluation.systems import System, split_by_utterance
+from features.kaldi_io import load_vec_int_scp
+from results_consistency import check
+
+STUDENTS = ("hard_1x16", "soft_1x16")  # ci.yaml's: one hidden layer of 16 units, hard targets and distilled
 
 
 @pytest.mark.slow
@@ -25,12 +30,16 @@ def test_every_stage_leaves_its_outputs(ci_experiment: Path):
         assert (work / "exp" / "tri1_ali" / split / "pdf.scp").exists()
     assert (work / "data" / "lang_test" / "G.fst").exists()
     assert (work / "exp" / "tri1" / "graph" / "HCLG.fst").exists()
-    for system in ("baseline", "distilled", "small_data/small_hard", "small_data/small_soft"):
+    for system in ("baseline", "distilled", "small_data/small_hard", "small_data/small_soft",
+                   *(f"students/{name}" for name in STUDENTS)):
         assert (work / "exp" / "dnn" / system / "model.pt").exists(), system
     assert len(list((work / "exp" / "dnn" / "ensemble").glob("member*/model.pt"))) == 3
-    for system in ("gmm", "baseline", "ensemble", "distilled", "small_hard", "small_soft"):
+    for system in ("gmm", "baseline", "ensemble", "distilled", "small_hard", "small_soft", *STUDENTS):
         for split in ("dev", "test"):
             assert list((work / "exp" / "decode" / system / split).glob("errs-*.txt")), (system, split)
+    best = json.loads((work / "exp" / "dnn" / "distill_sweep" / "sweep.json").read_text())["best_temperature"]
+    assert (work / "exp" / "dnn" / "distilled" / "model.pt").read_bytes() == \
+        (work / "exp" / "dnn" / "distill_sweep" / f"T{best:g}" / "model.pt").read_bytes()
     done = sorted(p.parent.name for p in (work / "exp" / "stages").glob("*/.done"))
     assert done == sorted(STAGES), done
     for stage in done:  # every stage keeps its log and the resolved config next to its summary
@@ -42,13 +51,21 @@ def test_every_stage_leaves_its_outputs(ci_experiment: Path):
 def test_report_has_every_row(ci_experiment: Path):
     report_dir = ci_experiment / "exp" / "report"
     report = json.loads((report_dir / "report.json").read_text())
+    ws = Workspace(ci_experiment)
+    decoded = json.loads((ws.stage("decode") / "summary.json").read_text())["summary"]
     for system in ("baseline", "ensemble", "distilled"):
         row = report["table1"][system]
-        for key in ("dev_frame_acc", "test_frame_acc", "test_unseen_frame_acc", "dev_wer", "test_wer",
-                    "test_seen_wer", "test_unseen_wer"):
-            cell = row[key]
-            assert isinstance(cell["estimate"], float), (system, key, row)
-            assert 0.0 <= cell["low"] <= cell["estimate"] <= cell["high"] <= 200.0
+        for split, subset in (("dev", None), ("test", None), ("test", "seen"), ("test", "unseen")):
+            group = split if subset is None else f"{split}_{subset}"
+            assert row[f"{group}_frame_acc"]["estimate"] == pytest.approx(
+                _frame_accuracy(ws, system, split, subset), abs=1e-9), (system, group)
+        for split, subset in (("dev", "all"), ("test", "all"), ("test", "seen"), ("test", "unseen")):
+            group = split if subset == "all" else f"{split}_{subset}"
+            assert row[f"{group}_wer"]["estimate"] == pytest.approx(decoded[system][split][subset], abs=1e-9)
+        for key, cell in row.items():  # frame accuracy differs from utterance to utterance: its intervals have a width
+            assert cell["low"] <= cell["estimate"] <= cell["high"], (system, key, cell)
+            assert cell["low"] < cell["high"] or key.endswith("_wer"), (system, key, cell)
+    assert check(report, json.loads((ci_experiment / "results" / "history.json").read_text())).problems == []
     small = report["small_data_table"]
     for system in ("baseline_full", "small_hard", "small_soft"):
         assert isinstance(small[system]["train"], float) and isinstance(small[system]["test"]["estimate"], float)
@@ -71,6 +88,47 @@ def test_report_has_every_row(ci_experiment: Path):
     assert results.startswith("# RESULTS") and "git commit" in results
     assert f"recipes/synth/run.sh --work-dir {ci_experiment} --config ci\n" in results  # the command, as typed
     assert (ci_experiment / "results" / "table1.png").exists()
+
+
+def _frame_accuracy(ws: Workspace, system: str, split: str, subset: str | None) -> float:
+    """Percent of aligned frames whose kept prediction is the aligned pdf (of one voice condition's utterances)."""
+    pred, ali, labels = xp.predictions(ws, system, split), load_vec_int_scp(ws.ali(split) / "pdf.scp"), \
+        xp.utt2subset(ws, split)
+    utts = [u for u in ali if subset is None or labels[u] == subset]
+    return 100.0 * sum(int((pred[u] == ali[u]).sum()) for u in utts) / sum(len(ali[u]) for u in utts)
+
+
+@pytest.mark.slow
+def test_the_extra_students_are_trained_reported_and_costed(ci_experiment: Path):
+    """The students stage's rows: each student's shape and parameters (a hand count for 1x16 over the run's tied
+    states), the soft one's objective (the temperature the distill stage chose), its intervals and share of the
+    ensemble's gain, the distillation gain of the shape, and the cost stage's parameters and MACs per frame."""
+    report = json.loads((ci_experiment / "exp" / "report" / "report.json").read_text())
+    classes = xp.num_pdfs(Workspace(ci_experiment))
+    params, macs = 1040 * 16 + 16 + 16 * classes + classes, 1040 * 16 + 16 * classes
+    students = report["students"]
+    assert set(students) == set(STUDENTS)
+    for name, targets in zip(STUDENTS, ("hard", "soft")):
+        st = students[name]
+        assert (st["targets"], st["hidden_layers"], st["hidden_dim"], st["params"]) == (targets, 1, 16, params)
+        assert 1 <= st["epochs_run"] <= 3  # ci.yaml's train.epochs caps every student
+        for key in ("dev_frame_acc", "test_frame_acc", "dev_wer", "test_wer"):
+            assert st[key]["low"] <= st[key]["estimate"] <= st[key]["high"], (name, key)
+        assert st["test_frame_acc"]["low"] < st["test_frame_acc"]["high"]
+        assert st["kept_frame_acc"] is not None  # WER's share is undefined when the ensemble gains no word on test
+        assert (report["cost"][name]["params"], report["cost"][name]["macs_per_frame"]) == (params, macs)
+    assert students["soft_1x16"]["temperature"] == report["best_temperature"]
+    assert (students["soft_1x16"]["hard_weight"], students["soft_1x16"]["top_k"]) == (0.5, 20)  # distill's defaults
+    assert students["hard_1x16"]["temperature"] is None
+    (gain,) = report["distillation_gain"]
+    assert (gain["shape"], gain["params"], gain["hard"], gain["distilled"]) == ("1x16", params, *STUDENTS)
+    assert gain["frame_acc"]["estimate"] == pytest.approx(
+        students["soft_1x16"]["test_frame_acc"]["estimate"] - students["hard_1x16"]["test_frame_acc"]["estimate"])
+    md = (ci_experiment / "exp" / "report" / "report.md").read_text()
+    assert f"| hard_1x16 | hard | 1x16 | {params:,} | {macs:,} |" in md
+    assert f"| soft_1x16 | soft | 1x16 | {params:,} | {macs:,} |" in md
+    assert f"| 1x16 | {params:,} | hard_1x16 | soft_1x16 |" in md
+    assert (ci_experiment / "exp" / "report" / "cost_accuracy.png").stat().st_size > 1000
 
 
 @pytest.mark.slow

@@ -210,6 +210,54 @@ def test_markdown_shows_the_collected_numbers(workspace: Workspace) -> None:
         "baseline_dev_frame_acc"] == pytest.approx(50.0)
 
 
+# Four test utterances of unequal length, each system with its own correct frames and word errors per utterance, so
+# that every utterance keeps a different share of a gain: the published share is the ratio of summed counts and a
+# mean of the per-utterance shares (in brackets) would differ.
+UNEQUAL_FRAMES = [10, 30, 20, 40]
+UNEQUAL_WORDS = [3, 9, 5, 13]
+CORRECT = {"baseline": [2, 6, 10, 8], "ensemble": [4, 21, 14, 20], "distilled": [4, 9, 13, 18],  # 18/33 (0.70)
+           "small_hard": [1, 3, 2, 4], "small_soft": [2, 5, 3, 8]}  # of small_hard's gap to baseline: 8/16 (0.70)
+ERRORS = {"baseline": [2, 6, 4, 8], "ensemble": [0, 3, 3, 2], "distilled": [1, 5, 4, 4],  # 6/12 (0.375)
+          "small_hard": [3, 9, 5, 12], "small_soft": [2, 9, 5, 8]}  # 5/9 (0.5)
+
+
+def test_published_shares_are_ratios_of_sums_over_unequal_utterances(tmp_path: Path) -> None:
+    """The share of the ensemble's gain the distilled model keeps and the 3% recovery, as the report publishes them
+    (results.json and the history's headline), on utterances of unequal length with unequal shares."""
+    ws = Workspace(tmp_path)
+    utts = [f"t{i}" for i in range(len(UNEQUAL_FRAMES))]
+    write_vec_int_ark_scp(((u, np.zeros(n, dtype=np.int32)) for u, n in zip(utts, UNEQUAL_FRAMES)),
+                          ws.ali("test") / "pdf.ark", ws.ali("test") / "pdf.scp")
+    refs = {u: [f"W{k}" for k in range(n)] for u, n in zip(utts, UNEQUAL_WORDS)}
+    write_text(ws.data("test") / "text", refs)
+    for system in CORRECT:
+        preds = ((u, np.array([0] * c + [1] * (n - c), dtype=np.int32))
+                 for u, c, n in zip(utts, CORRECT[system], UNEQUAL_FRAMES))
+        write_vec_int_ark_scp(preds, ws.eval(system, "test") / "pred.ark", ws.eval(system, "test") / "pred.scp")
+        write_text(ws.decode(system, "test") / "hyp.txt",
+                   {u: ["WRONG"] * e + refs[u][e:] for u, e in zip(utts, ERRORS[system])})
+    ws.stage("small_data").mkdir(parents=True)
+    systems = {"baseline_full": {"train": 60.0}, "small_hard": {"train": 90.0},
+               "small_soft": {"teacher": "ensemble", "train": 70.0, "temperature": 5.0}}
+    (ws.stage("small_data") / "summary.json").write_text(json.dumps(
+        {"stage": "small_data", "seconds": 1.0, "finished": "now",
+         "summary": {"fraction_percent": 3.0, "num_utts": 1, "num_frames": 10, "temperature": 5.0, "hard_weight": 0.0,
+                     "top_k": None, "systems": systems}}))
+    write_report(OmegaConf.create({"report": {"bootstrap_samples": 200, "seed": 0}, "results_dir": None}), ws,
+                 ["small_data"])
+    r = json.loads((ws.root / "results" / "results.json").read_text())
+    kept, recovered = r["gain_kept"], r["small_data_recovered"]["small_soft"]
+    assert kept["frames"]["test"]["share"]["estimate"] == pytest.approx(18 / 33)
+    assert kept["wer"]["test"]["share"]["estimate"] == pytest.approx(6 / 12)
+    assert recovered["frames"]["test"]["share"]["estimate"] == pytest.approx(8 / 16)
+    assert recovered["wer"]["test"]["share"]["estimate"] == pytest.approx(5 / 9)
+    for share in (kept["frames"]["test"]["share"], recovered["wer"]["test"]["share"]):
+        assert share["low"] < share["estimate"] < share["high"]  # four unequal utterances: a real interval
+    headline = json.loads((ws.root / "results" / "history.json").read_text())[0]["headline"]
+    assert headline["kept_frames_test"] == pytest.approx(18 / 33)
+    assert headline["recovered_frames_test"] == pytest.approx(8 / 16)
+
+
 @pytest.mark.parametrize("accuracy, worth", [(53.0, 0), (54.0, 1), (58.5, 3), (59.5, 3), (61.0, 4)])
 def test_members_worth_is_the_largest_ensemble_matched(accuracy: float, worth: int) -> None:
     # a curve that dips at n=3 (seed noise): 58.5 is below the first 2 members' 59 but matches the first 3's 58

@@ -109,6 +109,48 @@ def test_share_of_gain_known_values() -> None:
         share_of_gain(base, base, better, denom)
 
 
+# Four utterances of unequal length (frames), each keeping a different share of the better system's gain
+# (2/2, 3/15, 3/4 and 10/12): the share over all of them is a ratio of sums, 18/33 = 0.545; a mean of the
+# per-utterance shares would give 0.696, and a difference of the mean per-utterance rates 0.583.
+FRAMES = np.array([10.0, 30, 20, 40])
+BASE = np.array([2.0, 6, 10, 8])
+BETTER = np.array([4.0, 21, 14, 20])
+CANDIDATE = np.array([4.0, 9, 13, 18])
+
+
+def test_share_of_gain_is_a_ratio_of_sums_not_a_mean_of_per_utterance_shares() -> None:
+    per_utt = (CANDIDATE - BASE) / (BETTER - BASE)
+    assert len(set(per_utt)) == 4 and per_utt.mean() == pytest.approx(0.6958, abs=1e-4)
+    rates = [(x / FRAMES).mean() for x in (BASE, BETTER, CANDIDATE)]
+    assert (rates[2] - rates[0]) / (rates[1] - rates[0]) == pytest.approx(0.5833, abs=1e-4)
+    assert share_of_gain(BASE, BETTER, CANDIDATE, FRAMES, num_samples=50).estimate == pytest.approx(18 / 33)
+    # direction-free: the same counts read as errors (WER, lower is better) keep the same share
+    errors = [FRAMES - x for x in (BASE, BETTER, CANDIDATE)]
+    assert share_of_gain(*errors, FRAMES, num_samples=50).estimate == pytest.approx(18 / 33)
+
+
+def _percentile(sorted_values: list[float], q: float) -> float:
+    """Linear interpolation between the order statistics around position q * (n - 1)."""
+    pos = q * (len(sorted_values) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (pos - lo) * (sorted_values[hi] - sorted_values[lo])
+
+
+def test_share_interval_is_the_percentile_of_replicates_resampled_by_hand() -> None:
+    """Each replicate draws 4 utterances with replacement (numpy's PCG64 stream of the seed, one row per replicate)
+    and divides the candidate's summed gain by the better system's, in plain Python; the interval is the 2.5th and
+    97.5th percentile of those ratios. Every utterance carries a gain, so no replicate is dropped."""
+    num_samples, seed = 400, 11
+    draws = np.random.default_rng(seed).integers(0, len(FRAMES), size=(num_samples, len(FRAMES)))
+    replicates = sorted(sum(float(CANDIDATE[i] - BASE[i]) for i in row) / sum(float(BETTER[i] - BASE[i]) for i in row)
+                        for row in draws.tolist())
+    iv = share_of_gain(BASE, BETTER, CANDIDATE, FRAMES, num_samples=num_samples, seed=seed)
+    assert (iv.low, iv.high) == pytest.approx((_percentile(replicates, 0.025), _percentile(replicates, 0.975)))
+    assert iv.dropped == 0 and iv.estimate == pytest.approx(18 / 33)
+    assert iv.low < 0.35 and iv.high > 0.8  # a wide interval: the shares of four utterances differ a lot
+
+
 def test_share_of_gain_drops_and_counts_replicates_without_a_gain() -> None:
     """Only utterance 0 carries a gain: replicates that never draw it have none and are dropped."""
     base, better, cand = np.array([3.0, 1, 1]), np.array([1.0, 1, 1]), np.array([2.0, 1, 1])

@@ -41,6 +41,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "DistillConfig",
+    "choose_temperature",
     "distill",
     "distillation_loss",
     "make_online_loss",
@@ -261,6 +262,19 @@ def distill(
                  data_parallel=data_parallel)
 
 
+def choose_temperature(dev_accuracy: Mapping[float, float]) -> float:
+    """The temperature whose student has the best dev frame accuracy; among equally good ones, the lowest.
+
+    Only dev accuracies come in, so the test set cannot take part in the choice. The tie rule is the lowest
+    temperature, whatever order the temperatures were listed in: the least softened targets that did as well, and a
+    rule that a config's ordering cannot change. Both the temperature sweep and the 3% experiment choose here.
+    """
+    if not dev_accuracy:
+        raise ValueError("no dev accuracies to choose a temperature from")
+    best = max(dev_accuracy.values())
+    return min(float(t) for t, acc in dev_accuracy.items() if acc == best)
+
+
 def temperature_sweep(
     model_cfg: ModelConfig,
     train_cfg: TrainConfig,
@@ -276,9 +290,10 @@ def temperature_sweep(
 
     Students go to ``out_dir/T<T>`` and resume from their checkpoints, so an interrupted sweep continues where it
     stopped. Under torchrun the temperatures are spread over the ranks (each trains its own students alone, one
-    after another), and once all are trained every rank reads the same results. The temperature with the best dev
-    frame accuracy is ``best_temperature`` (the test set never chooses). Rank 0 writes ``out_dir/sweep.json``: per
-    temperature the dev frame accuracy (%), epochs run, the student dir and the teacher mass the top-k held.
+    after another), and once all are trained every rank reads the same results. ``best_temperature`` is
+    :func:`choose_temperature` of the dev frame accuracies (the test set never chooses). Rank 0 writes
+    ``out_dir/sweep.json``: per temperature the dev frame accuracy (%), epochs run, the student dir and the teacher
+    mass the top-k held.
     """
     out_dir = Path(out_dir)
     if not soft_targets:
@@ -297,9 +312,9 @@ def temperature_sweep(
         results[f"{t:g}"] = {"dev_frame_accuracy": round(acc, 2), "epochs_run": epochs, "student_dir": str(student),
                              "mean_mass_kept": round(float(soft_targets[t].mass_kept.float().mean()), 4)}
         logger.info("T=%g: dev frame accuracy %.2f%%", t, acc)
-    best = max(results, key=lambda k: results[k]["dev_frame_accuracy"])
+    best = choose_temperature({float(t): row["dev_frame_accuracy"] for t, row in results.items()})
     summary = {"hard_weight": dcfg.hard_weight, "top_k": dcfg.top_k, "tail": dcfg.tail, "per_temperature": results,
-               "best_temperature": float(best)}
+               "best_temperature": best}
     if ranks.is_main:
         write_text_atomic(out_dir / "sweep.json", json.dumps(summary, indent=2) + "\n")
     return summary

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from asr_kd.distillation.distill import DistillConfig, distill
+from asr_kd.distillation.distill import DistillConfig, choose_temperature, distill
 from asr_kd.distillation.soft_targets import SoftTargetConfig, compute_soft_targets
 from asr_kd.nn.device import dist_context, launch_env, select_device
 from asr_kd.nn.frames import FrameSet
@@ -162,7 +162,8 @@ def run_small_data(
     full-data reference) and "ensemble" to models (or model.pt paths) trained on ALL the training data; the
     soft targets are theirs on the subset's frames. The hard model goes to ``out_dir/small_hard``; each soft system
     (``small_soft``, taught by ``scfg.teacher``; with ``compare_teachers`` also ``small_soft_<other teacher>``) is
-    trained once per temperature into ``out_dir/<system>_T<T>``, and the one with the best dev accuracy is copied to
+    trained once per temperature into ``out_dir/<system>_T<T>``, and the one with the best dev accuracy (the lowest
+    temperature of equal ones, :func:`~asr_kd.distillation.distill.choose_temperature`) is copied to
     ``out_dir/<system>/model.pt`` (test never chooses). Frame accuracy (%) on the data each model trained on
     ("train"), dev and test (``systems``; soft systems with their chosen ``temperature`` and the dev accuracy of
     every temperature) is written with the settings to ``out_dir/small_data.json`` and returned. Under torchrun the
@@ -214,7 +215,7 @@ def run_small_data(
     for system, teacher in soft_systems.items():
         dev_acc = {t: round(100.0 * frame_accuracy(load_model(out_dir / model / "model.pt", device), dev_set), 2)
                    for model, (of, t) in runs.items() if of == system}
-        best = max(dev_acc, key=lambda t: dev_acc[t])  # dev chooses; the first of equal ones
+        best = choose_temperature(dev_acc)
         chosen = next(out_dir / model / "model.pt" for model, run in runs.items() if run == (system, best))
         if ranks.is_main:
             with atomic_write(out_dir / system / "model.pt", "wb") as f:
