@@ -3,14 +3,13 @@ config, made by an earlier stage, the right files for a config's choices, and, o
 written by the very stage the declaration names (while that stage ran)."""
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from asr_kd.conf.schema import register
+from asr_kd.conf.schema import StudentConfig, register
 from asr_kd.pipeline.stages import NEEDS, STAGES, stage_needs
 from asr_kd.pipeline.workspace import Workspace
 
@@ -25,12 +24,11 @@ def _config(path: Path, work: Path, *overrides: str) -> DictConfig:
 
 
 def _with_students(tmp_path: Path, students: str) -> DictConfig:
-    """The CI config with extra ``students`` (YAML), the way a research config adds them."""
-    conf = tmp_path / "conf"
-    conf.mkdir(exist_ok=True)
-    shutil.copy(REPO / "recipes" / "synth" / "conf" / "ci.yaml", conf)
-    (conf / "students.yaml").write_text(f"defaults:\n  - ci\n  - _self_\n\nstudents: {students}\n")
-    return _config(conf / "students.yaml", tmp_path)
+    """The CI config with exactly these extra ``students`` (YAML) instead of its own."""
+    cfg = _config(REPO / "recipes" / "synth" / "conf" / "ci.yaml", tmp_path)
+    cfg.students = {name: OmegaConf.merge(OmegaConf.structured(StudentConfig), spec)
+                    for name, spec in OmegaConf.create(students).items()}
+    return cfg
 
 
 def _needs(name: str, cfg: DictConfig, ws: Workspace) -> set[tuple[Path, str]]:
@@ -63,7 +61,8 @@ def test_needs_follow_the_config_and_the_systems_trained_so_far(tmp_path: Path) 
     teacher_baseline = _needs("small_data", _config(ci, tmp_path, "small_data.teacher=baseline"), ws)
     assert baseline in teacher_baseline and not members & teacher_baseline
 
-    assert _needs("students", cfg, ws) == set()  # no extra students, nothing read
+    assert _needs("students", _with_students(tmp_path, "{}"), ws) == set()  # no extra students: nothing read
+    assert members <= _needs("students", cfg, ws)  # the CI config's soft student is taught by the members
     hard = _needs("students", _with_students(tmp_path, "{h: {targets: hard}}"), ws)
     assert (ws.num_pdfs_file, "tri") in hard and not members & hard
     for students in ("{s: {targets: soft}}", "{h: {targets: hard, budget: member}}"):
