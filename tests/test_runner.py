@@ -84,15 +84,17 @@ def test_a_done_stage_is_skipped_without_checking_its_needs(tmp_path):
     assert run_stage("demo", lambda c, w: {}, OmegaConf.create({}), ws, needs=[Need(tmp_path / "gone", "a", 0)]) is None
 
 
-def test_machine_kind_names_the_kernels_and_bf16(monkeypatch):
-    """Results name what they reproduce on: the CPU's vector kernels and whether it computes bf16 natively."""
+def test_machine_kind_names_the_kernels_bf16_and_amx(monkeypatch):
+    """Results name what they reproduce on and what sets their speed: the CPU's vector kernels, whether it computes
+    bf16 natively, and whether it has AMX tiles."""
     import torch
 
-    for native, suffix in ((True, "+BF16"), (False, "")):
-        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda n=native: n)
-        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    for avx512_bf16, amx, suffix in ((True, False, "+BF16"), (False, False, ""), (True, True, "+BF16+AMX")):
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda n=avx512_bf16: n)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda a=amx: a)
         m = machine_description()
-        assert m["bf16_native"] is native and m["simd"] == torch.backends.cpu.get_cpu_capability()
+        assert m["bf16_native"] is avx512_bf16 and m["amx"] is amx
+        assert m["simd"] == torch.backends.cpu.get_cpu_capability()
         assert machine_kind(m) == f"{m['cpus']} CPUs {m['simd']}{suffix}, GPU {m['gpu']}"
     assert machine_kind({"cpus": 2, "gpu": None}) == "2 CPUs, GPU None"  # a history row without the kernels
 

@@ -58,7 +58,8 @@ def git_commit(repo_dir: Path, ignore: tuple[Path, ...] = ()) -> str:
 def machine_description() -> dict:
     """What the numbers were measured on: CPU count and model, GPU name (if any), Python and torch versions, and
     what decides reproduction to the last digit: the vector kernels torch dispatches to (``simd``: AVX2, AVX512,
-    ...) and whether the CPU computes bf16 natively (what training may run in: :mod:`asr_kd.nn.numerics`). CPUs
+    ...) and whether the CPU computes bf16 natively (what training may run in: :mod:`asr_kd.nn.numerics`), and with
+AMX tiles (``amx``: bf16 matrix products several times faster, so training time depends on it). CPUs
     with different vector kernels round float sums differently, from the GMM's statistics on, so a run reproduces
     its numbers to the last digit only on CPUs with the same kernels, and the results name the kernels they came
     from."""
@@ -71,6 +72,7 @@ def machine_description() -> dict:
         "cpu": _cpu_model() or platform.processor() or platform.machine(),
         "simd": torch.backends.cpu.get_cpu_capability(),
         "bf16_native": bf16_native(torch.device("cpu")),
+        "amx": bool(torch.cpu._is_amx_tile_supported()),
         "gpu": gpu,
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -79,10 +81,11 @@ def machine_description() -> dict:
 
 def machine_kind(machine: dict) -> str:
     """Short name of a :func:`machine_description` for tables: CPU count, vector kernels (+BF16 where the CPU
-    computes bf16 natively), GPU. A description without ``simd`` (an older history row) gives the CPU count and
-    GPU only."""
+    computes bf16 natively, +AMX where it has AMX tiles), GPU. A description without ``simd`` (an older history
+    row) gives the CPU count and GPU only."""
     simd = machine.get("simd")
-    kernels = f" {simd}{'+BF16' if machine.get('bf16_native') else ''}" if simd else ""
+    extras = f"{'+BF16' if machine.get('bf16_native') else ''}{'+AMX' if machine.get('amx') else ''}"
+    kernels = f" {simd}{extras}" if simd else ""
     return f"{machine['cpus']} CPUs{kernels}, GPU {machine['gpu']}"
 
 
