@@ -39,7 +39,8 @@ from omegaconf import DictConfig  # noqa: E402
 
 from asr_kd.conf.schema import register  # noqa: E402
 from asr_kd.pipeline.decode_data import decode_data_dir  # noqa: E402
-from asr_kd.pipeline.runner import Need, check_needs, run_stage  # noqa: E402
+from asr_kd.pipeline.memory import PeakMemory  # noqa: E402
+from asr_kd.pipeline.runner import Need, check_needs, record_peak_memory, run_stage  # noqa: E402
 from asr_kd.pipeline.stages import RANK_PARALLEL, STAGES, stage_needs  # noqa: E402
 from asr_kd.pipeline.workspace import Workspace  # noqa: E402
 from features.errors import InputError  # noqa: E402
@@ -119,8 +120,11 @@ def _run(cfg: DictConfig) -> None:
         return
     for name in stage_names(cfg.stage):
         needs = stage_needs(name, cfg, ws)  # as it comes: decode's depend on what the stages before it trained
-        if not _spread_over_ranks(cfg, name, needs):
-            run_stage(name, STAGES[name], cfg, ws, force=cfg.force, needs=needs)
+        with PeakMemory() as peak:  # this process and every worker and rank it starts for the stage
+            ran = _spread_over_ranks(cfg, name, needs) or \
+                run_stage(name, STAGES[name], cfg, ws, force=cfg.force, needs=needs) is not None
+        if ran and "WORLD_SIZE" not in os.environ:  # a rank sees only itself: the process that started it measures
+            record_peak_memory(ws, name, peak.bytes)
 
 
 def _run_reporting_input_errors(cfg: DictConfig) -> None:

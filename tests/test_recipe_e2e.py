@@ -76,8 +76,10 @@ def test_report_has_every_row(ci_experiment: Path):
     for row in ("baseline single model", "x ensemble", "distilled single model", "baseline, 20%",
                 "soft targets of the full-data ensemble, 20%", "Dev frame accuracy over training",
                 "Which differences are real", "Temperature sweep", "Ensemble members", "Convergence",
-                "Where the time went"):
+                "Where the time and memory went"):
         assert row in md, row
+    peaks = report["stage_peak_memory_mb"]  # measured by run.sh's process over each stage's process tree
+    assert set(peaks) == set(report["stage_seconds"]) and all(peak > 100 for peak in peaks.values()), peaks
     assert set(report["fidelity"]) == {"train", "dev", "test"} and "train (the transfer set)" in md
     run = report["run_seconds"]  # run.sh ran every stage: its wall clock, install included, is accounted for
     assert run["install"] >= 0 and run["stages"] == pytest.approx(sum(report["stage_seconds"].values()), abs=0.2)

@@ -181,7 +181,19 @@ def run_stage(name: str, fn: StageFn, cfg: DictConfig, ws: Workspace, force: boo
     return summary
 
 
+def record_peak_memory(ws: Workspace, name: str, peak_bytes: int | None) -> None:
+    """Add the stage's peak memory (its whole process tree, MB: :class:`asr_kd.pipeline.memory.PeakMemory`) to the
+    record :func:`run_stage` wrote. The process that started the stage measures it, so a stage spread over torchrun
+    ranks counts all of them, and the record gets it after the ranks have finished."""
+    record = read_summary(ws, name)
+    if record is None or peak_bytes is None:
+        return
+    record["peak_memory_mb"] = round(peak_bytes / 2**20, 1)
+    write_text_atomic(ws.stage(name) / "summary.json", json.dumps(record, indent=2, default=str) + "\n")
+
+
 def read_summary(ws: Workspace, name: str) -> dict | None:
-    """The saved record of a finished stage (``{"stage", "seconds", "finished", "summary"}``), or None."""
+    """The saved record of a finished stage (``{"stage", "seconds", "finished", "summary"}``, and
+    ``peak_memory_mb`` where the process that started it measured it), or None."""
     path = ws.stage(name) / "summary.json"
     return json.loads(path.read_text()) if path.exists() else None

@@ -170,5 +170,6 @@ def collect(ws: Workspace, stages: list[str], num_samples: int = 1000, seed: int
         **extra_students(stats, student_specs),
         "bootstrap": {"num_samples": num_samples, "seed": seed, "level": 0.95, "resampled": "utterances"},
         "stage_seconds": {name: rec["seconds"] for name, rec in summaries.items() if rec},
+        "stage_peak_memory_mb": {name: rec.get("peak_memory_mb") for name, rec in summaries.items() if rec},
         "run_seconds": run_time(summaries, time.time()),
     }

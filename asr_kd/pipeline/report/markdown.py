@@ -364,13 +364,17 @@ def _details_md(r: dict) -> list[str]:
             chosen, tried = _scale_cells(d)
             lines.append(f"| {name} | {chosen} | {tried} | {fmt(d['rtf'], 3)} | {d['no_path']['dev']} / "
                          f"{d['no_path']['test']} | {d['no_final_state']['dev']} / {d['no_final_state']['test']} |")
-    lines += ["", "## Where the time went (s)", "", "| stage | seconds |", "|---|---|"]
-    lines += [f"| {k} | {v:.0f} |" for k, v in r["stage_seconds"].items()]
+    peaks = r.get("stage_peak_memory_mb") or {}
+    lines += ["", "## Where the time and memory went", "",
+              "Peak memory: the stage's process and every worker and rank it started, proportional set size (a page "
+              "shared by n processes counts 1/n in each).", "",
+              "| stage | seconds | peak memory (MB) |", "|---|---|---|"]
+    lines += [f"| {k} | {v:.0f} | {fmt(peaks.get(k), 0)} |" for k, v in r["stage_seconds"].items()]
     run = r.get("run_seconds")
     if run:
-        lines += [f"| install (recipes/tools/install.sh) | {run['install']:.0f} |",
-                  f"| start-up, report and the rest | {run['other']:.0f} |",
-                  f"| **whole run, wall clock** | **{run['wall']:.0f}** |"]
+        lines += [f"| install (recipes/tools/install.sh) | {run['install']:.0f} | - |",
+                  f"| start-up, report and the rest | {run['other']:.0f} | - |",
+                  f"| **whole run, wall clock** | **{run['wall']:.0f}** | - |"]
     else:
         lines += ["", f"Install and start-up are not counted: {NO_WHOLE_RUN}."]
     lines += ["", "![training curves](training_curves.png)"]
