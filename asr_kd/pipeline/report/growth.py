@@ -107,7 +107,7 @@ def growth_markdown(g: dict) -> list[str]:
     lines = []
     for key, unit, title in (("seconds", "s", "Time"), ("peak_memory_mb", "MB", "Peak memory")):
         lines += [f"## {title} ({unit}) against training audio", "",
-                  "| stage | " + " | ".join(f"{h:.2f} h" for h in hours) + f" | per training hour | "
+                  "| stage | " + " | ".join(f"{h:.2f} h" for h in hours) + " | per training hour | "
                   + " | ".join(f"at {t} h" for t in targets) + " |", "|---" * (len(hours) + len(targets) + 2) + "|"]
         for name, row in g["stages"].items():
             fit = row.get(key)
