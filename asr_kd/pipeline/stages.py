@@ -98,7 +98,8 @@ def stage_tri(cfg: DictConfig, ws: Workspace) -> dict:
     """Tied-state triphones (our decision tree); alignments of every split (the DNN targets)."""
     summary = {"train": train_tri(ws.mfcc("train"), ws.lang, ws.mono, ws.tri, xp.to_object(cfg.tri), nj=cfg.nj)}
     for split in SPLITS:
-        summary[f"align/{split}"] = align(ws.tri, ws.mfcc(split), ws.lang, ws.ali(split), nj=cfg.nj)
+        summary[f"align/{split}"] = align(ws.tri, ws.mfcc(split), ws.lang, ws.ali(split), nj=cfg.nj,
+                                          shard_frames=cfg.tri.shard_frames)
         ctm = ws.data(split) / "phones.ctm"
         if split != "train" and ctm.exists():
             summary[f"boundaries/{split}"] = boundary_accuracy(ws.ali(split), ws.model, ctm, ws.lang / "phones.txt",
