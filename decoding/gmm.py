@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from decoding import tree as tree_mod
 from decoding.align import AlignResult, align_utterances, equal_align_utterances, frame_contexts
+from decoding.decode import ShardedLoglikes, decode_shard_frames
 from decoding.gmm_accum import (
     GmmParams,
     GmmStats,
@@ -109,14 +110,6 @@ class TriConfig:
 
 
 # ----------------------------------------------------------------------------------------------- inputs
-def load_gmm_feats(feats_dir: Path) -> dict[str, np.ndarray]:
-    """MFCC with per-speaker mean normalisation plus deltas and delta-deltas (13 -> 39 dims): train_deltas' input."""
-    from features.deltas import add_deltas
-    from features.extract import load_feats
-
-    return {utt: add_deltas(mat) for utt, mat in load_feats(Path(feats_dir), cmvn="speaker", norm_vars=False).items()}
-
-
 def gmm_features(feats_dir: Path, shard_frames: int = SHARD_FRAMES) -> FeatureShards:
     """MFCC with per-speaker mean normalisation plus deltas and delta-deltas (13 -> 39 dims), train_deltas' input,
     read shard by shard."""
@@ -570,3 +563,9 @@ def gmm_loglikes(model_dir: Path, feats: np.ndarray) -> np.ndarray:
     """[T, num_pdfs] per-pdf GMM log-likelihoods of one utterance (for decoding with the GMM as acoustic model)."""
     return gmm_params(model_dir).pdf_loglikes(feats)
 
+
+def gmm_loglike_shards(model_dir: Path, feats_dir: Path) -> ShardedLoglikes:
+    """A split's GMM log-likelihoods for the decoder, one shard of utterances at a time (shards sized so that a
+    shard's log-likelihood matrices stay within :data:`decoding.decode.DECODE_SHARD_BYTES`)."""
+    feats = gmm_features(feats_dir, decode_shard_frames(gmm_params(model_dir).num_pdfs))
+    return ShardedLoglikes(feats, lambda shard: {u: gmm_loglikes(model_dir, f) for u, f in shard.items()})

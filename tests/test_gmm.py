@@ -387,3 +387,14 @@ def test_gmm_training_and_alignment_hold_one_shard_of_features_at_a_time(trained
     assert shards > 3 and len(calls) >= shards * (2 + 4 + 1 + 1 + 2 + 1)  # init, EM passes, final, tree, EM, align
     assert not any(calls), f"reads that found an earlier shard's matrices alive: {sum(map(bool, calls))}"
 
+
+def test_gmm_loglikes_of_shards_are_those_of_the_whole_split(trained: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = trained["root"]
+    whole = gmm.gmm_features(root / "feats")
+    want = {u: gmm.gmm_loglikes(root / "tri", f) for u, f in whole.read(whole.utts).items()}
+    monkeypatch.setattr("decoding.decode.DECODE_SHARD_BYTES", 4 * gmm.gmm_params(root / "tri").num_pdfs * 300)
+    shards = gmm.gmm_loglike_shards(root / "tri", root / "feats")
+    assert len(shards.feats.shards) > 3
+    got = [shard for shard in shards]
+    assert [u for shard in got for u in shard] == list(want)
+    assert all(np.array_equal(shard[u], want[u]) for shard in got for u in shard)

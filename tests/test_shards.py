@@ -3,11 +3,13 @@ missing or cut-short archive is an input error naming it, and that results come 
 from __future__ import annotations
 
 import time
+import weakref
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from decoding.decode import ShardedLoglikes
 from decoding.shards import FeatureShards, cut_shards, map_shards
 from features.cmvn import compute_cmvn_stats
 from features.deltas import add_deltas
@@ -119,3 +121,28 @@ def test_map_shards_runs_closures_in_workers_and_passes_their_errors_on() -> Non
         list(map_shards(task, 6, 2, "test"))
     assert err.value.path == Path("shard5")
 
+
+def test_sharded_loglikes_compute_each_shard_from_its_features_alone(tmp_path: Path) -> None:
+    """Each pass reads the shards again; when a shard's log-likelihoods are computed, neither the features nor the
+    log-likelihoods of the shard before are alive (the consumer here drops each shard before asking for the next)."""
+    feats = _corpus(num_utts=12)
+    shards = FeatureShards(write_feats_dir(tmp_path / "feats", feats), 50, norm_vars=True)
+    earlier: list[weakref.ref] = []
+    alive: list[int] = []
+
+    def loglikes(shard: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        alive.append(sum(ref() is not None for ref in earlier))
+        out = {u: np.log1p(np.abs(m)) for u, m in shard.items()}
+        earlier[:] = [weakref.ref(m) for m in [*shard.values(), *out.values()]]
+        return out
+
+    source = ShardedLoglikes(shards, loglikes)
+    whole = load_feats(tmp_path / "feats", norm_vars=True)
+    for _ in range(2):
+        got: dict[str, np.ndarray] = {}
+        for shard in source:
+            got.update((u, m.sum(1)) for u, m in shard.items())
+            del shard
+        assert list(got) == sorted(feats)
+        assert all(np.array_equal(got[u], np.log1p(np.abs(whole[u])).sum(1)) for u in got)
+    assert len(alive) == 2 * len(shards.shards) > 4 and not any(alive)
