@@ -5,6 +5,11 @@ log p(x|s) = log p(s|x) - log p(s) + const, which is what an HMM decoder needs. 
 transition-ids, so each utterance's [T, num_pdfs] matrix is expanded to [T, num_transition_ids] columns through
 the transition model's transition-id -> pdf table, scaled by the acoustic scale, and searched by
 kaldi_decoder's FasterDecoder (beam search, max-active pruning). Utterances are spread over forked processes.
+
+A split's log-likelihoods come in shards of utterances (:data:`LoglikeShards`): the caller computes one shard
+(a GMM or a DNN over that shard's features), it is decoded, at every scale asked for, and dropped before the next
+is computed. A split's log-likelihoods (4 bytes per frame and pdf: tens of GB for a LibriSpeech dev set under a
+DNN with thousands of states) are never held at once; :data:`DECODE_SHARD_BYTES` sizes the shards.
 """
 from __future__ import annotations
 
@@ -12,8 +17,8 @@ import functools
 import logging
 import multiprocessing as mp
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import kaldi_decoder
@@ -24,14 +29,47 @@ from tqdm import tqdm
 
 from decoding.lang import read_symbol_table
 from decoding.score import WerResult, compute_wer
+from decoding.shards import FeatureShards
 from features.errors import InputError
 
-__all__ = ["DecodeConfig", "DecodeResult", "TunedDecode", "decode_loglikes", "posteriors_to_loglikes",
-           "search_scale", "tune_and_decode"]
+__all__ = ["DECODE_SHARD_BYTES", "DecodeConfig", "DecodeResult", "LoglikeShards", "ShardedLoglikes", "TunedDecode",
+           "decode_loglikes", "decode_shard_frames", "posteriors_to_loglikes", "search_scale", "tune_and_decode"]
 
 logger = logging.getLogger(__name__)
 
 FRAME_SHIFT_SECONDS = 0.01
+
+DECODE_SHARD_BYTES = 256 * 2**20
+"""float32 log-likelihoods one decoding shard holds (frames x pdfs x 4 bytes): 13k frames, about two minutes of
+audio, for a model with 5000 pdfs. A larger shard saves no computation: utterances are decoded one by one."""
+
+LoglikeShards = Iterable[Mapping[str, np.ndarray]]
+"""A split's pdf-level log-likelihoods, shard by shard: each item maps its utterances to [T, num_pdfs] matrices.
+Tuning iterates dev more than once when it tries a scale beyond its grid, so give an object whose ``__iter__``
+computes the shards again (:class:`ShardedLoglikes`) or a list."""
+
+
+def decode_shard_frames(num_pdfs: int) -> int:
+    """Frames of a decoding shard whose log-likelihoods fill :data:`DECODE_SHARD_BYTES`."""
+    return max(1, DECODE_SHARD_BYTES // (4 * max(1, num_pdfs)))
+
+
+class ShardedLoglikes:
+    """Log-likelihoods computed from a feature dir one shard at a time, each time it is iterated.
+
+    ``loglikes`` turns one shard's features (utterance -> matrix, :class:`~decoding.shards.FeatureShards` order)
+    into its log-likelihoods; the features are dropped once it returns, and a shard's log-likelihoods once the
+    consumer moves on to the next, so only one shard of either is held.
+    """
+
+    def __init__(self, feats: FeatureShards,
+                 loglikes: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]) -> None:
+        self.feats = feats
+        self.loglikes = loglikes
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        for shard in self.feats.shards:
+            yield self.loglikes(self.feats.read(shard.utts))
 
 
 @dataclass
@@ -51,7 +89,8 @@ class DecodeResult:
     """Best word sequence per utterance, and what the search cost.
 
     ``seconds`` is the summed per-utterance decoding time (CPU time of the workers), so ``real_time_factor``
-    = seconds / audio seconds is per core; ``wall_seconds`` is the elapsed time of the whole call. ``failed``:
+    = seconds / audio seconds is per core; ``wall_seconds`` is the elapsed time of decoding (computing the
+    log-likelihoods excluded; scales decoded together in one pass each get the pass's time). ``failed``:
     utterances with no surviving path (no hypothesis; scored as all deletions). ``partial``: utterances whose
     best path did not reach a final state of HCLG (Kaldi's ``--allow-partial=true`` keeps them, and so do we).
     """
@@ -83,23 +122,34 @@ class _Job:
     graph: kaldifst.StdVectorFst
     tid2pdf: np.ndarray
     words: dict[int, str]
-    loglikes: Mapping[str, np.ndarray]
+    num_pdfs: int
     cfg: DecodeConfig
+    decoder: kaldi_decoder.FasterDecoder | None = None  # made on first use, in the process that decodes
+
+    def faster_decoder(self) -> kaldi_decoder.FasterDecoder:
+        if self.decoder is None:
+            opts = kaldi_decoder.FasterDecoderOptions(beam=self.cfg.beam, max_active=self.cfg.max_active)
+            self.decoder = kaldi_decoder.FasterDecoder(self.graph, opts)
+        return self.decoder
 
 
 _JOB: _Job | None = None  # set in the parent before forking, so workers share the graph copy-on-write
 
+_Decoded = tuple[list[str] | None, bool, int, float]
+"""One utterance at one scale: words (None: no path), reached a final state, frames, seconds."""
 
-def _decode_shard(utts: list[str]) -> list[tuple[str, list[str] | None, bool, int, float]]:
-    """(utt, words or None if failed, reached_final, frames, seconds) for each utterance of a shard."""
+
+def _decode_utterance(task: tuple[str, np.ndarray, Sequence[float]]) -> tuple[str, list[_Decoded]]:
+    """An utterance's log-likelihoods decoded at each of the scales (one decoder, reset by every search)."""
+    utt, loglikes, scales = task
     job = _JOB
     assert job is not None
-    opts = kaldi_decoder.FasterDecoderOptions(beam=job.cfg.beam, max_active=job.cfg.max_active)
-    decoder = kaldi_decoder.FasterDecoder(job.graph, opts)
+    decoder = job.faster_decoder()
+    expanded = loglikes[:, job.tid2pdf]
     out = []
-    for utt in utts:
+    for scale in scales:
         t0 = time.process_time()
-        mat = np.ascontiguousarray(job.loglikes[utt][:, job.tid2pdf] * job.cfg.acoustic_scale, dtype=np.float32)
+        mat = np.ascontiguousarray(expanded * scale, dtype=np.float32)
         decoder.decode(kaldi_decoder.DecodableCtc(mat, offset=0))
         reached_final = decoder.reached_final()
         ok, best = decoder.get_best_path(use_final_probs=reached_final)
@@ -108,65 +158,85 @@ def _decode_shard(utts: list[str]) -> list[tuple[str, list[str] | None, bool, in
             got, _tids, word_ids, _weight = kaldifst.get_linear_symbol_sequence(best)
             if got:
                 words = [job.words[w] for w in word_ids]
-        out.append((utt, words, reached_final, mat.shape[0], time.process_time() - t0))
-    return out
+        out.append((words, reached_final, mat.shape[0], time.process_time() - t0))
+    return utt, out
 
 
-def _load_job(graph_dir: Path, transition_model: Path | khg.TransitionModel, loglikes: Mapping[str, np.ndarray],
-              cfg: DecodeConfig) -> _Job:
+def _load_job(graph_dir: Path, transition_model: khg.TransitionModel, cfg: DecodeConfig) -> _Job:
     graph_dir = Path(graph_dir)
     if not (graph_dir / "HCLG.fst").is_file():
         raise InputError("missing decoding graph", graph_dir / "HCLG.fst")
-    if not isinstance(transition_model, khg.TransitionModel):
-        from decoding.model_io import read_model
-
-        transition_model = read_model(Path(transition_model))[0]
     tid2pdf = np.asarray(transition_model.transition_id_to_pdf_array(), dtype=np.int64)[1:]
-    num_pdfs = transition_model.num_pdfs
+    words = {i: w for w, i in read_symbol_table(graph_dir / "words.txt").items()}
+    hclg = graph_dir / "HCLG.fst"
+    return _Job(_read_graph(hclg, hclg.stat().st_mtime_ns), tid2pdf, words, transition_model.num_pdfs, cfg)
+
+
+def _check_shapes(loglikes: Mapping[str, np.ndarray], num_pdfs: int) -> None:
     for utt, mat in loglikes.items():
         if mat.ndim != 2 or mat.shape[1] != num_pdfs:
             raise InputError(f"utterance {utt}: log-likelihoods have shape {mat.shape}, the model has {num_pdfs} "
                              "pdfs")
-    words = {i: w for w, i in read_symbol_table(graph_dir / "words.txt").items()}
-    hclg = graph_dir / "HCLG.fst"
-    return _Job(_read_graph(hclg, hclg.stat().st_mtime_ns), tid2pdf, words, loglikes, cfg)
 
 
 @functools.lru_cache(maxsize=1)
 def _read_graph(path: Path, mtime_ns: int) -> kaldifst.StdVectorFst:
-    """HCLG, kept for the next call on the same unchanged file (tuning decodes dev once per scale; reading a
+    """HCLG, kept for the next call on the same unchanged file (tuning decodes dev more than once; reading a
     2M-state graph takes seconds). ``mtime_ns`` is part of the key so a rebuilt graph is read again."""
     return kaldifst.StdVectorFst.read(str(path))
 
 
-def decode_loglikes(graph_dir: Path, transition_model: Path | khg.TransitionModel,
-                    loglikes: Mapping[str, np.ndarray], cfg: DecodeConfig | None = None, nj: int = 1) -> DecodeResult:
-    """Decode every utterance of ``loglikes`` (pdf-level [T, num_pdfs] log-likelihoods) with ``graph_dir``'s HCLG.
+def _as_model(transition_model: Path | khg.TransitionModel) -> khg.TransitionModel:
+    if isinstance(transition_model, khg.TransitionModel):
+        return transition_model
+    from decoding.model_io import read_model
 
-    ``transition_model`` is the one the graph was built with (object, or a ``final.mdl`` path). Utterances go
-    to ``nj`` forked workers in shards; with ``nj == 1`` everything runs in this process.
+    return read_model(Path(transition_model))[0]
+
+
+def _as_shards(loglikes: Mapping[str, np.ndarray] | LoglikeShards) -> LoglikeShards:
+    """A mapping of utterances is one shard."""
+    return [loglikes] if isinstance(loglikes, Mapping) else loglikes
+
+
+def _decode_at_scales(graph_dir: Path, transition_model: Path | khg.TransitionModel,
+                      loglikes: Mapping[str, np.ndarray] | LoglikeShards, scales: Sequence[float],
+                      cfg: DecodeConfig, nj: int) -> dict[float, DecodeResult]:
+    """One pass over the shards: each utterance decoded at every scale of ``scales`` while its shard is held.
+
+    With ``nj > 1`` the workers are forked once for the pass (sharing the graph); each utterance's matrix goes to a
+    worker as it is decoded, so the pass holds one shard of log-likelihoods plus one utterance per worker.
+    ``wall_seconds`` of every scale is the pass's decoding time, log-likelihood computation excluded.
     """
     global _JOB
-    cfg = cfg or DecodeConfig()
-    t_wall = time.perf_counter()
-    _JOB = _load_job(graph_dir, transition_model, loglikes, cfg)
-    utts = sorted(loglikes)
-    num_shards = max(1, nj) * 8
-    shards = [s for s in (utts[i::num_shards] for i in range(num_shards)) if s]
-    results = []
+    t_wall = 0.0
+    decoded: dict[str, list[_Decoded]] = {}
+    _JOB = job = _load_job(graph_dir, _as_model(transition_model), cfg)
+    pool = mp.get_context("fork").Pool(nj) if nj > 1 else None
     try:
-        if nj <= 1:
-            for shard in tqdm(shards, desc="decode", leave=False):
-                results += _decode_shard(shard)
-        else:
-            with mp.get_context("fork").Pool(nj) as pool:
-                for part in tqdm(pool.imap_unordered(_decode_shard, shards), total=len(shards), desc="decode",
-                                 leave=False):
-                    results += part
+        with tqdm(desc="decode", unit="utt", leave=False) as bar:
+            for shard in _as_shards(loglikes):
+                _check_shapes(shard, job.num_pdfs)
+                t0 = time.perf_counter()
+                tasks = ((utt, shard[utt], tuple(scales)) for utt in sorted(shard))
+                for utt, rows in (pool.imap_unordered(_decode_utterance, tasks) if pool is not None
+                                  else map(_decode_utterance, tasks)):
+                    decoded[utt] = rows
+                    bar.update()
+                t_wall += time.perf_counter() - t0
+                del shard, tasks  # before the next shard is computed
     finally:
+        if pool is not None:
+            pool.terminate()
         _JOB = None
+    return {scale: _result(decoded, i, scale, t_wall) for i, scale in enumerate(scales)}
+
+
+def _result(decoded: Mapping[str, list[_Decoded]], i: int, scale: float, wall_seconds: float) -> DecodeResult:
+    """The :class:`DecodeResult` of the ``i``-th scale of a pass (utterances in sorted order)."""
     hyps, failed, partial, frames, seconds = {}, [], [], 0, 0.0
-    for utt, words, reached_final, num_frames, secs in sorted(results):
+    for utt in sorted(decoded):
+        words, reached_final, num_frames, secs = decoded[utt][i]
         frames += num_frames
         seconds += secs
         if words is None:
@@ -176,16 +246,28 @@ def decode_loglikes(graph_dir: Path, transition_model: Path | khg.TransitionMode
         if not reached_final:
             partial.append(utt)
     audio_seconds = frames * FRAME_SHIFT_SECONDS
-    result = DecodeResult(hyps=hyps, frames=frames, seconds=seconds, wall_seconds=time.perf_counter() - t_wall,
+    result = DecodeResult(hyps=hyps, frames=frames, seconds=seconds, wall_seconds=wall_seconds,
                           real_time_factor=seconds / audio_seconds if audio_seconds else 0.0, failed=failed,
-                          partial=partial, acoustic_scale=cfg.acoustic_scale)
+                          partial=partial, acoustic_scale=scale)
     if failed or partial:
         logger.warning("decode: %d utterances without a path, %d did not reach a final state", len(failed),
                        len(partial))
     logger.info("decoded %d utterances, %d frames, RTF %.4f per core (%.0f frames/s), acoustic scale %g",
-                len(utts), frames, result.real_time_factor, frames / seconds if seconds else 0.0,
-                cfg.acoustic_scale)
+                len(decoded), frames, result.real_time_factor, frames / seconds if seconds else 0.0, scale)
     return result
+
+
+def decode_loglikes(graph_dir: Path, transition_model: Path | khg.TransitionModel,
+                    loglikes: Mapping[str, np.ndarray] | LoglikeShards, cfg: DecodeConfig | None = None,
+                    nj: int = 1) -> DecodeResult:
+    """Decode every utterance of ``loglikes`` (pdf-level [T, num_pdfs] log-likelihoods: one mapping, or shards of
+    them) with ``graph_dir``'s HCLG at ``cfg.acoustic_scale``.
+
+    ``transition_model`` is the one the graph was built with (object, or a ``final.mdl`` path). Utterances go
+    to ``nj`` forked workers; with ``nj == 1`` everything runs in this process.
+    """
+    cfg = cfg or DecodeConfig()
+    return _decode_at_scales(graph_dir, transition_model, loglikes, [cfg.acoustic_scale], cfg, nj)[cfg.acoustic_scale]
 
 
 @dataclass
@@ -228,30 +310,32 @@ def search_scale(wer_at: Callable[[float], float], acoustic_scales: Sequence[flo
 
 
 def tune_and_decode(graph_dir: Path, transition_model: Path | khg.TransitionModel,
-                    dev_loglikes: Mapping[str, np.ndarray], dev_refs: Mapping[str, Sequence[str]],
-                    test_loglikes: Mapping[str, np.ndarray], cfg: DecodeConfig | None = None,
+                    dev_loglikes: Mapping[str, np.ndarray] | LoglikeShards, dev_refs: Mapping[str, Sequence[str]],
+                    test_loglikes: Mapping[str, np.ndarray] | LoglikeShards, cfg: DecodeConfig | None = None,
                     acoustic_scales: Sequence[float] = (0.06, 0.08, 0.1, 0.12, 0.15), nj: int = 1,
                     extend_edges: int = 0) -> TunedDecode:
     """Pick the acoustic scale with the lowest dev WER (:func:`search_scale` over ``acoustic_scales``, beyond
     an end of it by up to ``extend_edges`` steps while dev still improves there), then decode test with it.
 
-    Only dev chooses: the test set is decoded once, so its WER stays an unbiased estimate. Dev is decoded once per
-    scale tried, test once.
+    Only dev chooses: the test set is decoded once, so its WER stays an unbiased estimate. One pass over dev's
+    shards decodes every scale of the grid, so each shard's log-likelihoods are computed once for all of them. A
+    scale beyond an end of the grid is known only once the whole grid's dev WERs are, so each such step is one more
+    pass over dev that computes the log-likelihoods again: keeping them instead would mean holding all of dev's,
+    which is what the shards avoid (and computing them costs less than decoding them at one scale).
     """
     cfg = cfg or DecodeConfig()
-    if not isinstance(transition_model, khg.TransitionModel):
-        from decoding.model_io import read_model
-
-        transition_model = read_model(Path(transition_model))[0]
-    dev_wer, dev_results = {}, {}
+    transition_model = _as_model(transition_model)
+    grid = sorted(set(acoustic_scales))
+    dev_results = _decode_at_scales(graph_dir, transition_model, dev_loglikes, grid, cfg, nj) if grid else {}
+    dev_wer = {}
 
     def wer_at(scale: float) -> float:
-        dev_results[scale] = decode_loglikes(graph_dir, transition_model, dev_loglikes,
-                                             replace(cfg, acoustic_scale=scale), nj)
+        if scale not in dev_results:
+            dev_results.update(_decode_at_scales(graph_dir, transition_model, dev_loglikes, [scale], cfg, nj))
         dev_wer[scale] = compute_wer(dev_refs, dev_results[scale].hyps)
         logger.info("dev WER at acoustic scale %g: %.2f%%", scale, dev_wer[scale].wer)
         return dev_wer[scale].wer
 
     best = search_scale(wer_at, acoustic_scales, extend_edges)
-    test = decode_loglikes(graph_dir, transition_model, test_loglikes, replace(cfg, acoustic_scale=best), nj)
+    test = _decode_at_scales(graph_dir, transition_model, test_loglikes, [best], cfg, nj)[best]
     return TunedDecode(best, dict(sorted(dev_wer.items())), dev_results[best], test)

@@ -1,18 +1,25 @@
 """GMM-HMM training and forced alignment: Kaldi's train_mono.sh, train_deltas.sh and align_si.sh in Python.
 
 The HMM machinery (transition model, training graphs, Viterbi alignment, transition re-estimation) is Kaldi's
-own code through the kaldi-hmm-gmm bindings, with alignment spread over ``nj`` processes (:mod:`decoding.align`).
-Statistics, the GMM update and mixing up are Kaldi's algorithms vectorised in numpy (:mod:`decoding.gmm_accum`,
-tested against the bindings), since the bindings work one frame per call. The tree is :mod:`decoding.tree`.
-Every directory written follows Kaldi's layout (``final.mdl``, ``tree``, ``ali.scp``), so Kaldi tools can
-read the results.
+own code through the kaldi-hmm-gmm bindings. Statistics, the GMM update and mixing up are Kaldi's algorithms
+vectorised in numpy (:mod:`decoding.gmm_accum`, tested against the bindings), since the bindings work one frame per
+call. The tree is :mod:`decoding.tree`. Every directory written follows Kaldi's layout (``final.mdl``, ``tree``,
+``ali.scp``), so Kaldi tools can read the results.
+
+The features stay on disk. Every pass over the data (an EM iteration, an alignment) goes through it one shard at
+a time (:mod:`decoding.shards`): ``nj`` forked processes each read a shard, compile its training graphs, align it
+when the pass realigns, and accumulate its statistics; the driver adds the shards' statistics in shard order and
+updates the model. Memory is therefore set by a shard (``shard_frames``) per process, never by the corpus, and
+``nj`` never changes a result. Statistics are summed within a shard, then shard after shard, so with one shard
+they are exactly the whole-corpus sums; with several they differ from those by float rounding only.
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -23,8 +30,10 @@ from tqdm import tqdm
 
 from decoding import tree as tree_mod
 from decoding.align import AlignResult, align_utterances, equal_align_utterances, frame_contexts
+from decoding.decode import ShardedLoglikes, decode_shard_frames
 from decoding.gmm_accum import (
     GmmParams,
+    GmmStats,
     MleOptions,
     PdfGmm,
     accumulate_utterances,
@@ -35,8 +44,8 @@ from decoding.gmm_accum import (
     transition_counts,
 )
 from decoding.hmm import (
+    GraphCompiler,
     TransitionTables,
-    compile_training_graphs,
     make_topology,
     monophone_tree,
     read_model,
@@ -47,7 +56,8 @@ from decoding.hmm import (
     write_model,
 )
 from decoding.lang import Lang, load_lang
-from decoding.tree_stats import accumulate_tree_stats
+from decoding.shards import SHARD_FRAMES, FeatureShards, map_shards
+from decoding.tree_stats import TreeStats, TreeStatsAccumulator
 from features.atomic import atomic_write, write_text_atomic
 from features.errors import InputError
 from features.kaldi_io import load_vec_int_scp, write_vec_int_ark_scp, write_vector
@@ -75,6 +85,7 @@ class MonoConfig:
     power: float = 0.25  # exponent of the occupancy when sharing Gaussians out at mixing up
     first_min_gaussian_occupancy: float = 3.0  # gmm-est on the equal alignment
     seed: int = 0  # mixing-up perturbations
+    shard_frames: int = SHARD_FRAMES  # frames read (per process) at a time; statistics are summed per shard
 
 
 @dataclass
@@ -95,15 +106,85 @@ class TriConfig:
     tree_split_thresh: float = 300.0  # build-tree --thresh (log-likelihood gain)
     var_floor: float = 0.01  # tree stats / gmm-init-model variance floor
     seed: int = 0  # mixing-up perturbations
+    shard_frames: int = SHARD_FRAMES  # frames read (per process) at a time; statistics are summed per shard
 
 
 # ----------------------------------------------------------------------------------------------- inputs
-def load_gmm_feats(feats_dir: Path) -> dict[str, np.ndarray]:
-    """MFCC with per-speaker mean normalisation plus deltas and delta-deltas (13 -> 39 dims): train_deltas' input."""
-    from features.deltas import add_deltas
-    from features.extract import load_feats
+def gmm_features(feats_dir: Path, shard_frames: int = SHARD_FRAMES) -> FeatureShards:
+    """MFCC with per-speaker mean normalisation plus deltas and delta-deltas (13 -> 39 dims), train_deltas' input,
+    read shard by shard."""
+    return FeatureShards(feats_dir, shard_frames, norm_vars=False, deltas=True)
 
-    return {utt: add_deltas(mat) for utt, mat in load_feats(Path(feats_dir), cmvn="speaker", norm_vars=False).items()}
+
+@dataclass
+class _Data:
+    """Training data: the features stay on disk in shards; transcripts (of the utterances with features) and the
+    lang dir are held."""
+
+    feats: FeatureShards
+    texts: dict[str, list[str]]
+    lang: Lang
+
+
+def _load_training_data(feats_dir: Path, lang_dir: Path, text: Path | None, shard_frames: int) -> _Data:
+    feats = gmm_features(feats_dir, shard_frames)
+    texts = read_text(Path(text) if text is not None else Path(feats_dir) / "text")
+    return _Data(feats, {u: w for u, w in texts.items() if u in feats.frames}, load_lang(lang_dir))
+
+
+# ----------------------------------------------------------------------------------------------- passes
+Aligner = Callable[[Mapping[str, kaldifst.StdVectorFst], Mapping[str, np.ndarray]], AlignResult]
+"""Aligns one shard: (its training graphs, its features) -> alignments (flat start, or Viterbi with a model)."""
+
+
+@dataclass
+class _ShardPass:
+    """What every shard goes through in one pass over the data: read its features; with an ``aligner``, compile
+    its training graphs and align it, else take its ``alignments``; with ``params``, accumulate its statistics.
+
+    Forked workers inherit it (:func:`decoding.shards.map_shards`); a shard's alignments and statistics come back.
+    """
+
+    data: _Data
+    tables: TransitionTables
+    aligner: Aligner | None = None
+    compiler: GraphCompiler | None = None
+    alignments: Mapping[str, np.ndarray] = field(default_factory=dict)
+    params: GmmParams | None = None
+
+    def __call__(self, index: int) -> tuple[AlignResult | None, GmmStats | None]:
+        shard = self.data.feats.shards[index]
+        feats = self.data.feats.read(shard.utts)
+        ali = None
+        if self.aligner is not None:
+            assert self.compiler is not None
+            texts = self.data.texts
+            ali = self.aligner(self.compiler.compile({u: texts[u] for u in shard.utts if u in texts}), feats)
+            alignments = ali.alignments
+        else:
+            alignments = {u: self.alignments[u] for u in shard.utts if u in self.alignments}
+        stats = None
+        if self.params is not None and alignments:
+            stats = accumulate_utterances(self.params, feats, {u: self.tables.pdf[a] for u, a in alignments.items()})
+        return ali, stats
+
+
+def _run_pass(spec: _ShardPass, nj: int, desc: str) -> tuple[AlignResult | None, GmmStats | None]:
+    """Every shard through ``spec`` in ``nj`` processes; alignments and statistics added up in shard order."""
+    ali = AlignResult() if spec.aligner is not None else None
+    stats: GmmStats | None = None  # the first shard's statistics start the sums: exactly them with one shard
+    for part_ali, part_stats in map_shards(spec, len(spec.data.feats.shards), nj, desc):
+        if ali is not None and part_ali is not None:
+            ali.merge(part_ali)
+        if part_stats is not None:
+            if stats is None:
+                stats = part_stats
+            else:
+                stats.add(part_stats)
+    if ali is not None:
+        ali.alignments = dict(sorted(ali.alignments.items()))
+        ali.failed = dict(sorted(ali.failed.items()))
+    return ali, stats
 
 
 # ----------------------------------------------------------------------------------------------- model pieces
@@ -134,41 +215,53 @@ def _silence_pdfs(trans_model: khg.TransitionModel, lang: Lang) -> list[int]:
 
 @dataclass
 class _Trainer:
-    """The state of one EM run: the model being trained plus the fixed training data."""
+    """The state of one EM run: the model being trained plus the training data and its graph compiler."""
 
     trans_model: khg.TransitionModel
     am: khg.AmDiagGmm
-    feats: Mapping[str, np.ndarray]
-    graphs: Mapping[str, kaldifst.StdVectorFst]
-    lang: Lang
+    data: _Data
+    compiler: GraphCompiler
     nj: int
     rng: np.random.Generator
     history: list[dict] = field(default_factory=list)
 
-    def realign(self, beam: float, retry_beam: float, careful: bool, silence_boost: float) -> AlignResult:
-        am = boost_silence(self.am, _silence_pdfs(self.trans_model, self.lang), silence_boost)
-        result = align_utterances(self.trans_model, am, self.graphs, self.feats, beam=beam, retry_beam=retry_beam,
-                                  careful=careful, nj=self.nj)
-        if result.failed:
-            logger.warning("%d of %d utterances failed to align (e.g. %s)", len(result.failed),
-                           len(result.failed) + len(result.alignments), next(iter(result.failed.items())))
-        return result
+    def aligner(self, beam: float, retry_beam: float, careful: bool, silence_boost: float) -> Aligner:
+        """Viterbi alignment with the current model (silence pdfs boosted), for the next pass."""
+        am = boost_silence(self.am, _silence_pdfs(self.trans_model, self.data.lang), silence_boost)
+        return functools.partial(align_utterances, self.trans_model, am, beam=beam, retry_beam=retry_beam,
+                                 careful=careful)
 
-    def update(self, alignments: Mapping[str, np.ndarray], target_gauss: int, power: float,
-               min_gaussian_occupancy: float = 10.0) -> dict:
-        """One gmm-acc-stats-ali + gmm-est pass: returns the iteration's numbers for the log."""
-        tables = transition_tables(self.trans_model)
-        labels = {u: tables.pdf[a] for u, a in alignments.items()}
+    def align(self, aligner: Aligner) -> AlignResult:
+        """A pass that only aligns (the final alignments)."""
+        spec = _ShardPass(self.data, transition_tables(self.trans_model), aligner, self.compiler)
+        ali, _ = _run_pass(spec, self.nj, "align")
+        assert ali is not None
+        _warn_failed(ali)
+        return ali
+
+    def iterate(self, aligner: Aligner | None, alignments: Mapping[str, np.ndarray], target_gauss: int, power: float,
+                min_gaussian_occupancy: float = 10.0) -> tuple[AlignResult | None, dict]:
+        """One EM iteration, gmm-acc-stats-ali + gmm-est: one pass over the shards that realigns each first when
+        an ``aligner`` is given (else uses ``alignments``) and accumulates its statistics, then the update.
+
+        Returns the new alignments (None when not realigned) and the iteration's numbers for the log.
+        """
         params = GmmParams.from_am(self.am)
-        stats = accumulate_utterances(params, self.feats, labels)
+        spec = _ShardPass(self.data, transition_tables(self.trans_model), aligner, self.compiler, alignments, params)
+        ali, stats = _run_pass(spec, self.nj, "EM pass")
+        if ali is not None:
+            _warn_failed(ali)
+            alignments = ali.alignments
+        if stats is None:
+            raise ValueError("no utterance has both features and an alignment")
         pdfs = mle_update(params, stats, MleOptions(min_gaussian_occupancy=min_gaussian_occupancy))
         pdfs = mix_up(pdfs, stats.pdf_occupancy(params.offsets), target_gauss, _MIXUP_PERTURB, power,
                       _MIXUP_MIN_COUNT, self.rng)
         self.am = to_am(pdfs)
         self.trans_model.mle_update(transition_counts(self.trans_model.num_transition_ids, alignments.values()),
                                     khg.MleTransitionUpdateConfig())
-        return {"avg_loglike": stats.tot_loglike / max(stats.num_frames, 1), "frames": stats.num_frames,
-                "num_gauss": self.am.num_gauss}
+        return ali, {"avg_loglike": stats.tot_loglike / max(stats.num_frames, 1), "frames": stats.num_frames,
+                     "num_gauss": self.am.num_gauss}
 
     def log_iteration(self, it: int, numbers: dict, ali: AlignResult | None) -> None:
         row = {"iter": it, **numbers}
@@ -179,6 +272,12 @@ class _Trainer:
         logger.info("iter %d: avg loglike/frame %.3f over %d frames, %d Gaussians%s", it, row["avg_loglike"],
                     row["frames"], row["num_gauss"],
                     f", realigned ({row['align_failed']} failed)" if ali is not None else "")
+
+
+def _warn_failed(ali: AlignResult) -> None:
+    if ali.failed:
+        logger.warning("%d of %d utterances failed to align (e.g. %s)", len(ali.failed),
+                       len(ali.failed) + len(ali.alignments), next(iter(ali.failed.items())))
 
 
 def _gauss_schedule(start: int, target: int, max_iter_inc: int) -> int:
@@ -202,69 +301,33 @@ def _write_log(out_dir: Path, history: list[dict], summary: dict) -> None:
     write_text_atomic(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
 
 
-def _load_training_data(feats_dir: Path, lang_dir: Path, text: Path | None
-                        ) -> tuple[dict[str, np.ndarray], dict[str, list[str]], Lang]:
-    feats = load_gmm_feats(feats_dir)
-    texts = read_text(Path(text) if text is not None else Path(feats_dir) / "text")
-    if not feats:
-        raise InputError("no features", Path(feats_dir) / "feats.scp")
-    return feats, texts, load_lang(lang_dir)
-
-
 # ----------------------------------------------------------------------------------------------- mono
-def _init_mono_am(num_pdfs: int, feats: Mapping[str, np.ndarray]) -> khg.AmDiagGmm:
-    """gmm-init-mono: every pdf starts as one Gaussian with the global mean and variance."""
-    allf = np.concatenate(list(feats.values())).astype(np.float64)
-    mean, var = allf.mean(0), np.maximum(allf.var(0), 1e-3)
+def _init_mono_am(num_pdfs: int, feats: FeatureShards) -> khg.AmDiagGmm:
+    """gmm-init-mono: every pdf starts as one Gaussian with the global mean and variance.
+
+    Two passes over the shards, mean then variance, each a sum that goes on from shard to shard in frame order
+    (numpy adds the rows of a column one after another), so both equal numpy's ``mean(0)`` and ``var(0)`` of all
+    frames at once, bit for bit, whatever the shard size.
+    """
+    def frames_of(shard_utts: tuple[str, ...]) -> np.ndarray:
+        return np.concatenate(list(feats.read(shard_utts).values())).astype(np.float64)
+
+    total: np.ndarray | None = None
+    for shard in feats.shards:
+        x = frames_of(shard.utts)
+        total = x.sum(0) if total is None else np.concatenate([total[None], x]).sum(0)
+    assert total is not None
+    mean = total / feats.num_frames
+    squares: np.ndarray | None = None
+    for shard in feats.shards:
+        d = frames_of(shard.utts) - mean
+        d *= d
+        squares = d.sum(0) if squares is None else np.concatenate([squares[None], d]).sum(0)
+    assert squares is not None
+    var = np.maximum(squares / feats.num_frames, 1e-3)
     am = khg.AmDiagGmm()
     am.init(diag_gmm(np.ones(1), mean[None], var[None]), num_pdfs)
     return am
-
-
-def train_mono_feats(feats: Mapping[str, np.ndarray], texts: Mapping[str, list[str]], lang: Lang,
-                     out_dir: Path, cfg: MonoConfig | None = None, nj: int = 2) -> dict:
-    """Flat-start monophone training on in-memory features (the body of :func:`train_mono`)."""
-    cfg = cfg or MonoConfig()
-    t0 = time.time()
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    topo = make_topology(lang)
-    ctx = monophone_tree(topo)
-    tm = transition_model(ctx, topo)
-    graphs = compile_training_graphs(tm, ctx, lang, {u: w for u, w in texts.items() if u in feats})
-    trainer = _Trainer(tm, _init_mono_am(tm.num_pdfs, feats), feats, graphs, lang, nj,
-                       np.random.default_rng(cfg.seed))
-
-    ali = equal_align_utterances(tm, graphs, feats, nj=nj)
-    if ali.failed:
-        logger.warning("equal alignment failed for %d utterances (e.g. %s)", len(ali.failed),
-                       next(iter(ali.failed.items())))
-    num_gauss = tm.num_pdfs
-    inc = _gauss_schedule(num_gauss, cfg.max_gauss, cfg.max_iter_inc)
-    numbers = trainer.update(ali.alignments, num_gauss, cfg.power, cfg.first_min_gaussian_occupancy)
-    trainer.log_iteration(0, numbers, ali)
-    beams = (cfg.initial_beam, 4 * cfg.initial_beam)  # train_mono.sh: retry beam 4x the beam
-    for it in tqdm(range(1, cfg.num_iters), desc="mono EM", leave=False):
-        realigned = None
-        if it in cfg.realign_iters:
-            realigned = ali = trainer.realign(*beams, cfg.careful, cfg.boost_silence)
-            beams = (cfg.beam, cfg.retry_beam)
-        if it <= cfg.max_iter_inc:
-            num_gauss += inc
-        trainer.log_iteration(it, trainer.update(ali.alignments, num_gauss, cfg.power), realigned)
-
-    write_model(out_dir / "final.mdl", tm, trainer.am)
-    _write_ctx(ctx, out_dir / "tree")
-    final = trainer.realign(cfg.beam, cfg.retry_beam, cfg.careful, cfg.boost_silence)
-    _write_alignments(out_dir, final, transition_tables(tm))
-    summary = {"num_pdfs": tm.num_pdfs, "num_gauss": trainer.am.num_gauss, "num_utts": len(feats),
-               "avg_loglike": trainer.history[-1]["avg_loglike"],
-               "avg_loglike_first": trainer.history[0]["avg_loglike"],
-               "num_failed": len(final.failed), "seconds": round(time.time() - t0, 2), "config": asdict(cfg)}
-    _write_log(out_dir, trainer.history, summary)
-    logger.info("mono: %d pdfs, %d Gaussians, avg loglike %.3f, %.1f s", summary["num_pdfs"],
-                summary["num_gauss"], summary["avg_loglike"], summary["seconds"])
-    return summary
 
 
 def train_mono(feats_dir: Path, lang_dir: Path, out_dir: Path, cfg: MonoConfig | None = None, nj: int = 2,
@@ -274,13 +337,72 @@ def train_mono(feats_dir: Path, lang_dir: Path, out_dir: Path, cfg: MonoConfig |
     ``text`` defaults to the transcripts the feature dir carries (``feats_dir/text``). The alignments in
     ``out_dir/ali.scp`` are made with the final model (what align_si.sh would add), ready for tree building.
     """
-    feats, texts, lang = _load_training_data(feats_dir, lang_dir, text)
-    return train_mono_feats(feats, texts, lang, out_dir, cfg, nj)
+    cfg = cfg or MonoConfig()
+    data = _load_training_data(feats_dir, lang_dir, text, cfg.shard_frames)
+    t0 = time.time()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    topo = make_topology(data.lang)
+    ctx = monophone_tree(topo)
+    tm = transition_model(ctx, topo)
+    compiler = GraphCompiler(tm, ctx, data.lang)
+    compiler.count_oov(data.texts)
+    trainer = _Trainer(tm, _init_mono_am(tm.num_pdfs, data.feats), data, compiler, nj,
+                       np.random.default_rng(cfg.seed))
+
+    num_gauss = tm.num_pdfs
+    inc = _gauss_schedule(num_gauss, cfg.max_gauss, cfg.max_iter_inc)
+    ali, numbers = trainer.iterate(equal_align_utterances, {}, num_gauss, cfg.power,
+                                   cfg.first_min_gaussian_occupancy)
+    assert ali is not None
+    trainer.log_iteration(0, numbers, ali)
+    beams = (cfg.initial_beam, 4 * cfg.initial_beam)  # train_mono.sh: retry beam 4x the beam
+    for it in tqdm(range(1, cfg.num_iters), desc="mono EM", leave=False):
+        aligner = None
+        if it in cfg.realign_iters:
+            aligner = trainer.aligner(*beams, cfg.careful, cfg.boost_silence)
+            beams = (cfg.beam, cfg.retry_beam)
+        if it <= cfg.max_iter_inc:
+            num_gauss += inc
+        realigned, numbers = trainer.iterate(aligner, ali.alignments, num_gauss, cfg.power)
+        if realigned is not None:
+            ali = realigned
+        trainer.log_iteration(it, numbers, realigned)
+
+    write_model(out_dir / "final.mdl", tm, trainer.am)
+    _write_ctx(ctx, out_dir / "tree")
+    final = trainer.align(trainer.aligner(cfg.beam, cfg.retry_beam, cfg.careful, cfg.boost_silence))
+    _write_alignments(out_dir, final, transition_tables(tm))
+    summary = {"num_pdfs": tm.num_pdfs, "num_gauss": trainer.am.num_gauss, "num_utts": len(data.feats.frames),
+               "avg_loglike": trainer.history[-1]["avg_loglike"],
+               "avg_loglike_first": trainer.history[0]["avg_loglike"],
+               "num_failed": len(final.failed), "seconds": round(time.time() - t0, 2), "config": asdict(cfg)}
+    _write_log(out_dir, trainer.history, summary)
+    logger.info("mono: %d pdfs, %d Gaussians, avg loglike %.3f, %.1f s", summary["num_pdfs"],
+                summary["num_gauss"], summary["avg_loglike"], summary["seconds"])
+    return summary
 
 
 # ----------------------------------------------------------------------------------------------- tri
-def _convert_alignments(alignments: Mapping[str, np.ndarray], old: TransitionTables,
-                        new_pdfs: Mapping[str, np.ndarray], new_tm: khg.TransitionModel) -> dict[str, np.ndarray]:
+def _tree_stats(data: _Data, alignments: Mapping[str, np.ndarray], tables: TransitionTables) -> TreeStats:
+    """acc-tree-stats over the aligned utterances, read one shard at a time in this process (the accumulator's
+    sums do not depend on how the utterances are read, so they are exactly the whole-corpus ones)."""
+    acc = TreeStatsAccumulator(ci_phones=data.lang.silence_phones)
+    for shard in tqdm(data.feats.shards, desc="tree stats", leave=False):
+        _add_tree_stats(acc, data.feats.read(u for u in shard.utts if u in alignments), alignments, tables)
+    return acc.result()
+
+
+def _add_tree_stats(acc: TreeStatsAccumulator, feats: Mapping[str, np.ndarray],
+                    alignments: Mapping[str, np.ndarray], tables: TransitionTables) -> None:
+    """One shard's utterances into ``acc`` (a function of its own, so the shard's matrices go when it returns)."""
+    for utt, x in feats.items():
+        ali = alignments[utt]
+        acc.add(utt, x, frame_contexts(ali, tables), tables.pdf_class[ali])
+
+
+def _convert_alignments(alignments: Mapping[str, np.ndarray], old: TransitionTables, tree: tree_mod.Tree,
+                        new_tm: khg.TransitionModel) -> dict[str, np.ndarray]:
     """convert-ali: same phones, HMM states and transitions, transition-ids of the new tree's pdfs."""
     new = transition_tables(new_tm)
     n_tr = int(max(old.trans_index.max(), new.trans_index.max())) + 1
@@ -294,7 +416,8 @@ def _convert_alignments(alignments: Mapping[str, np.ndarray], old: TransitionTab
     order = np.argsort(new_keys)
     out = {}
     for utt, ali in alignments.items():
-        k = key(old.phone[ali], old.hmm_state[ali], new_pdfs[utt], old.trans_index[ali])
+        new_pdfs = tree.leaf_ids(frame_contexts(ali, old), old.pdf_class[ali])
+        k = key(old.phone[ali], old.hmm_state[ali], new_pdfs, old.trans_index[ali])
         pos = np.clip(np.searchsorted(new_keys, k, sorter=order), 0, len(order) - 1)
         found = order[pos]
         if not np.array_equal(new_keys[found], k):
@@ -303,24 +426,27 @@ def _convert_alignments(alignments: Mapping[str, np.ndarray], old: TransitionTab
     return out
 
 
-def train_tri_feats(feats: Mapping[str, np.ndarray], texts: Mapping[str, list[str]], lang: Lang,
-                    alignments: Mapping[str, np.ndarray], ali_model: Path, out_dir: Path,
-                    cfg: TriConfig | None = None, nj: int = 2) -> dict:
-    """Triphone training on in-memory features (the body of :func:`train_tri`)."""
+def train_tri(feats_dir: Path, lang_dir: Path, ali_dir: Path, out_dir: Path, cfg: TriConfig | None = None,
+              nj: int = 2, text: Path | None = None) -> dict:
+    """steps/train_deltas.sh: tree from ``ali_dir``'s alignments (and its final.mdl), then triphone EM.
+
+    ``ali_dir`` is a monophone training dir or an :func:`align` output dir (``ali.scp`` + ``final.mdl``).
+    """
     cfg = cfg or TriConfig()
+    data = _load_training_data(feats_dir, lang_dir, text, cfg.shard_frames)
     t0 = time.time()
-    out_dir = Path(out_dir)
+    out_dir, ali_dir = Path(out_dir), Path(ali_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    old_tm, _ = read_model(ali_model)
+    old_tm, _ = read_model(ali_dir / "final.mdl")
     old = transition_tables(old_tm)
-    alignments = {u: a for u, a in alignments.items() if u in feats and len(a) == len(feats[u])}
+    frames = data.feats.frames
+    alignments = {u: a for u, a in load_vec_int_scp(ali_dir / "ali.scp").items() if frames.get(u) == len(a)}
     if not alignments:
-        raise InputError("no usable alignment (missing, or lengths differ from the features)", ali_model.parent)
-    contexts = {u: frame_contexts(a, old) for u, a in alignments.items()}
-    pdf_classes = {u: old.pdf_class[a] for u, a in alignments.items()}
+        raise InputError("no usable alignment (missing, or lengths differ from the features)", ali_dir)
+    lang = data.lang
 
     # acc-tree-stats, cluster-phones, build-tree, gmm-init-model.
-    stats = accumulate_tree_stats(feats, contexts, pdf_classes, ci_phones=lang.silence_phones)
+    stats = _tree_stats(data, alignments, old)
     topo = make_topology(lang)
     tcfg = tree_mod.TreeConfig(num_leaves=cfg.num_leaves, min_count=cfg.tree_min_count,
                                split_thresh=cfg.tree_split_thresh, var_floor=cfg.var_floor)
@@ -343,19 +469,21 @@ def train_tri_feats(feats: Mapping[str, np.ndarray], texts: Mapping[str, list[st
     logger.info("tree: %d tied states from %d monophone-aligned utterances", tree.num_pdfs, len(alignments))
 
     # The first accumulation labels frames with the new tree's pdfs through the converted alignments.
-    new_pdfs = {u: tree.leaf_ids(contexts[u], pdf_classes[u]) for u in alignments}
-    ali_dict = _convert_alignments(alignments, old, new_pdfs, tm)
-    graphs = compile_training_graphs(tm, ctx, lang, {u: w for u, w in texts.items() if u in feats})
-    trainer = _Trainer(tm, am, feats, graphs, lang, nj, rng)
+    ali_dict = _convert_alignments(alignments, old, tree, tm)
+    compiler = GraphCompiler(tm, ctx, lang)
+    compiler.count_oov(data.texts)
+    trainer = _Trainer(tm, am, data, compiler, nj, rng)
     inc = _gauss_schedule(num_gauss, cfg.max_gauss, cfg.max_iter_inc)
     for it in tqdm(range(1, cfg.num_iters), desc="tri EM", leave=False):
-        realigned = None
+        aligner = None
         if it in cfg.realign_iters:
-            realigned = trainer.realign(cfg.beam, cfg.retry_beam, cfg.careful, cfg.boost_silence)
-            ali_dict = realigned.alignments
+            aligner = trainer.aligner(cfg.beam, cfg.retry_beam, cfg.careful, cfg.boost_silence)
         if it <= cfg.max_iter_inc:
             num_gauss += inc
-        trainer.log_iteration(it, trainer.update(ali_dict, num_gauss, cfg.power), realigned)
+        realigned, numbers = trainer.iterate(aligner, ali_dict, num_gauss, cfg.power)
+        if realigned is not None:
+            ali_dict = realigned.alignments
+        trainer.log_iteration(it, numbers, realigned)
 
     write_model(out_dir / "final.mdl", tm, trainer.am)
     summary = {"num_pdfs": tm.num_pdfs, "num_gauss": trainer.am.num_gauss, "num_utts": len(alignments),
@@ -368,30 +496,28 @@ def train_tri_feats(feats: Mapping[str, np.ndarray], texts: Mapping[str, list[st
     return summary
 
 
-def train_tri(feats_dir: Path, lang_dir: Path, ali_dir: Path, out_dir: Path, cfg: TriConfig | None = None,
-              nj: int = 2, text: Path | None = None) -> dict:
-    """steps/train_deltas.sh: tree from ``ali_dir``'s alignments (and its final.mdl), then triphone EM.
-
-    ``ali_dir`` is a monophone training dir or an :func:`align` output dir (``ali.scp`` + ``final.mdl``).
-    """
-    feats, texts, lang = _load_training_data(feats_dir, lang_dir, text)
-    ali_dir = Path(ali_dir)
-    alignments = load_vec_int_scp(ali_dir / "ali.scp")
-    return train_tri_feats(feats, texts, lang, alignments, ali_dir / "final.mdl", out_dir, cfg, nj)
-
-
 # ----------------------------------------------------------------------------------------------- align
-def align_feats(model_dir: Path, feats: Mapping[str, np.ndarray], texts: Mapping[str, list[str]], lang: Lang,
-                out_dir: Path, nj: int = 2, beam: float = 10.0, retry_beam: float = 40.0) -> dict:
-    """Align in-memory features with a trained model (the body of :func:`align`)."""
+def align(model_dir: Path, feats_dir: Path, lang_dir: Path, out_dir: Path, nj: int = 2, beam: float = 10.0,
+          retry_beam: float = 40.0, text: Path | None = None, shard_frames: int = SHARD_FRAMES) -> dict:
+    """steps/align_si.sh for one split, shard by shard (``shard_frames`` per process at a time).
+
+    Writes ``out_dir``/ali.{ark,scp} (transition-ids), pdf.{ark,scp} (pdf ids: the DNN targets), failed.txt
+    (utterances that did not align, with the reason; excluded and counted, never silently dropped),
+    num_pdfs, pdf_counts (Kaldi vector of per-pdf frame counts: the priors) and copies of final.mdl and tree.
+    The summary's ``avg_loglike`` is gmm-acc-stats-ali's acoustic log-likelihood per aligned frame, accumulated
+    in the same pass.
+    """
+    data = _load_training_data(feats_dir, lang_dir, text, shard_frames)
     t0 = time.time()
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tm, am = read_model(model_dir / "final.mdl")
-    ctx = tree_mod.read_tree(model_dir / "tree")
-    graphs = compile_training_graphs(tm, ctx, lang, {u: w for u, w in texts.items() if u in feats})
-    result = align_utterances(tm, am, graphs, feats, beam=beam, retry_beam=retry_beam, nj=nj)
+    compiler = GraphCompiler(tm, tree_mod.read_tree(model_dir / "tree"), data.lang)
+    compiler.count_oov(data.texts)
     tables = transition_tables(tm)
+    aligner = functools.partial(align_utterances, tm, am, beam=beam, retry_beam=retry_beam)
+    result, stats = _run_pass(_ShardPass(data, tables, aligner, compiler, params=GmmParams.from_am(am)), nj, "align")
+    assert result is not None
     _write_alignments(out_dir, result, tables)
     counts = np.zeros(tm.num_pdfs, np.int64)
     for ali in result.alignments.values():
@@ -406,7 +532,7 @@ def align_feats(model_dir: Path, feats: Mapping[str, np.ndarray], texts: Mapping
     summary = {"num_utts": num_utts, "num_aligned": len(result.alignments), "num_failed": len(result.failed),
                "num_frames": result.num_frames, "num_pdfs": tm.num_pdfs,
                "align_like_per_frame": result.tot_like / max(result.num_frames, 1),
-               "avg_loglike": _avg_loglike(am, tables, feats, result.alignments),
+               "avg_loglike": stats.tot_loglike / max(stats.num_frames, 1) if stats is not None else float("nan"),
                "seconds": round(time.time() - t0, 2)}
     if result.failed:
         logger.warning("%s: %d of %d utterances failed to align; listed in failed.txt and excluded",
@@ -415,27 +541,6 @@ def align_feats(model_dir: Path, feats: Mapping[str, np.ndarray], texts: Mapping
     logger.info("aligned %d/%d utterances (%d frames), avg loglike/frame %.3f, %.1f s", summary["num_aligned"],
                 num_utts, summary["num_frames"], summary["avg_loglike"], summary["seconds"])
     return summary
-
-
-def _avg_loglike(am: khg.AmDiagGmm, tables: TransitionTables, feats: Mapping[str, np.ndarray],
-                 alignments: Mapping[str, np.ndarray]) -> float:
-    """Acoustic log-likelihood per frame of the aligned pdfs (gmm-acc-stats-ali's 'avg like per frame')."""
-    if not alignments:
-        return float("nan")
-    stats = accumulate_utterances(GmmParams.from_am(am), feats, {u: tables.pdf[a] for u, a in alignments.items()})
-    return stats.tot_loglike / max(stats.num_frames, 1)
-
-
-def align(model_dir: Path, feats_dir: Path, lang_dir: Path, out_dir: Path, nj: int = 2, beam: float = 10.0,
-          retry_beam: float = 40.0, text: Path | None = None) -> dict:
-    """steps/align_si.sh for one split.
-
-    Writes ``out_dir``/ali.{ark,scp} (transition-ids), pdf.{ark,scp} (pdf ids: the DNN targets), failed.txt
-    (utterances that did not align, with the reason; excluded and counted, never silently dropped),
-    num_pdfs, pdf_counts (Kaldi vector of per-pdf frame counts: the priors) and copies of final.mdl and tree.
-    """
-    feats, texts, lang = _load_training_data(feats_dir, lang_dir, text)
-    return align_feats(model_dir, feats, texts, lang, out_dir, nj, beam, retry_beam)
 
 
 # ----------------------------------------------------------------------------------------------- decoding
@@ -457,3 +562,10 @@ def gmm_params(model_dir: Path) -> GmmParams:
 def gmm_loglikes(model_dir: Path, feats: np.ndarray) -> np.ndarray:
     """[T, num_pdfs] per-pdf GMM log-likelihoods of one utterance (for decoding with the GMM as acoustic model)."""
     return gmm_params(model_dir).pdf_loglikes(feats)
+
+
+def gmm_loglike_shards(model_dir: Path, feats_dir: Path) -> ShardedLoglikes:
+    """A split's GMM log-likelihoods for the decoder, one shard of utterances at a time (shards sized so that a
+    shard's log-likelihood matrices stay within :data:`decoding.decode.DECODE_SHARD_BYTES`)."""
+    feats = gmm_features(feats_dir, decode_shard_frames(gmm_params(model_dir).num_pdfs))
+    return ShardedLoglikes(feats, lambda shard: {u: gmm_loglikes(model_dir, f) for u, f in shard.items()})

@@ -20,9 +20,9 @@ from decoding.model_io import read_model, write_model
 from features.errors import InputError
 
 __all__ = [
+    "GraphCompiler",
     "TransitionTables",
     "TreeRoot",
-    "compile_training_graphs",
     "make_topology",
     "monophone_tree",
     "read_model",
@@ -109,35 +109,39 @@ def transition_model(ctx_dep: khg.ContextDependency, topo: khg.HmmTopology) -> k
     return khg.TransitionModel(ctx_dep, topo)
 
 
-def compile_training_graphs(trans_model: khg.TransitionModel, ctx_dep: khg.ContextDependency,
-                            lang: Lang | Path, texts: Mapping[str, list[str]]) -> dict[str, kaldifst.StdVectorFst]:
-    """Per-utterance training graphs, as ``compile-train-graphs`` builds them.
+class GraphCompiler:
+    """Per-utterance training graphs, as ``compile-train-graphs`` builds them, compiled when asked for.
 
-    Transition and self-loop scales are 0 at compile time (Kaldi's defaults): the current transition
-    probabilities are added at alignment time with :func:`kaldi_hmm_gmm.add_transition_probs`, so graphs
-    compiled once stay valid while the model is re-estimated. Words missing from words.txt map to the OOV word
-    (like ``sym2int.pl --map-oov``) and are counted in the log.
+    Built once per model (the lexicon FST is read here); GMM training and alignment compile each shard's graphs
+    when they process the shard, so no more than a shard's graphs are ever held. Transition and self-loop scales
+    are 0 at compile time (Kaldi's defaults): the current transition probabilities are added at alignment time
+    with :func:`kaldi_hmm_gmm.add_transition_probs`, so a graph stays valid while the model is re-estimated.
+    Words missing from words.txt map to the OOV word (like ``sym2int.pl --map-oov``).
     """
-    lang = _as_lang(lang)
-    if not lang.lexicon_fst_path.is_file():
-        raise InputError("missing lexicon FST", lang.lexicon_fst_path)
-    lexicon = kaldifst.StdVectorFst.read(str(lang.lexicon_fst_path))
-    opts = khg.TrainingGraphCompilerOptions(transition_scale=0.0, self_loop_scale=0.0)
-    compiler = khg.TrainingGraphCompiler(trans_model, ctx_dep, lexicon, lang.phone_disambig, opts)
-    graphs: dict[str, kaldifst.StdVectorFst] = {}
-    num_oov = 0
-    for utt, words in texts.items():
-        ids = []
-        for w in words:
-            wid = lang.words.get(w)
-            if wid is None:
-                num_oov += 1
-                wid = lang.oov_id
-            ids.append(wid)
-        graphs[utt] = compiler.compile_graph_from_text(ids)
-    if num_oov:
-        logger.warning("%d word tokens not in %s mapped to %s", num_oov, lang.lang_dir / "words.txt", lang.oov_word)
-    return graphs
+
+    def __init__(self, trans_model: khg.TransitionModel, ctx_dep: khg.ContextDependency, lang: Lang | Path) -> None:
+        self.lang = _as_lang(lang)
+        if not self.lang.lexicon_fst_path.is_file():
+            raise InputError("missing lexicon FST", self.lang.lexicon_fst_path)
+        lexicon = kaldifst.StdVectorFst.read(str(self.lang.lexicon_fst_path))
+        opts = khg.TrainingGraphCompilerOptions(transition_scale=0.0, self_loop_scale=0.0)
+        # The compiler keeps references to these: they must live as long as it does.
+        self._keep = (trans_model, ctx_dep, lexicon)
+        self._compiler = khg.TrainingGraphCompiler(trans_model, ctx_dep, lexicon, self.lang.phone_disambig, opts)
+
+    def count_oov(self, texts: Mapping[str, list[str]]) -> int:
+        """Word tokens of ``texts`` that words.txt lacks (each becomes the OOV word), logged when there are any."""
+        num_oov = sum(w not in self.lang.words for words in texts.values() for w in words)
+        if num_oov:
+            logger.warning("%d word tokens not in %s mapped to %s", num_oov, self.lang.lang_dir / "words.txt",
+                           self.lang.oov_word)
+        return num_oov
+
+    def compile(self, texts: Mapping[str, list[str]]) -> dict[str, kaldifst.StdVectorFst]:
+        """The training graph of each utterance of ``texts`` (utterance -> its words)."""
+        words, oov = self.lang.words, self.lang.oov_id
+        return {utt: self._compiler.compile_graph_from_text([words.get(w, oov) for w in text])
+                for utt, text in texts.items()}
 
 
 @dataclass(frozen=True)

@@ -112,6 +112,68 @@ def _from_pooled(keys: np.ndarray, pooled: np.ndarray) -> TreeStats:
     )
 
 
+class TreeStatsAccumulator:
+    """Tree stats accumulated utterance by utterance (Kaldi ``acc-tree-stats``), vectorised over frames.
+
+    Utterances are buffered up to :data:`_CHUNK_FRAMES` frames, pooled by event, and each pooled chunk is added to
+    a running total, so memory holds one chunk and the table of events, never the corpus: a caller can feed it
+    one shard of features after another. Chunks end where the utterances fed so far reach the chunk size, which
+    depends only on the utterances and their order, so the float sums are the same however the caller reads them.
+    """
+
+    def __init__(self, ci_phones: Collection[int] = (), central_position: int = 1) -> None:
+        self._ci = np.asarray(sorted(ci_phones), dtype=np.int64)
+        self._central = central_position
+        self._keys: list[np.ndarray] = []
+        self._rows: list[np.ndarray] = []
+        self._buffered = 0
+        self._total: TreeStats | None = None
+
+    def add(self, utt: str, feats: np.ndarray, contexts: np.ndarray, pdf_classes: np.ndarray) -> None:
+        """One utterance: ``feats`` ``[T, D]`` (the GMM features), ``contexts`` ``[T, N]`` the phone window of the
+        phone instance each frame belongs to (0 outside the utterance), ``pdf_classes`` ``[T]`` each frame's
+        pdf-class. Frames of ``ci_phones`` (central phone) keep only their central phone, so no question about
+        their context is ever asked (Kaldi's ``--ci-phones``, used for silence)."""
+        x = np.asarray(feats, dtype=np.float64)
+        ctx = np.asarray(contexts, dtype=np.int64)
+        pcl = np.asarray(pdf_classes, dtype=np.int64)
+        if x.ndim != 2 or ctx.ndim != 2 or pcl.ndim != 1 or not (len(x) == len(ctx) == len(pcl)):
+            raise ValueError(
+                f"utterance {utt}: feats {x.shape}, contexts {ctx.shape} and pdf_classes {pcl.shape} "
+                "must be [T, D], [T, N] and [T] with the same T"
+            )
+        if self._ci.size:
+            is_ci = np.isin(ctx[:, self._central], self._ci)
+            if is_ci.any():
+                ctx = ctx.copy()
+                keep = ctx[is_ci, self._central]
+                ctx[is_ci] = -1
+                ctx[is_ci, self._central] = keep
+        self._keys.append(np.concatenate([pcl[:, None], ctx], axis=1))
+        self._rows.append(np.concatenate([np.ones((len(x), 1)), x, x * x], axis=1))
+        self._buffered += len(x)
+        if self._buffered >= _CHUNK_FRAMES:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._keys:
+            return
+        chunk = _from_pooled(*_pool_by_key(np.concatenate(self._keys), np.concatenate(self._rows)))
+        self._total = chunk if self._total is None else sum_stats([self._total, chunk])
+        self._keys.clear()
+        self._rows.clear()
+        self._buffered = 0
+
+    def result(self) -> TreeStats:
+        """The stats of every utterance added (adding rows to the running total in chunk order is exactly the
+        one ``sum-tree-stats`` of all chunks, since ``np.bincount`` adds each event's rows in input order)."""
+        self._flush()
+        if self._total is None:
+            raise ValueError("no frames to accumulate tree stats from (no utterance has feats, contexts and "
+                             "pdf-classes)")
+        return sum_stats([self._total])
+
+
 def accumulate_tree_stats(
     feats: Mapping[str, np.ndarray],
     contexts: Mapping[str, np.ndarray],
@@ -119,55 +181,13 @@ def accumulate_tree_stats(
     ci_phones: Collection[int] = (),
     central_position: int = 1,
 ) -> TreeStats:
-    """Accumulate tree stats over utterances (Kaldi ``acc-tree-stats``), vectorised over frames.
-
-    ``feats[utt]`` is ``[T, D]`` (the GMM features), ``contexts[utt]`` ``[T, N]`` the phone window of the phone
-    instance each frame belongs to (0 outside the utterance), ``pdf_classes[utt]`` ``[T]`` the pdf-class of each
-    frame. Utterances missing from ``contexts``/``pdf_classes`` are skipped (e.g. failed alignments). Frames of
-    ``ci_phones`` (central phone) keep only their central phone, so no question about their context is ever
-    asked (Kaldi's ``--ci-phones``, used for silence).
-    """
-    ci = np.asarray(sorted(ci_phones), dtype=np.int64)
-    parts: list[TreeStats] = []
-    keys_buf: list[np.ndarray] = []
-    rows_buf: list[np.ndarray] = []
-    buffered = 0
-
-    def flush() -> None:
-        nonlocal buffered
-        if keys_buf:
-            parts.append(_from_pooled(*_pool_by_key(np.concatenate(keys_buf), np.concatenate(rows_buf))))
-            keys_buf.clear()
-            rows_buf.clear()
-            buffered = 0
-
+    """Tree stats over in-memory utterances (:class:`TreeStatsAccumulator`); utterances missing from
+    ``contexts``/``pdf_classes`` are skipped (e.g. failed alignments)."""
+    acc = TreeStatsAccumulator(ci_phones, central_position)
     for utt, x in feats.items():
-        if utt not in contexts or utt not in pdf_classes:
-            continue
-        x = np.asarray(x, dtype=np.float64)
-        ctx = np.asarray(contexts[utt], dtype=np.int64)
-        pcl = np.asarray(pdf_classes[utt], dtype=np.int64)
-        if x.ndim != 2 or ctx.ndim != 2 or pcl.ndim != 1 or not (len(x) == len(ctx) == len(pcl)):
-            raise ValueError(
-                f"utterance {utt}: feats {x.shape}, contexts {ctx.shape} and pdf_classes {pcl.shape} "
-                "must be [T, D], [T, N] and [T] with the same T"
-            )
-        if ci.size:
-            is_ci = np.isin(ctx[:, central_position], ci)
-            if is_ci.any():
-                ctx = ctx.copy()
-                keep = ctx[is_ci, central_position]
-                ctx[is_ci] = -1
-                ctx[is_ci, central_position] = keep
-        keys_buf.append(np.concatenate([pcl[:, None], ctx], axis=1))
-        rows_buf.append(np.concatenate([np.ones((len(x), 1)), x, x * x], axis=1))
-        buffered += len(x)
-        if buffered >= _CHUNK_FRAMES:
-            flush()
-    flush()
-    if not parts:
-        raise ValueError("no frames to accumulate tree stats from (no utterance has feats, contexts and pdf-classes)")
-    return sum_stats(parts)
+        if utt in contexts and utt in pdf_classes:
+            acc.add(utt, x, contexts[utt], pdf_classes[utt])
+    return acc.result()
 
 
 def sum_stats(parts: Iterable[TreeStats]) -> TreeStats:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import weakref
+from collections.abc import Iterable
 from pathlib import Path
 
 import kaldi_hmm_gmm as khg
@@ -13,8 +15,20 @@ from gmm_toy import make_corpus, make_lang
 
 from decoding import gmm, hmm
 from decoding.align_eval import BOUNDARY_OFFSET, FRAME_SHIFT, boundary_accuracy
-from decoding.gmm_accum import GmmParams, MleOptions, accumulate, diag_gmm, mix_up, mle_update, split_targets, to_am
+from decoding.gmm_accum import (
+    GmmParams,
+    GmmStats,
+    MleOptions,
+    accumulate,
+    accumulate_utterances,
+    diag_gmm,
+    mix_up,
+    mle_update,
+    split_targets,
+    to_am,
+)
 from decoding.lang import load_lang
+from decoding.shards import FeatureShards
 from features.cmvn import compute_cmvn_stats
 from features.kaldi_io import load_vec_int_scp, write_mat_ark_scp
 
@@ -112,10 +126,12 @@ def test_boost_silence_scales_only_silence_likelihoods() -> None:
 
 
 def _write_feats_dir(d: Path, feats: dict[str, np.ndarray], texts: dict[str, list[str]]) -> None:
-    """A feature dir as features.extract writes it: feats.scp, cmvn.scp (one speaker per 4 utts), utt2spk, text."""
+    """A feature dir as features.extract writes it: feats.scp, utt2num_frames, cmvn.scp (one speaker per 4 utts),
+    utt2spk, text."""
     d.mkdir(parents=True)
     spk = {u: f"spk{i // 4}" for i, u in enumerate(sorted(feats))}
     write_mat_ark_scp(sorted(feats.items()), d / "feats.ark", d / "feats.scp")
+    (d / "utt2num_frames").write_text("".join(f"{u} {len(feats[u])}\n" for u in sorted(feats)))
     cmvn = {s: compute_cmvn_stats([feats[u] for u in feats if spk[u] == s]) for s in set(spk.values())}
     write_mat_ark_scp(sorted(cmvn.items()), d / "cmvn.ark", d / "cmvn.scp")
     (d / "utt2spk").write_text("".join(f"{u} {spk[u]}\n" for u in sorted(feats)))
@@ -221,8 +237,9 @@ def test_boundary_accuracy_penalises_shifted_timings(trained: dict, tmp_path: Pa
     assert acc["within_20ms"] < 0.3 and acc["median_abs_error_s"] == pytest.approx(0.05, abs=0.011)
 
 
-def test_load_gmm_feats_adds_deltas_after_speaker_cmn(trained: dict) -> None:
-    loaded = gmm.load_gmm_feats(trained["root"] / "feats")
+def test_gmm_features_add_deltas_after_speaker_cmn(trained: dict) -> None:
+    shards = gmm.gmm_features(trained["root"] / "feats")
+    loaded = shards.read(shards.utts)
     raw = trained["feats"]
     assert set(loaded) == set(raw)
     assert loaded["utt000"].shape == (len(raw["utt000"]), 12)
@@ -259,3 +276,125 @@ def test_boundary_accuracy_by_group_finds_the_one_off_reference(trained: dict, t
     assert weighted == pytest.approx(acc["within_20ms"])
     assert "by_group" not in boundary_accuracy(root / "mono", root / "mono" / "final.mdl", tmp_path / "phones.ctm",
                                                root / "lang" / "phones.txt")
+
+
+# ------------------------------------------------------------------------------------------------ shards
+def _mono_pass(root: Path, shard_frames: int, nj: int) -> GmmStats:
+    """gmm-acc-stats-ali with the monophone model on its own alignments, over shards of ``shard_frames``."""
+    data = gmm._load_training_data(root / "feats", root / "lang", None, shard_frames)
+    tm, am = hmm.read_model(root / "mono" / "final.mdl")
+    spec = gmm._ShardPass(data, hmm.transition_tables(tm), alignments=load_vec_int_scp(root / "mono" / "ali.scp"),
+                          params=GmmParams.from_am(am))
+    _, stats = gmm._run_pass(spec, nj, "test")
+    assert stats is not None
+    return stats
+
+
+def test_statistics_from_shards_are_the_whole_corpus_ones(trained: dict) -> None:
+    """One shard: exactly the statistics of all frames at once. More shards: sums within each shard, then shard after
+    shard, which moves only the last bits; the same bits whatever the number of processes."""
+    root = trained["root"]
+    tm, am = hmm.read_model(root / "mono" / "final.mdl")
+    tables = hmm.transition_tables(tm)
+    alignments = load_vec_int_scp(root / "mono" / "ali.scp")
+    whole = gmm.gmm_features(root / "feats")
+    assert len(whole.shards) == 1
+    ref = accumulate_utterances(GmmParams.from_am(am), whole.read(whole.utts),
+                                {u: tables.pdf[a] for u, a in alignments.items()})
+    fields = ("occ", "x", "x2", "tot_loglike", "num_frames")
+    one = _mono_pass(root, 10**9, 2)
+    assert all(np.array_equal(getattr(one, f), getattr(ref, f)) for f in fields)
+    for shard_frames in (997, 151):
+        by_nj = [_mono_pass(root, shard_frames, nj) for nj in (1, 2)]
+        assert all(np.array_equal(getattr(by_nj[0], f), getattr(by_nj[1], f)) for f in fields)
+        got = by_nj[0]
+        assert got.num_frames == ref.num_frames
+        np.testing.assert_allclose(got.occ, ref.occ, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(got.x, ref.x, rtol=1e-12, atol=1e-10)
+        np.testing.assert_allclose(got.x2, ref.x2, rtol=1e-12, atol=1e-10)
+        assert got.tot_loglike == pytest.approx(ref.tot_loglike, rel=1e-13)
+
+
+def test_monophone_start_is_numpys_whole_corpus_mean_and_variance_whatever_the_shards(trained: dict) -> None:
+    feats_dir = trained["root"] / "feats"
+    whole = gmm.gmm_features(feats_dir)
+    frames = np.concatenate(list(whole.read(whole.utts).values())).astype(np.float64)
+    ref = khg.AmDiagGmm()  # gmm-init-mono from every frame at once
+    ref.init(diag_gmm(np.ones(1), frames.mean(0)[None], np.maximum(frames.var(0), 1e-3)[None]), 4)
+    want = GmmParams.from_am(ref)
+    for shard_frames in (10**9, 500, 37):
+        got = GmmParams.from_am(gmm._init_mono_am(4, gmm.gmm_features(feats_dir, shard_frames)))
+        for name in ("gconst", "means_invvars", "inv_vars", "weights"):
+            np.testing.assert_array_equal(getattr(got, name), getattr(want, name), err_msg=name)
+
+
+def test_tree_statistics_do_not_depend_on_the_shards(trained: dict) -> None:
+    root = trained["root"]
+    tm, _ = hmm.read_model(root / "mono" / "final.mdl")
+    tables = hmm.transition_tables(tm)
+    alignments = load_vec_int_scp(root / "mono" / "ali.scp")
+    results = [gmm._tree_stats(gmm._load_training_data(root / "feats", root / "lang", None, n), alignments, tables)
+               for n in (10**9, 400, 23)]
+    for other in results[1:]:
+        np.testing.assert_array_equal(other.stacked(), results[0].stacked())
+        np.testing.assert_array_equal(other.contexts, results[0].contexts)
+
+
+def test_training_on_shards_gives_the_same_files_whatever_nj(trained: dict, tmp_path: Path) -> None:
+    """Many small shards, one process or two: byte-identical models and alignments; and they stay within float
+    rounding of the one-shard run of the fixture."""
+    root = trained["root"]
+    mono_cfg = gmm.MonoConfig(num_iters=10, max_gauss=80, max_iter_inc=6, realign_iters=(1, 2, 3, 5, 7),
+                              shard_frames=300)
+    tri_cfg = gmm.TriConfig(num_leaves=40, max_gauss=120, num_iters=6, max_iter_inc=4, realign_iters=(3, 5),
+                            tree_min_count=30, shard_frames=300)
+    for nj in (1, 2):
+        gmm.train_mono(root / "feats", root / "lang", tmp_path / f"mono{nj}", mono_cfg, nj=nj)
+        gmm.train_tri(root / "feats", root / "lang", tmp_path / f"mono{nj}", tmp_path / f"tri{nj}", tri_cfg, nj=nj)
+    for name in ("mono/final.mdl", "mono/ali.ark", "mono/tree", "tri/final.mdl", "tri/tree"):
+        one, two = (tmp_path / name.replace("/", "1/", 1)), (tmp_path / name.replace("/", "2/", 1))
+        assert one.read_bytes() == two.read_bytes(), name
+    for model in ("mono", "tri"):
+        sharded = GmmParams.from_am(hmm.read_model(tmp_path / f"{model}1" / "final.mdl")[1])
+        whole = GmmParams.from_am(hmm.read_model(root / model / "final.mdl")[1])
+        np.testing.assert_array_equal(sharded.offsets, whole.offsets)
+        np.testing.assert_allclose(sharded.means, whole.means, rtol=1e-5, atol=1e-5)
+
+
+def test_gmm_training_and_alignment_hold_one_shard_of_features_at_a_time(trained: dict, tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every read of a shard finds every matrix of the shards read before it gone (in one process, nj=1, where the
+    driver itself does every shard's work)."""
+    root = trained["root"]
+    read = FeatureShards.read
+    live: list[weakref.ref] = []
+    calls = []
+
+    def checked_read(self: FeatureShards, utts: Iterable[str]) -> dict[str, np.ndarray]:
+        calls.append(sum(ref() is not None for ref in live))
+        out = read(self, utts)
+        live[:] = [weakref.ref(m) for m in out.values()]
+        return out
+
+    monkeypatch.setattr(FeatureShards, "read", checked_read)
+    mono_cfg = gmm.MonoConfig(num_iters=4, max_gauss=60, max_iter_inc=2, realign_iters=(1, 2), shard_frames=500)
+    gmm.train_mono(root / "feats", root / "lang", tmp_path / "mono", mono_cfg, nj=1)
+    tri_cfg = gmm.TriConfig(num_leaves=40, max_gauss=80, num_iters=3, max_iter_inc=2, realign_iters=(2,),
+                            tree_min_count=30, shard_frames=500)
+    gmm.train_tri(root / "feats", root / "lang", tmp_path / "mono", tmp_path / "tri", tri_cfg, nj=1)
+    gmm.align(tmp_path / "tri", root / "feats", root / "lang", tmp_path / "ali", nj=1, shard_frames=500)
+    shards = len(gmm.gmm_features(root / "feats", 500).shards)
+    assert shards > 3 and len(calls) >= shards * (2 + 4 + 1 + 1 + 2 + 1)  # init, EM passes, final, tree, EM, align
+    assert not any(calls), f"reads that found an earlier shard's matrices alive: {sum(map(bool, calls))}"
+
+
+def test_gmm_loglikes_of_shards_are_those_of_the_whole_split(trained: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = trained["root"]
+    whole = gmm.gmm_features(root / "feats")
+    want = {u: gmm.gmm_loglikes(root / "tri", f) for u, f in whole.read(whole.utts).items()}
+    monkeypatch.setattr("decoding.decode.DECODE_SHARD_BYTES", 4 * gmm.gmm_params(root / "tri").num_pdfs * 300)
+    shards = gmm.gmm_loglike_shards(root / "tri", root / "feats")
+    assert len(shards.feats.shards) > 3
+    got = [shard for shard in shards]
+    assert [u for shard in got for u in shard] == list(want)
+    assert all(np.array_equal(shard[u], want[u]) for shard in got for u in shard)

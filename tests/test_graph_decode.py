@@ -7,6 +7,8 @@ transition-ids or leftover disambiguation symbols cannot.
 """
 from __future__ import annotations
 
+import weakref
+from collections.abc import Iterator
 from pathlib import Path
 
 import kaldi_hmm_gmm as khg
@@ -155,6 +157,65 @@ def test_wrong_acoustics_give_other_words_and_tuning_picks_a_scale(lang_test: Pa
     assert set(dev_wer) == set(scales)
     assert dev_wer[best].wer == 0.0 and best == max(s for s in scales if dev_wer[s].wer == 0.0)
     assert test.hyps == {"d1": unlikely}
+
+
+class _Shards:
+    """Log-likelihoods in shards, made afresh on every pass: counts the passes and, as each shard is made, how many
+    matrices of earlier shards are still alive somewhere (a decoder holding one shard at a time leaves none)."""
+
+    def __init__(self, shards: list[dict[str, np.ndarray]]) -> None:
+        self.shards = shards
+        self.passes = 0
+        self.alive_when_made: list[int] = []
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        self.passes += 1
+        earlier: list[weakref.ref] = []
+        for shard in self.shards:
+            self.alive_when_made.append(sum(ref() is not None for ref in earlier))
+            made = {u: m.copy() for u, m in shard.items()}
+            earlier += [weakref.ref(m) for m in made.values()]
+            yield made
+            del made
+
+
+@pytest.mark.slow
+def test_decoding_shard_by_shard_gives_the_whole_splits_results_holding_one_shard(lang_test: Path,
+                                                                                  tmp_path: Path) -> None:
+    """The same hypotheses whether a split comes as one mapping or in shards, in one process or two; a shard is
+    dropped before the next is made; tuning decodes every scale of its grid in one pass over dev's shards."""
+    topo = _topology(lang_test)
+    ctx = khg.monophone_context_dependency(list(topo.phones), topo.get_phone_to_num_pdf_classes())
+    tm = khg.TransitionModel(ctx, topo)
+    make_hclg(lang_test, ctx, tm, tmp_path / "graph", GraphConfig())
+    sentences = [["THE", "DOG", "SAT"], ["A", "CAT", "IS", "ON", "A", "LOG"], ["MAT", "MAT", "DOG", "A"],
+                 ["DOG", "RAN", "TO", "THE", "LOG"], ["THE", "CAT", "IS", "A", "DOG"]]
+    loglikes = {f"s{i}": _loglikes(words, lang_test, ctx, topo, tm.num_pdfs) for i, words in enumerate(sentences)}
+    loglikes["s0"][::4] += np.random.default_rng(0).normal(0.0, 3.0, loglikes["s0"][::4].shape).astype(np.float32)
+    whole = decode_loglikes(tmp_path / "graph", tm, loglikes, DecodeConfig(), nj=1)
+    utts = sorted(loglikes)
+    for nj in (1, 2):
+        shards = _Shards([{u: loglikes[u] for u in utts[i:i + 2]} for i in range(0, len(utts), 2)])
+        sharded = decode_loglikes(tmp_path / "graph", tm, shards, DecodeConfig(), nj=nj)
+        assert (sharded.hyps, sharded.failed, sharded.partial, sharded.frames) == (
+            whole.hyps, whole.failed, whole.partial, whole.frames)
+        assert shards.passes == 1 and shards.alive_when_made == [0, 0, 0]
+
+    scales = (0.05, 0.1, 0.2)
+    refs = {u: words for u, words in zip(utts, sentences)}
+    tuned_whole = tune_and_decode(tmp_path / "graph", tm, loglikes, refs, loglikes, DecodeConfig(),
+                                  acoustic_scales=scales, nj=2)
+    dev = _Shards([{u: loglikes[u]} for u in utts])
+    test = _Shards([{u: loglikes[u] for u in utts[:3]}, {u: loglikes[u] for u in utts[3:]}])
+    tuned = tune_and_decode(tmp_path / "graph", tm, dev, refs, test, DecodeConfig(), acoustic_scales=scales, nj=2)
+    assert dev.passes == 1 and test.passes == 1 and not any(dev.alive_when_made + test.alive_when_made)
+    assert tuned.acoustic_scale == tuned_whole.acoustic_scale
+    assert {s: w.wer for s, w in tuned.dev_wer.items()} == {s: w.wer for s, w in tuned_whole.dev_wer.items()}
+    assert tuned.dev.hyps == tuned_whole.dev.hyps and tuned.test.hyps == tuned_whole.test.hyps
+    extended = tune_and_decode(tmp_path / "graph", tm, dev, refs, test, DecodeConfig(), acoustic_scales=(0.01, 0.02),
+                               nj=1, extend_edges=2)
+    assert len(extended.dev_wer) == 2 + (dev.passes - 2)  # a scale beyond the grid: one more pass over dev each
+    assert dev.passes > 2
 
 
 class _Dev:

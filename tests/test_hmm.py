@@ -60,7 +60,10 @@ def test_missing_topology_entry_is_an_input_error(lang: Lang) -> None:
 
 def test_training_graph_accepts_only_the_transcript(lang: Lang, mono) -> None:
     ctx, tm = mono
-    graphs = hmm.compile_training_graphs(tm, ctx, lang, {"a": ["BAD", "BEE"], "b": ["NOTAWORD"]})
+    compiler = hmm.GraphCompiler(tm, ctx, lang)
+    texts = {"a": ["BAD", "BEE"], "b": ["NOTAWORD"]}
+    assert compiler.count_oov(texts) == 1
+    graphs = compiler.compile(texts)
     tables = hmm.transition_tables(tm)
     name = {i: p for p, i in lang.phones.items()}
     for utt, words in (("a", ["BAD", "BEE"]), ("b", ["<UNK>"])):
@@ -82,8 +85,8 @@ def test_training_graph_accepts_only_the_transcript(lang: Lang, mono) -> None:
 def test_phone_instances_and_contexts_on_equal_alignment(lang: Lang, mono) -> None:
     ctx, tm = mono
     feats, texts, _ = make_corpus(6, seed=3)
-    graphs = hmm.compile_training_graphs(tm, ctx, lang, texts)
-    result = equal_align_utterances(tm, graphs, feats, nj=1)
+    graphs = hmm.GraphCompiler(tm, ctx, lang).compile(texts)
+    result = equal_align_utterances(graphs, feats)
     assert not result.failed and set(result.alignments) == set(feats)
     tables = hmm.transition_tables(tm)
     for utt, ali in result.alignments.items():

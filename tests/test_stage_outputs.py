@@ -1,6 +1,6 @@
 """What the stages leave behind is what the report and the decoder rely on (on the shared CI experiment):
-the priors are the alignments' pdf counts, an utterance the GMM failed to align still counts in the WER, and the
-distilled model is the file of the student dev chose."""
+the priors are the alignments' pdf counts, an utterance the GMM failed to align still counts in the WER, the
+distilled model is the file of the student dev chose, and decoding in small shards changes no decode output."""
 from __future__ import annotations
 
 import json
@@ -14,6 +14,7 @@ from hydra import compose, initialize_config_dir
 
 from asr_kd.conf.schema import register
 from asr_kd.distillation import distill as distill_module
+from asr_kd.nn.frames import load_unaligned_frameset
 from asr_kd.nn.inference import save_model
 from asr_kd.nn.model import DNN
 from asr_kd.pipeline import experiment as xp
@@ -110,3 +111,37 @@ def test_the_distilled_model_is_the_file_of_the_student_dev_chose(ci_experiment_
     assert distilled == (ws.distill_sweep / "T2" / "model.pt").read_bytes()
     assert distilled not in {(ws.distill_sweep / f"T{t}" / "model.pt").read_bytes() for t in (1, 5)}
     assert summary["distilled"]["dev"]["all"] == dev[2.0] and summary["distilled"]["test"]["all"] == test[2.0]
+
+
+def _decode_outputs(ws: Workspace, system: str) -> dict:
+    """What decoding a system leaves that must not depend on how its splits were sharded (timings aside)."""
+    tuning = json.loads(ws.decode_tuning(system).read_text())
+    tuning.pop("rtf")
+    hyps = {split: (ws.decode(system, split) / "hyp.txt").read_text() for split in ("dev", "test")}
+    return {"tuning": tuning, **hyps}
+
+
+@pytest.mark.slow
+def test_decoding_in_small_shards_gives_the_whole_splits_results(ci_experiment_copy: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CI splits fit one decoding shard; cut into shards of ~300 frames, the GMM (graph stage) and a DNN system
+    (decode stage) give the same hypotheses, WERs, chosen scale and tuning.json, and a DNN's log-likelihoods of a
+    shard are those of the whole split loaded at once."""
+    ws = Workspace(ci_experiment_copy)
+    before = {system: _decode_outputs(ws, system) for system in ("gmm", "baseline")}
+    register()
+    with initialize_config_dir(str(REPO / "recipes" / "synth" / "conf"), version_base="1.3"):
+        cfg = compose("ci", overrides=[f"work_dir={ws.root}", "decode.systems=[baseline]"])
+    prior = xp.decode_prior(ws)
+    monkeypatch.setattr("decoding.decode.DECODE_SHARD_BYTES", 4 * len(prior) * 300)
+    system = xp.dnn_systems(cfg, ws)["baseline"]
+    shards = list(xp.hybrid_loglike_shards(cfg, ws, system, "dev", prior, torch.device("cpu")))
+    whole = xp.hybrid_loglikes(system, load_unaligned_frameset(ws.fbank("dev"), "cpu", cfg.model.left_context,
+                                                               cfg.model.right_context), prior, torch.device("cpu"))
+    assert len(shards) > 5 and [u for shard in shards for u in shard] == list(whole)
+    for shard in shards:
+        for utt, loglikes in shard.items():
+            np.testing.assert_allclose(loglikes, whole[utt], rtol=0, atol=1e-4)
+    STAGES["graph"](cfg, ws)
+    STAGES["decode"](cfg, ws)
+    assert {system: _decode_outputs(ws, system) for system in ("gmm", "baseline")} == before

@@ -21,7 +21,7 @@ from decoding.tree import (
     write_tree,
 )
 from decoding.tree_io import PDF_CLASS_KEY, SplitNode, map_events
-from decoding.tree_stats import gauss_objf
+from decoding.tree_stats import TreeStatsAccumulator, gauss_objf
 from features.errors import InputError
 
 SIL = 1
@@ -124,6 +124,34 @@ def test_accumulate_matches_a_frame_loop_and_sums(corpus) -> None:
     merged = sum_stats(parts)
     assert merged.num_events == stats.num_events
     np.testing.assert_allclose(merged.stacked(), stats.stacked(), rtol=1e-10)
+
+
+def test_stats_fed_in_chunks_sum_exactly_as_sum_tree_stats_of_the_chunks(corpus, monkeypatch) -> None:
+    """The accumulator pools every chunk of utterances and adds it to a running total: exactly the one sum of all
+    chunks' stats (Kaldi's sum-tree-stats), so reading the utterances shard by shard changes no bit."""
+    feats, contexts, pdf_classes = corpus
+    utts = sorted(feats)
+    chunks, chunk, held = [], [], 0
+    for utt in utts:  # chunks of at least 300 frames, as the accumulator cuts them
+        chunk.append(utt)
+        held += len(feats[utt])
+        if held >= 300:
+            chunks.append(chunk)
+            chunk, held = [], 0
+    chunks += [chunk] if chunk else []
+    assert len(chunks) > 5
+    parts = [accumulate_tree_stats({u: feats[u] for u in c}, contexts, pdf_classes, ci_phones=[SIL]) for c in chunks]
+    want = sum_stats(parts)
+    monkeypatch.setattr("decoding.tree_stats._CHUNK_FRAMES", 300)
+    acc = TreeStatsAccumulator(ci_phones=[SIL])
+    for utt in utts:
+        acc.add(utt, feats[utt], contexts[utt], pdf_classes[utt])
+    got = acc.result()
+    np.testing.assert_array_equal(got.stacked(), want.stacked())
+    np.testing.assert_array_equal(got.contexts, want.contexts)
+    np.testing.assert_array_equal(got.pdf_classes, want.pdf_classes)
+    with pytest.raises(ValueError, match="no frames"):
+        TreeStatsAccumulator().result()
 
 
 def test_accumulate_rejects_mismatched_lengths(corpus) -> None:

@@ -8,7 +8,8 @@ scale it chose on dev (``exp/decode/<system>/tuning.json``). Hypotheses go to
 ``exp/decode/<system>/<name>/hyp.txt``; a dir with transcripts is also scored, exactly as dev and test are.
 
 No alignment exists for new audio, so DNN inputs are a :class:`~asr_kd.nn.frames.FrameSet` without targets: decoding
-only asks a system for log-posteriors, never for frame accuracy.
+only asks a system for log-posteriors, never for frame accuracy. Log-likelihoods are computed and decoded one shard
+of utterances at a time, so a dir of any size decodes in the memory of a shard.
 """
 from __future__ import annotations
 
@@ -17,14 +18,13 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from asr_kd.corpus.kaldi_dir import import_kaldi_dir
 from asr_kd.pipeline import experiment as xp
 from asr_kd.pipeline.workspace import SPLITS, Workspace
-from decoding.decode import DecodeResult, decode_loglikes
-from decoding.gmm import gmm_loglikes, load_gmm_feats
+from decoding.decode import DecodeResult, LoglikeShards, decode_loglikes
+from decoding.gmm import gmm_loglike_shards
 from features.errors import InputError
 from features.extract import make_feats
 from features.tables import write_text
@@ -73,21 +73,19 @@ def decode_data_dir(cfg: DictConfig, ws: Workspace, data_dir: Path, systems: Seq
             make_feats(ws.data(name), out(name), xp.to_object(cfg[kind]), cfg.nj)
 
     device = xp.device_of(cfg)
-    if needs["fbank"]:
-        frames = xp.unaligned_frames(cfg, ws, name, device)
-        prior = xp.decode_prior(ws)
+    prior = xp.decode_prior(ws)
     summary = {"data_dir": str(data_dir), "name": name, "utts": report.num_utts, "labelled": labelled}
     for system in wanted:
         if system == "gmm":
-            loglikes = {u: gmm_loglikes(ws.tri, f) for u, f in load_gmm_feats(ws.mfcc(name)).items()}
+            loglikes = gmm_loglike_shards(ws.tri, ws.mfcc(name))
         else:
-            loglikes = xp.hybrid_loglikes(dnns[system], frames, prior, device)
+            loglikes = xp.hybrid_loglike_shards(cfg, ws, dnns[system], name, prior, device)
         summary[system] = _decode_system(cfg, ws, system, name, loglikes, labelled)
     xp.write_json(ws.decode_data_summary(name), summary)
     return summary
 
 
-def _decode_system(cfg: DictConfig, ws: Workspace, system: str, name: str, loglikes: dict[str, np.ndarray],
+def _decode_system(cfg: DictConfig, ws: Workspace, system: str, name: str, loglikes: LoglikeShards,
                    labelled: bool) -> dict:
     """Decode one system's log-likelihoods at its tuned scale; write hyp.txt, and the WER files if labelled."""
     decoder = xp.to_object(cfg.decode.decoder)

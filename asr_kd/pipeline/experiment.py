@@ -17,12 +17,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from asr_kd.evaluation.systems import System, frame_accuracies, split_by_utterance
 from asr_kd.nn.device import select_device
-from asr_kd.nn.frames import FrameSet, load_frameset, load_unaligned_frameset
+from asr_kd.nn.frames import NO_TARGET, FrameSet, load_frameset
 from asr_kd.nn.numerics import Numerics, load_or_choose, measure_bf16_speedup, recorded
 from asr_kd.nn.priors import log_priors
 from asr_kd.nn.train import TrainConfig
 from asr_kd.pipeline.workspace import Workspace
-from decoding.decode import posteriors_to_loglikes
+from decoding.decode import ShardedLoglikes, decode_shard_frames, posteriors_to_loglikes
+from decoding.shards import FeatureShards
 from decoding.score import WerResult, compute_wer, write_scoring_files
 from features.atomic import write_text_atomic
 from features.kaldi_io import load_vec_int_scp, read_vector, write_vec_int_ark_scp
@@ -95,11 +96,6 @@ def frames(cfg: DictConfig, ws: Workspace, split: str, device: torch.device) -> 
                          right=cfg.model.right_context)
 
 
-def unaligned_frames(cfg: DictConfig, ws: Workspace, split: str, device: torch.device) -> FrameSet:
-    """Every utterance of a feature dir, aligned or not (decoding needs no labels)."""
-    return load_unaligned_frameset(ws.fbank(split), device, cfg.model.left_context, cfg.model.right_context)
-
-
 def member_paths(ws: Workspace) -> list[Path]:
     return sorted(ws.dnn("ensemble").glob("member*/model.pt"))
 
@@ -153,6 +149,27 @@ def hybrid_loglikes(system: System, frame_set: FrameSet, prior: np.ndarray,
     """Per-utterance scaled log-likelihoods log p(s|x) - log p(s) of a DNN system, for the decoder."""
     log_post = system.log_posteriors(frame_set, device).float().cpu().numpy()
     return split_by_utterance(posteriors_to_loglikes(log_post, prior), frame_set)
+
+
+def hybrid_loglike_shards(cfg: DictConfig, ws: Workspace, system: System, split: str, prior: np.ndarray,
+                          device: torch.device) -> ShardedLoglikes:
+    """:func:`hybrid_loglikes` of every utterance of a split, aligned or not (decoding needs no labels), one shard
+    of utterances at a time: a shard's fbank features (per-speaker CMVN, as in training) are read from disk and
+    become its log-likelihoods, so neither a split's features nor its log-likelihoods are ever held at once.
+
+    A frame's context window never leaves its utterance, so a shard's frames get the windows, and the network the
+    inputs, they get in the whole split."""
+    feats = FeatureShards(ws.fbank(split), decode_shard_frames(len(prior)), norm_vars=True)
+    left, right = cfg.model.left_context, cfg.model.right_context
+
+    def loglikes(shard: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        utts = list(shard)
+        x = torch.from_numpy(np.concatenate([shard[u] for u in utts])).to(device)
+        frame_set = FrameSet.from_tensors(x, torch.full((x.shape[0],), NO_TARGET, dtype=torch.int64, device=device),
+                                          utts, [shard[u].shape[0] for u in utts], left=left, right=right)
+        return hybrid_loglikes(system, frame_set, prior, device)
+
+    return ShardedLoglikes(feats, loglikes)
 
 
 def decode_prior(ws: Workspace) -> np.ndarray:

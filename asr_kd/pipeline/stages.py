@@ -16,7 +16,6 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from asr_kd.corpus.registry import corpus_for
@@ -35,8 +34,8 @@ from asr_kd.pipeline.runner import Need
 from asr_kd.pipeline.students import train_students
 from asr_kd.pipeline.workspace import SPLITS, Workspace
 from decoding.align_eval import boundary_accuracy
-from decoding.decode import tune_and_decode
-from decoding.gmm import align, gmm_loglikes, gmm_params, load_gmm_feats, train_mono, train_tri
+from decoding.decode import LoglikeShards, tune_and_decode
+from decoding.gmm import align, gmm_features, gmm_loglike_shards, gmm_params, train_mono, train_tri
 from decoding.graph import make_hclg
 from decoding.lang import prepare_dict, prepare_lang
 from decoding.lm import lm_vocabulary, make_lang_test, perplexity, train_lm
@@ -98,7 +97,8 @@ def stage_tri(cfg: DictConfig, ws: Workspace) -> dict:
     """Tied-state triphones (our decision tree); alignments of every split (the DNN targets)."""
     summary = {"train": train_tri(ws.mfcc("train"), ws.lang, ws.mono, ws.tri, xp.to_object(cfg.tri), nj=cfg.nj)}
     for split in SPLITS:
-        summary[f"align/{split}"] = align(ws.tri, ws.mfcc(split), ws.lang, ws.ali(split), nj=cfg.nj)
+        summary[f"align/{split}"] = align(ws.tri, ws.mfcc(split), ws.lang, ws.ali(split), nj=cfg.nj,
+                                          shard_frames=cfg.tri.shard_frames)
         ctm = ws.data(split) / "phones.ctm"
         if split != "train" and ctm.exists():
             summary[f"boundaries/{split}"] = boundary_accuracy(ws.ali(split), ws.model, ctm, ws.lang / "phones.txt",
@@ -106,9 +106,11 @@ def stage_tri(cfg: DictConfig, ws: Workspace) -> dict:
     return summary
 
 
-def _decode_tuned(cfg: DictConfig, ws: Workspace, system: str, loglikes: Callable[[str], dict[str, np.ndarray]]
-                  ) -> dict:
-    """Pick the acoustic scale on dev by WER, then decode test with it (test never tunes anything); score both."""
+def _decode_tuned(cfg: DictConfig, ws: Workspace, system: str, loglikes: Callable[[str], LoglikeShards]) -> dict:
+    """Pick the acoustic scale on dev by WER, then decode test with it (test never tunes anything); score both.
+
+    ``loglikes(split)`` gives a split's log-likelihoods shard by shard: each shard is computed, decoded (at every
+    scale of the grid, on dev) and dropped before the next (:func:`decoding.decode.tune_and_decode`)."""
     tuned = tune_and_decode(ws.graph, ws.model, loglikes("dev"), read_text(ws.data("dev") / "text"), loglikes("test"),
                             xp.to_object(cfg.decode.decoder), list(cfg.decode.acoustic_scales), nj=cfg.nj,
                             extend_edges=cfg.decode.extend_edges)
@@ -128,11 +130,8 @@ def _decode_tuned(cfg: DictConfig, ws: Workspace, system: str, loglikes: Callabl
 def stage_graph(cfg: DictConfig, ws: Workspace) -> dict:
     """HCLG for the triphone model + trigram LM; the GMM baseline's WER (Kaldi's tri1 number)."""
     graph = make_hclg(ws.lang_test, ws.tri / "tree", ws.model, ws.graph, xp.to_object(cfg.graph))
-
-    def gmm_ll(split: str) -> dict[str, np.ndarray]:
-        return {u: gmm_loglikes(ws.tri, f) for u, f in load_gmm_feats(ws.mfcc(split)).items()}
-
-    return {"graph": graph, "gmm": _decode_tuned(cfg, ws, "gmm", gmm_ll)}
+    return {"graph": graph, "gmm": _decode_tuned(cfg, ws, "gmm", lambda split: gmm_loglike_shards(ws.tri,
+                                                                                                  ws.mfcc(split)))}
 
 
 # ---------------------------------------------------------------------------------------------- DNNs
@@ -247,18 +246,22 @@ def stage_decode(cfg: DictConfig, ws: Workspace) -> dict:
     prior = xp.decode_prior(ws)
     # Every utterance is decoded, also those the GMM failed to align (they have no frame-accuracy label, but
     # they do have a reference transcript and count in the WER).
-    sets = {split: xp.unaligned_frames(cfg, ws, split, device) for split in ("dev", "test")}
     summary = {}
     for name, system in xp.dnn_systems(cfg, ws).items():
-        summary[name] = _decode_tuned(cfg, ws, name,
-                                      lambda split, s=system: xp.hybrid_loglikes(s, sets[split], prior, device))
+        summary[name] = _decode_tuned(cfg, ws, name, lambda split, s=system: xp.hybrid_loglike_shards(
+            cfg, ws, s, split, prior, device))
     return summary
+
+
+_COST_FRAMES = 20000
+"""Frames of dev the GMM's one-thread time is measured on (the first utterances')."""
 
 
 def stage_cost(cfg: DictConfig, ws: Workspace) -> dict:
     """What each system costs to run: parameters, MACs/frame, file size, measured one-thread time, decoding RTF."""
     fs = xp.frames(cfg, ws, "dev", xp.device_of(cfg))
-    costs = {"gmm": gmm_cost(ws.model, gmm_params(ws.tri), load_gmm_feats(ws.mfcc("dev")).values())}
+    mfcc = gmm_features(ws.mfcc("dev")).head(_COST_FRAMES)  # the GMM is timed on these frames only
+    costs = {"gmm": gmm_cost(ws.model, gmm_params(ws.tri), mfcc.values(), max_frames=_COST_FRAMES)}
     costs.update({name: dnn_cost(system.model_paths, fs) for name, system in xp.dnn_systems(cfg, ws).items()})
     summary = {}
     for name, cost in costs.items():
