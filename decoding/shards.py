@@ -13,7 +13,6 @@ whatever ``nj`` and whatever the timing.
 from __future__ import annotations
 
 import multiprocessing as mp
-import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -26,11 +25,8 @@ from tqdm import tqdm
 from features.cmvn import apply_cmvn
 from features.deltas import add_deltas
 from features.errors import InputError
-from features.kaldi_io import load_mat_scp
+from features.kaldi_io import READ_ERRORS, load_mat_scp, read_mat
 from features.tables import read_dict, read_table
-
-os.environ.setdefault("KALDI_ROOT", "/tmp")  # kaldi_io prints a banner at import when KALDI_ROOT is unset
-import kaldi_io  # noqa: E402
 
 T = TypeVar("T")
 
@@ -39,8 +35,6 @@ SHARD_FRAMES = 200_000
 process reads at a time. See docs/performance.md for the memory it sets."""
 
 _OFFSET = re.compile(r"^(?P<path>.+):\d+$")
-_READ_ERRORS = (OSError, ValueError, AssertionError, IndexError, EOFError, kaldi_io.UnknownMatrixHeader,
-                kaldi_io.BadSampleSize, kaldi_io.SubprocessFailed)
 
 
 @dataclass(frozen=True)
@@ -135,8 +129,8 @@ class FeatureShards:
         match = _OFFSET.match(rxspec)
         source = Path(match["path"]) if match else scp
         try:
-            mat = kaldi_io.read_mat(rxspec)
-        except _READ_ERRORS as e:
+            mat = read_mat(rxspec)
+        except READ_ERRORS as e:
             raise InputError(f"cannot read the features of {utt!r} ({scp} line {line}: {e or type(e).__name__}); the "
                              "archive is missing or cut short: run the features stage again", source) from e
         if mat.ndim != 2 or mat.shape[0] != self.frames[utt]:

@@ -34,8 +34,9 @@ _RXSPEC = re.compile(r"^(?P<path>.+?)(?::(?P<offset>\d+))?(?:\[(?P<range>[^\]]*)
 _INT_ITEM = np.dtype([("size", "i1"), ("value", "<i4")])
 _POST_PAIR = np.dtype([("isize", "i1"), ("index", "<i4"), ("fsize", "i1"), ("weight", "<f4")])
 _COUNT = np.dtype([("size", "i1"), ("count", "<i4")])
-_READ_ERRORS = (OSError, ValueError, AssertionError, IndexError, _kio.UnknownMatrixHeader, _kio.BadSampleSize,
-                _kio.SubprocessFailed)
+READ_ERRORS = (OSError, ValueError, AssertionError, IndexError, _kio.UnknownMatrixHeader, _kio.BadSampleSize,
+                _kio.SubprocessFailed, EOFError)
+"""What reading a damaged or missing archive raises (callers turn it into an :class:`InputError` with context)."""
 
 
 def _check_key(key: str) -> str:
@@ -86,7 +87,7 @@ def _read_scp(scp: Path, reader: Callable[[IO[bytes]], T]) -> Iterator[tuple[str
         for lineno, (key, rxspec) in enumerate(read_table(Path(scp), require_sorted=False), start=1):
             try:
                 obj, rng = ark.read(rxspec, reader)
-            except _READ_ERRORS as e:
+            except READ_ERRORS as e:
                 raise InputError(f"cannot read entry {key!r} from {rxspec!r}: {e or type(e).__name__}", scp,
                                  lineno) from e
             yield key, obj, rng
@@ -100,6 +101,17 @@ def read_mat_scp(scp: Path) -> Iterator[tuple[str, np.ndarray]]:
         if rng is not None:
             mat = mat[rng]
         yield key, np.array(mat)
+
+
+def read_mat(rxspec: str) -> np.ndarray:
+    """One matrix at an scp entry's rxspecifier (``ark:offset``, with a Kaldi range if any), for readers that hold
+    a few utterances at a time. A damaged or missing archive raises one of :data:`READ_ERRORS`."""
+    ark = _ArkReader()
+    try:
+        mat, rng = ark.read(rxspec, _kio.read_mat)
+    finally:
+        ark.close()
+    return np.array(mat[rng] if rng is not None else mat)
 
 
 def load_mat_scp(scp: Path) -> dict[str, np.ndarray]:
@@ -276,7 +288,7 @@ def read_vector(path: Path) -> np.ndarray:
     """A single Kaldi vector file, text (``[ 1 2 3 ]``) or binary, e.g. ``pdf_counts`` (float64 values)."""
     try:
         return np.asarray(_kio.read_vec_flt(str(path)), dtype=np.float64)
-    except _READ_ERRORS as err:
+    except READ_ERRORS as err:
         raise InputError(f"not a Kaldi vector: {err}", path) from err
 
 
