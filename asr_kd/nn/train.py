@@ -74,6 +74,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from asr_kd.nn.batches import MemoryBatches, Step, window_dtype
 from asr_kd.nn.device import DistContext, autocast, dist_context, select_device, synchronize
 from asr_kd.nn.frames import FrameSet
 from asr_kd.nn.inference import save_model
@@ -257,24 +258,23 @@ class MemberState:
 
 
 # --------------------------------------------------------------------------------------------------------- losses
-def compute_loss(trainee: Trainee, train_set: FrameSet, idx: torch.Tensor, device: torch.device,
-                 loss_fn: LossFn | None, bf16: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One step's forward pass: (mean loss of each member over its batch [M], logits [M, b, C], targets [M, b]).
+def compute_loss(trainee: Trainee, step: Step, device: torch.device, loss_fn: LossFn | None, bf16: bool
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One step's forward pass: (mean loss of each member over its batch [M], float32 logits [M, b, C]).
 
-    ``idx`` [M, b] holds each member's global frame indices. The loss is cross-entropy on the hard targets unless
-    ``loss_fn`` (the distillation objective) is given; it is computed in float32 whatever autocast did.
+    The loss is cross-entropy on the hard targets unless ``loss_fn`` (the distillation objective) is given; it is
+    computed in float32 whatever autocast did.
     """
-    M, b = idx.shape
-    x = train_set.windows(idx.reshape(-1)).to(device, non_blocking=True).view(M, b, -1)
-    y = train_set.targets[idx].to(device, non_blocking=True)
+    M, b = step.y.shape
     with autocast(device, bf16):
-        logits = trainee(x)
+        logits = trainee(step.x)
+    z = logits.float()
     if b == 0:  # a rank with no share of a tiny last batch still joins DDP's gradient all-reduce
-        return logits.float().sum((1, 2)) * 0.0, logits, y
+        return z.sum((1, 2)) * 0.0, z
     if loss_fn is None:
-        ce = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="none")
-        return ce.view(M, b).mean(1), logits, y
-    return torch.stack([loss_fn(logits[m], idx[m], y[m]) for m in range(M)]), logits, y
+        ce = F.cross_entropy(z.flatten(0, 1), step.y.flatten(), reduction="none")
+        return ce.view(M, b).mean(1), z
+    return torch.stack([loss_fn(logits[m], step.idx[m], step.y[m]) for m in range(M)]), z
 
 
 @torch.no_grad()
@@ -304,11 +304,6 @@ def compute_validation_loss(trainee: Trainee, frame_set: FrameSet, batch_size: i
 
 
 # ------------------------------------------------------------------------------------------------------ one epoch
-def _epoch_seed(seed: int, epoch: int) -> int:
-    """Seed of the batch order of one member in one epoch: depends on nothing else, which makes resume exact."""
-    return (seed * 1_000_003 + epoch) % (2**63)
-
-
 @dataclass
 class EpochStats:
     """What one epoch of training measured, per member: mean train loss and accuracy, and the time it took."""
@@ -319,11 +314,11 @@ class EpochStats:
     seconds: float
 
 
-def train_one_epoch(trainee: Trainee, optimizer: torch.optim.Optimizer, train_cfg: TrainConfig, train_set: FrameSet,
-                    seeds: Sequence[int], lr_factors: Sequence[float], epoch: int, device: torch.device,
-                    loss_fn: LossFn | None = None, dist_ctx: DistContext = DistContext(),
+def train_one_epoch(trainee: Trainee, optimizer: torch.optim.Optimizer, train_cfg: TrainConfig,
+                    batches: MemoryBatches, seeds: Sequence[int], lr_factors: Sequence[float], epoch: int,
+                    device: torch.device, loss_fn: LossFn | None = None, dist_ctx: DistContext = DistContext(),
                     desc: str = "train") -> EpochStats:
-    """One pass over ``train_set`` for every member, each in its own shuffled order, at its own learning rate.
+    """One pass over the training frames for every member, each in its own shuffled order, at its own rate.
 
     ``lr_factors[m]`` is member m's newbob factor (0 freezes a stopped member). Optimizer updates are linear in the
     rate, so the optimizer runs at the largest member rate and each member's parameter change is scaled by its
@@ -332,31 +327,27 @@ def train_one_epoch(trainee: Trainee, optimizer: torch.optim.Optimizer, train_cf
     """
     M = trainee.num_members
     params = list(trainee.module.parameters())
-    n, bsz = train_set.num_frames, train_cfg.batch_size
-    steps_per_epoch = math.ceil(n / bsz)
+    bsz = train_cfg.batch_size
+    steps_per_epoch = math.ceil(batches.num_frames / bsz)
     total_steps = steps_per_epoch * train_cfg.epochs
     factors = torch.tensor([float(f) for f in lr_factors])
     ref = float(factors.max())
     share = (factors / ref).to(device).view(M, 1, 1)
     scale_members = bool((factors / ref != 1.0).any())
-    gens = [torch.Generator(device=train_set.device).manual_seed(_epoch_seed(s, epoch)) for s in seeds]
-    perms = torch.stack([torch.randperm(n, generator=g, device=train_set.device) for g in gens])
     sums = torch.zeros(3, M, dtype=torch.float64, device=device)  # loss, correct, frames
     trainee.module.train()
     synchronize(device)
     t0 = time.perf_counter()
-    bar = tqdm(range(steps_per_epoch), desc=f"{desc} epoch {epoch}", unit="batch", leave=False,
+    steps = batches.epoch(seeds, epoch, bsz, device, dist_ctx)
+    bar = tqdm(steps, total=steps_per_epoch, desc=f"{desc} epoch {epoch}", unit="batch", leave=False,
                disable=not (train_cfg.progress and dist_ctx.is_main))
-    for k in bar:
-        step = (epoch - 1) * steps_per_epoch + k
+    for k, step in enumerate(bar):
+        lr = base_lr(train_cfg, (epoch - 1) * steps_per_epoch + k, total_steps) * ref
         for group in optimizer.param_groups:
-            group["lr"] = base_lr(train_cfg, step, total_steps) * ref
-        idx = perms[:, k * bsz:(k + 1) * bsz]
-        global_b = idx.shape[1]
-        idx = idx.tensor_split(dist_ctx.world, dim=1)[dist_ctx.rank]
-        b = idx.shape[1]
-        loss_terms, logits, y = compute_loss(trainee, train_set, idx, device, loss_fn, train_cfg.bf16)
-        rank_scale = dist_ctx.world * b / global_b if dist_ctx.world > 1 else 1.0
+            group["lr"] = lr
+        b = step.y.shape[1]
+        loss_terms, z = compute_loss(trainee, step, device, loss_fn, train_cfg.bf16)
+        rank_scale = dist_ctx.world * b / step.global_b if dist_ctx.world > 1 else 1.0
         optimizer.zero_grad(set_to_none=True)
         (loss_terms.sum() * rank_scale).backward()
         if scale_members:
@@ -369,9 +360,8 @@ def train_one_epoch(trainee: Trainee, optimizer: torch.optim.Optimizer, train_cf
             optimizer.step()
         with torch.no_grad():
             sums[0] += loss_terms.detach().double() * b
-            # argmax of bf16 logits has no fast CPU kernel: the float copy's argmax (the same argmax) takes about a
-            # third of the time, a visible share of a small member's epoch
-            sums[1] += (logits.detach().float().argmax(-1) == y).sum(1).double()
+            # max's indices are argmax's (the first maximal class), in a third of argmax's time on a CPU
+            sums[1] += (z.detach().max(-1).indices == step.y).sum(1).double()
             sums[2] += b
     bar.close()
     dist_ctx.all_reduce_sum(sums)
@@ -467,12 +457,13 @@ def fit(
     else:
         progress = Progress(0, [MemberState() for _ in range(M)], [None] * M)
     states, best = progress.states, progress.best
-    steps_per_epoch = math.ceil(train_set.num_frames / train_cfg.batch_size)
+    batches = MemoryBatches(train_set, window_dtype(device, train_cfg.bf16))
+    steps_per_epoch = math.ceil(batches.num_frames / train_cfg.batch_size)
     while not all(s.stopped for s in states):
         epoch = progress.epoch + 1
         active = [s.stopped is None for s in states]
         factors = [s.lr_factor if s.stopped is None else 0.0 for s in states]
-        stats = train_one_epoch(trainee, optimizer, train_cfg, train_set, seeds, factors, epoch, device, loss_fn,
+        stats = train_one_epoch(trainee, optimizer, train_cfg, batches, seeds, factors, epoch, device, loss_fn,
                                 dist_ctx, desc)
         dev_loss, dev_acc = compute_validation_loss(trainee, dev_set, train_cfg.eval_batch_size, device, dist_ctx)
         rows = []
