@@ -32,6 +32,7 @@ import torch
 from asr_kd.distillation.distill import DistillConfig, make_online_loss, make_stored_loss
 from asr_kd.distillation.ensemble import EnsembleConfig, member_dir, train_ensemble
 from asr_kd.distillation.soft_targets import SoftTargetConfig, SoftTargets, compute_soft_targets, index_dtype
+from asr_kd.nn.batches import FrameBatch
 from asr_kd.nn.device import bf16_native, select_device, synchronize
 from asr_kd.nn.frames import FrameSet
 from asr_kd.nn.model import DNN, PRESETS, ModelConfig
@@ -58,18 +59,20 @@ def time_steps(model: DNN, frame_set: FrameSet, loss_fn: LossFn | None, batch_si
     """Training frames/s of one model's full step: (gather,) forward, loss, backward, Adam update.
 
     ``fixed_batch`` times the bare step on one pre-made batch (no window gathering: what the network alone
-    allows); otherwise every step draws random frames from ``frame_set`` and gathers their windows. A fresh
-    optimizer per call: Adam's state is allocated at its first step, inside the warm-up.
+    allows); otherwise every step draws random frames from ``frame_set`` and gathers their windows (and the rows of
+    its columns, which a stored-target loss reads). A fresh optimizer per call: Adam's state is allocated at its
+    first step, inside the warm-up.
     """
     g = torch.Generator(device=frame_set.device).manual_seed(seed)
     fixed = torch.randint(0, frame_set.num_frames, (batch_size,), generator=g, device=frame_set.device)
     x_fixed = frame_set.windows(fixed).to(device, torch.float32)
 
-    def batch() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def batch() -> tuple[torch.Tensor, FrameBatch]:
         idx = fixed if fixed_batch else torch.randint(0, frame_set.num_frames, (batch_size,), generator=g,
                                                      device=frame_set.device)
         x = x_fixed if fixed_batch else frame_set.windows(idx).to(device, torch.float32)
-        return x, frame_set.targets[idx].to(device), idx
+        columns = {name: col[idx.to(col.device)].to(device) for name, col in frame_set.columns.items()}
+        return x, FrameBatch(idx, frame_set.targets[idx].to(device), columns)
 
     return step_frames_per_s(model, batch, device, bf16, steps, warmup_steps, loss_fn)
 
@@ -202,24 +205,26 @@ def bench_distill(cfg: DistillBenchConfig | None = None) -> dict:
     synchronize(device)
     teacher_pass = train_set.num_frames / (time.perf_counter() - t0)
 
-    modes: dict[str, Callable[[], LossFn | None]] = {
-        "baseline": lambda: None,
-        "stored": lambda: make_stored_loss(soft, dcfg),
-        "stored_on_device": lambda: make_stored_loss(soft.to(device), dcfg),
-        "online": lambda: make_online_loss(teachers, train_set, dataclasses.replace(dcfg, mode="online")),
+    # each mode: its loss, and the frames its batches come from (stored targets ride along as columns)
+    modes: dict[str, Callable[[], tuple[LossFn | None, FrameSet]]] = {
+        "baseline": lambda: (None, train_set),
+        "stored": lambda: (make_stored_loss(dcfg), train_set.with_columns(soft.columns())),
+        "stored_on_device": lambda: (make_stored_loss(dcfg), train_set.with_columns(soft.to(device).columns())),
+        "online": lambda: (make_online_loss(teachers, train_set, dataclasses.replace(dcfg, mode="online")), train_set),
     }
     if device.type == "cpu":
         del modes["stored_on_device"]
-    students, losses = {}, {}
+    students, losses, sets = {}, {}, {}
     for name, make in modes.items():
         torch.manual_seed(cfg.seed)
-        students[name], losses[name] = DNN(model_cfg, cfg.num_classes).to(device), make()
+        students[name] = DNN(model_cfg, cfg.num_classes).to(device)
+        losses[name], sets[name] = make()
     # Modes take turns for several rounds and each keeps its best round: on a shared machine a burst of
     # someone else's load then slows one round of every mode instead of all rounds of one mode.
     speeds = dict.fromkeys(modes, 0.0)
     for r in range(cfg.rounds):
         for name in modes:
-            speeds[name] = max(speeds[name], time_steps(students[name], train_set, losses[name], cfg.batch_size,
+            speeds[name] = max(speeds[name], time_steps(students[name], sets[name], losses[name], cfg.batch_size,
                                                         cfg.steps, device, cfg.warmup_steps, seed=cfg.seed))
             logger.info("round %d, %s step: %.0f frames/s", r, name, speeds[name])
     return {

@@ -14,7 +14,7 @@ from asr_kd.nn.frames import FrameSet, load_frameset
 from asr_kd.nn.model import PRESETS
 from asr_kd.nn.priors import DISABLED_LOG_PRIOR, log_priors
 from asr_kd.nn.inference import frame_accuracy, load_model, log_posteriors
-from asr_kd.nn.batches import epoch_seed
+from asr_kd.nn.batches import FrameBatch, epoch_seed
 from asr_kd.nn.device import autocast
 from asr_kd.nn.model import DNN
 from asr_kd.nn.train import MemberState, TrainConfig, base_lr, train
@@ -255,9 +255,9 @@ def test_loss_hook_sees_train_frame_indices_and_drives_training(tmp_path: Path) 
     s = structured_set(4, 6)
     shifted = (s.targets + 1) % CLASSES  # a different labelling the hook trains towards
 
-    def loss_fn(logits: torch.Tensor, frame_idx: torch.Tensor, hard: torch.Tensor) -> torch.Tensor:
-        assert torch.equal(s.targets[frame_idx], hard)
-        return torch.nn.functional.cross_entropy(logits.float(), shifted[frame_idx])
+    def loss_fn(logits: torch.Tensor, batch: FrameBatch) -> torch.Tensor:
+        assert torch.equal(s.targets[batch.idx], batch.targets)
+        return torch.nn.functional.cross_entropy(logits.float(), shifted[batch.idx])
 
     res = train(TINY, cfg(epochs=30, lr=1e-2, early_stopping=False, lr_schedule="constant"), s, s, tmp_path,
                 CLASSES, loss_fn=loss_fn)

@@ -14,7 +14,7 @@ batch is then already done (bitwise the same input), and half the bytes are move
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -22,6 +22,10 @@ import torch
 from asr_kd.nn.device import DistContext, uses_bf16
 from asr_kd.nn.frames import FrameSet
 from features.context import PaddedWindows
+
+
+ONE_BUFFER = {"buffers": "one"}
+"""The batch order of a split held in memory, or streamed in one buffer: a permutation of all its frames."""
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -46,6 +50,16 @@ class Buffer:
     targets: torch.Tensor
     index: torch.Tensor | None = None
     columns: dict[str, torch.Tensor] = field(default_factory=dict)
+    on_release: Callable[[], None] | None = None
+
+    def release(self) -> None:
+        """Training is done with this buffer: a streamed one frees its memory now (whoever still refers to the
+        object) and lets the reader make the next; a buffer in memory for good stays as it is."""
+        if self.on_release is None:
+            return
+        self.windows = self.targets = self.index = None  # type: ignore[assignment]
+        self.columns = {}
+        self.on_release()
 
     @property
     def num_frames(self) -> int:
@@ -70,6 +84,15 @@ class Step:
     global_b: int  # frames of the global batch (all ranks together)
 
 
+@dataclass(frozen=True)
+class FrameBatch:
+    """One member's batch as a loss sees it (:data:`asr_kd.nn.train.LossFn`)."""
+
+    idx: torch.Tensor  # [b] global frame indices into the training frames
+    targets: torch.Tensor  # [b] hard targets, on the training device
+    columns: dict[str, torch.Tensor]  # the batch's rows of the training frames' columns, on the training device
+
+
 def _share(length: int, world: int, rank: int) -> tuple[int, int]:
     """[lo, hi) of rank ``rank`` in ``tensor_split(world)`` of ``length`` items."""
     q, r = divmod(length, world)
@@ -77,7 +100,7 @@ def _share(length: int, world: int, rank: int) -> tuple[int, int]:
     return lo, lo + q + (1 if rank < r else 0)
 
 
-def _gather(buffer: Buffer, local: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, ...]:
+def _gather(buffer: Buffer, local: torch.Tensor, device: torch.device) -> tuple:
     """(windows [M, b, D], targets [M, b], global idx [M, b], columns) of buffer rows ``local`` [M, b]."""
     M, b = local.shape
     x = buffer.windows(local.reshape(-1)).to(device, non_blocking=True).view(M, b, -1)
@@ -86,15 +109,41 @@ def _gather(buffer: Buffer, local: torch.Tensor, device: torch.device) -> tuple[
     return x, y, buffer.global_index(local), cols
 
 
+class _Segment:
+    """Consecutive frames of a global batch from one buffer: its rows there ([M, k]), or, once the buffer has been
+    released, the data gathered from them."""
+
+    def __init__(self, buffer: Buffer, rows: torch.Tensor) -> None:
+        self.buffer: Buffer | None = buffer
+        self.rows = rows
+        self.gathered: tuple | None = None
+
+    @property
+    def length(self) -> int:
+        return int(self.rows.shape[1])
+
+    def gather_now(self, device: torch.device) -> None:
+        """Gather every row before the buffer goes (the head of a batch that straddles into the next buffer)."""
+        assert self.buffer is not None
+        self.gathered, self.buffer = _gather(self.buffer, self.rows, device), None
+
+    def take(self, a: int, z: int, device: torch.device) -> tuple:
+        if self.buffer is not None:
+            return _gather(self.buffer, self.rows[:, a:z], device)
+        x, y, idx, cols = self.gathered
+        return x[:, a:z], y[:, a:z], idx[:, a:z], {name: c[:, a:z] for name, c in cols.items()}
+
+
 def epoch_steps(buffers: Iterable[Buffer], generators: Sequence[torch.Generator], batch_size: int,
                 device: torch.device, dist_ctx: DistContext = DistContext()) -> Iterator[Step]:
     """The steps of one epoch over ``buffers`` (in order), each member's frames permuted by its own generator.
 
     A buffer's permutations are drawn when training reaches it, so the order depends only on the generators'
-    seeds and the buffers' sizes. The last batch of a buffer is completed from the next one; the last of the epoch
-    may be short.
+    seeds and the buffers' sizes. The last batch of a buffer is completed from the next one (its frames from the
+    first buffer gathered before that buffer is released, so that two buffers at most are alive); the last batch
+    of the epoch may be short.
     """
-    pending: list[tuple[Buffer, torch.Tensor]] = []  # (buffer, [M, k] rows) making up the next global batch
+    pending: list[_Segment] = []  # the next global batch so far
     queued = 0
     for buffer in buffers:
         perms = torch.stack([torch.randperm(buffer.num_frames, generator=g, device=buffer.device)
@@ -102,38 +151,42 @@ def epoch_steps(buffers: Iterable[Buffer], generators: Sequence[torch.Generator]
         pos = 0
         while pos < buffer.num_frames:
             take = min(batch_size - queued, buffer.num_frames - pos)
-            pending.append((buffer, perms[:, pos:pos + take]))
+            pending.append(_Segment(buffer, perms[:, pos:pos + take]))
             pos += take
             queued += take
             if queued == batch_size:
                 yield _step(pending, queued, device, dist_ctx)
                 pending, queued = [], 0
+        del perms
+        if buffer.on_release is not None:
+            for segment in pending:
+                if segment.buffer is buffer:
+                    segment.gather_now(device)
+            buffer.release()
     if queued:
         yield _step(pending, queued, device, dist_ctx)
 
 
-def _step(pending: list[tuple[Buffer, torch.Tensor]], global_b: int, device: torch.device,
-          dist_ctx: DistContext) -> Step:
-    if len(pending) == 1:  # the usual case: one buffer, and the rank's share a slice of it
-        buffer, rows = pending[0]
-        x, y, idx, cols = _gather(buffer, rows.tensor_split(dist_ctx.world, dim=1)[dist_ctx.rank], device)
+def _step(pending: list[_Segment], global_b: int, device: torch.device, dist_ctx: DistContext) -> Step:
+    if len(pending) == 1 and pending[0].buffer is not None:  # the usual case: the rank's share a slice of a buffer
+        segment = pending[0]
+        rows = segment.rows.tensor_split(dist_ctx.world, dim=1)[dist_ctx.rank]
+        x, y, idx, cols = _gather(segment.buffer, rows, device)
         return Step(x, y, idx, cols, global_b)
     lo, hi = _share(global_b, dist_ctx.world, dist_ctx.rank)
     parts, start = [], 0
-    for buffer, rows in pending:
-        a, z = max(lo, start), min(hi, start + rows.shape[1])
+    for segment in pending:
+        a, z = max(lo, start), min(hi, start + segment.length)
         if a < z:
-            parts.append(_gather(buffer, rows[:, a - start:z - start], device))
-        start += rows.shape[1]
+            parts.append(segment.take(a - start, z - start, device))
+        start += segment.length
     if not parts:  # a rank with no share of a tiny last batch still takes part in the step
-        buffer, rows = pending[0]
-        parts.append(_gather(buffer, rows[:, :0], device))
+        parts.append(pending[0].take(0, 0, device))
     if len(parts) == 1:
         return Step(*parts[0], global_b)
     x, y, idx, cols = zip(*parts)
     columns = {name: torch.cat([c[name] for c in cols], dim=1) for name in cols[0]}
-    return Step(torch.cat(x, 1), torch.cat(y, 1), torch.cat([i.to(idx[0].device) for i in idx], 1), columns,
-                global_b)
+    return Step(torch.cat(x, 1), torch.cat(y, 1), torch.cat([i.to(device) for i in idx], 1), columns, global_b)
 
 
 class MemoryBatches:
@@ -153,6 +206,11 @@ class MemoryBatches:
     @property
     def num_frames(self) -> int:
         return self.frame_set.num_frames
+
+    @property
+    def order(self) -> dict:
+        """What the batch order depends on besides seeds and epochs: one buffer of the whole split."""
+        return ONE_BUFFER
 
     def epoch(self, seeds: Sequence[int], epoch: int, batch_size: int, device: torch.device,
               dist_ctx: DistContext = DistContext()) -> Iterator[Step]:

@@ -74,21 +74,24 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from asr_kd.nn.batches import MemoryBatches, Step, window_dtype
+from asr_kd.nn.batches import ONE_BUFFER, FrameBatch, Step, window_dtype
 from asr_kd.nn.device import DistContext, autocast, dist_context, select_device, synchronize
-from asr_kd.nn.frames import FrameSet
+from asr_kd.nn.frames import Frames, iter_windows
 from asr_kd.nn.inference import save_model
 from asr_kd.nn.model import DNN, ModelConfig, StackedDNN
 from asr_kd.nn.numerics import resolve
+from asr_kd.nn.stream import Batches, training_batches
 from features.atomic import atomic_write, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
-LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-"""(logits [B, C], frame_idx [B] global indices into the train FrameSet, hard_targets [B]) -> scalar loss.
+LossFn = Callable[[torch.Tensor, FrameBatch], torch.Tensor]
+"""(logits [B, C], the batch: global frame indices, hard targets, rows of the training frames' columns) -> loss.
 
 The loss must be the MEAN over the B frames of a per-frame loss: data-parallel training rescales it by the share of
-the global batch each rank holds. Logits may be bf16 under autocast; cast to float32 before a softmax.
+the global batch each rank holds. Logits may be bf16 under autocast; cast to float32 before a softmax. Per-frame data
+a loss needs (stored soft targets) travels as columns of the training frames (``with_columns``), so that a streamed
+split brings each batch's rows with its frames instead of the loss looking them up in a corpus-sized table.
 """
 
 EpochCallback = Callable[[int, list[dict]], None]
@@ -274,11 +277,13 @@ def compute_loss(trainee: Trainee, step: Step, device: torch.device, loss_fn: Lo
     if loss_fn is None:
         ce = F.cross_entropy(z.flatten(0, 1), step.y.flatten(), reduction="none")
         return ce.view(M, b).mean(1), z
-    return torch.stack([loss_fn(logits[m], step.idx[m], step.y[m]) for m in range(M)]), z
+    return torch.stack([loss_fn(logits[m], FrameBatch(step.idx[m], step.y[m],
+                                                      {k: v[m] for k, v in step.columns.items()}))
+                        for m in range(M)]), z
 
 
 @torch.no_grad()
-def compute_validation_loss(trainee: Trainee, frame_set: FrameSet, batch_size: int, device: torch.device,
+def compute_validation_loss(trainee: Trainee, frame_set: Frames, batch_size: int, device: torch.device,
                             dist_ctx: DistContext = DistContext()) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-member dev cross-entropy and frame accuracy ([M] each, CPU, float32 forward); ranks share the frames
     and all-reduce."""
@@ -287,10 +292,9 @@ def compute_validation_loss(trainee: Trainee, frame_set: FrameSet, batch_size: i
     n = frame_set.num_frames
     lo, hi = n * dist_ctx.rank // dist_ctx.world, n * (dist_ctx.rank + 1) // dist_ctx.world
     sums = torch.zeros(2, trainee.num_members, dtype=torch.float64, device=device)
-    for start in range(lo, hi, batch_size):
-        idx = torch.arange(start, min(hi, start + batch_size), device=frame_set.device)
-        x = frame_set.windows(idx).to(device, torch.float32)
-        y = frame_set.targets[idx].to(device)
+    for _, windows, targets in iter_windows(frame_set, batch_size, lo, hi):
+        x = windows.to(device, torch.float32)
+        y = targets.to(device)
         logits = trainee.module(x.expand(trainee.num_members, *x.shape)) if trainee.stacked \
             else trainee.module(x).unsqueeze(0)
         logits = logits.float()
@@ -315,7 +319,7 @@ class EpochStats:
 
 
 def train_one_epoch(trainee: Trainee, optimizer: torch.optim.Optimizer, train_cfg: TrainConfig,
-                    batches: MemoryBatches, seeds: Sequence[int], lr_factors: Sequence[float], epoch: int,
+                    batches: Batches, seeds: Sequence[int], lr_factors: Sequence[float], epoch: int,
                     device: torch.device, loss_fn: LossFn | None = None, dist_ctx: DistContext = DistContext(),
                     desc: str = "train") -> EpochStats:
     """One pass over the training frames for every member, each in its own shuffled order, at its own rate.
@@ -390,8 +394,10 @@ class Progress:
 
 
 def save_checkpoint(path: Path, trainee: Trainee, optimizer: torch.optim.Optimizer, progress: Progress,
-                    seeds: Sequence[int], train_cfg: TrainConfig, device: torch.device) -> None:
-    """Write model, optimizer, member states, best weights, RNG states and settings atomically (rank 0 only)."""
+                    seeds: Sequence[int], train_cfg: TrainConfig, device: torch.device, order: dict | None = None
+                    ) -> None:
+    """Write model, optimizer, member states, best weights, RNG states and settings (with ``order``, what the batch
+    order depends on beyond the seeds) atomically (rank 0 only)."""
     rng = {"torch": torch.get_rng_state()}
     if device.type == "cuda":
         rng["cuda"] = torch.cuda.get_rng_state(device)
@@ -404,13 +410,15 @@ def save_checkpoint(path: Path, trainee: Trainee, optimizer: torch.optim.Optimiz
         "rng": rng,
         "seeds": list(seeds),
         "train_cfg": dataclasses.asdict(train_cfg),
+        "data_order": order or ONE_BUFFER,
     }
     with atomic_write(path, "wb") as f:
         torch.save(ckpt, f)
 
 
 def load_checkpoint(path: Path, trainee: Trainee, optimizer: torch.optim.Optimizer, seeds: Sequence[int],
-                    train_cfg: TrainConfig, device: torch.device, desc: str = "train") -> Progress:
+                    train_cfg: TrainConfig, device: torch.device, desc: str = "train", order: dict | None = None
+                    ) -> Progress:
     """Restore what :func:`save_checkpoint` wrote into ``trainee`` and ``optimizer``; warn if settings changed."""
     ckpt = torch.load(path, map_location=device, weights_only=True)
     trainee.module.load_state_dict(ckpt["model"])
@@ -420,6 +428,8 @@ def load_checkpoint(path: Path, trainee: Trainee, optimizer: torch.optim.Optimiz
         torch.cuda.set_rng_state(ckpt["rng"]["cuda"], device)
     changed = {k for k, v in dataclasses.asdict(train_cfg).items()
                if k not in _RUNTIME_FIELDS and ckpt["train_cfg"].get(k) != v}
+    if ckpt.get("data_order", ONE_BUFFER) != (order or ONE_BUFFER):
+        changed.add("data buffers")
     if changed or list(ckpt["seeds"]) != list(seeds):
         logger.warning("%s: resuming a run started with other settings (%s): the result will not match an "
                        "uninterrupted run", desc, ", ".join(sorted(changed)) or "seeds")
@@ -432,8 +442,8 @@ def load_checkpoint(path: Path, trainee: Trainee, optimizer: torch.optim.Optimiz
 def fit(
     trainee: Trainee,
     train_cfg: TrainConfig,
-    train_set: FrameSet,
-    dev_set: FrameSet,
+    train_set: Frames,
+    dev_set: Frames,
     seeds: Sequence[int],
     checkpoint_path: Path,
     device: torch.device,
@@ -452,12 +462,12 @@ def fit(
     if train_cfg.bf16 is None:
         raise ValueError("train_cfg.bf16 is undecided: pass the config through asr_kd.nn.train.with_numerics first")
     optimizer = _make_optimizer(train_cfg, list(trainee.module.parameters()), device)
+    batches = training_batches(train_set, window_dtype(device, train_cfg.bf16), M)
     if checkpoint_path.exists():
-        progress = load_checkpoint(checkpoint_path, trainee, optimizer, seeds, train_cfg, device, desc)
+        progress = load_checkpoint(checkpoint_path, trainee, optimizer, seeds, train_cfg, device, desc, batches.order)
     else:
         progress = Progress(0, [MemberState() for _ in range(M)], [None] * M)
     states, best = progress.states, progress.best
-    batches = MemoryBatches(train_set, window_dtype(device, train_cfg.bf16))
     steps_per_epoch = math.ceil(batches.num_frames / train_cfg.batch_size)
     while not all(s.stopped for s in states):
         epoch = progress.epoch + 1
@@ -494,7 +504,7 @@ def fit(
                         f" | stop: {states[m].stopped}" if states[m].stopped else "")
         progress.epoch = epoch
         if dist_ctx.is_main:
-            save_checkpoint(checkpoint_path, trainee, optimizer, progress, seeds, train_cfg, device)
+            save_checkpoint(checkpoint_path, trainee, optimizer, progress, seeds, train_cfg, device, batches.order)
         dist_ctx.barrier()
         if epoch_callback is not None:
             epoch_callback(epoch, rows)
@@ -528,8 +538,8 @@ def write_member_outputs(out_dir: Path, model_cfg: ModelConfig, num_classes: int
 def train(
     model_cfg: ModelConfig,
     train_cfg: TrainConfig,
-    train_set: FrameSet,
-    dev_set: FrameSet,
+    train_set: Frames,
+    dev_set: Frames,
     out_dir: Path,
     num_classes: int,
     loss_fn: LossFn | None = None,
@@ -554,8 +564,8 @@ def train(
 def train_one(
     model_cfg: ModelConfig,
     train_cfg: TrainConfig,
-    train_set: FrameSet,
-    dev_set: FrameSet,
+    train_set: Frames,
+    dev_set: Frames,
     out_dir: Path,
     num_classes: int,
     device: torch.device,
@@ -598,14 +608,16 @@ def with_numerics(train_cfg: TrainConfig, model_cfg: ModelConfig, num_classes: i
     return dataclasses.replace(train_cfg, bf16=bool(dist_ctx.all_reduce_sum(bf16).item() > 0))
 
 
-def on_device(frame_set: FrameSet, device: torch.device) -> FrameSet:
-    """Keep a set where it is when the device matches (a GPU set stays there); move it otherwise."""
-    if frame_set.device.type == device.type and (device.index is None or frame_set.device == device):
-        return frame_set
-    return frame_set.to(device)
+def on_device(frames: Frames, device: torch.device) -> Frames:
+    """Keep a set where it is when the device matches (a GPU set stays there); move it otherwise (a streamed set
+    then reads its chunks and buffers onto ``device``)."""
+    if frames.device.type == device.type and (device.index is None or frames.device == device):
+        return frames
+    return frames.to(device)
 
 
-def check_targets(train_set: FrameSet, dev_set: FrameSet, num_classes: int) -> None:
+def check_targets(train_set: Frames, dev_set: Frames, num_classes: int) -> None:
     for name, s in (("train", train_set), ("dev", dev_set)):
-        if s.num_frames and (int(s.targets.min()) < 0 or int(s.targets.max()) >= num_classes):
+        low, high = s.target_range
+        if s.num_frames and (low < 0 or high >= num_classes):
             raise ValueError(f"{name} targets outside [0, {num_classes})")
