@@ -18,9 +18,9 @@ A split that fits in one buffer is one buffer holding every block in archive ord
 the member's generator: the in-memory order, so streaming it trains bitwise like holding it in memory.
 
 A background thread reads the next buffer while the current one trains (two buffers are alive at most; the one
-trained on is dropped before a third is read). On a GPU the buffers live on the device, copied from pinned memory on
-a side stream, so a step gathers on the device and never waits for the host. Evaluation, soft targets and
-predictions go through the archive in order, a shard at a time, read one ahead the same way.
+trained on is dropped before a third is read). On a GPU the buffers live on the device, copied from pinned memory
+without the host waiting, so a step gathers on the device. Evaluation, soft targets and predictions go through the
+archive in order, a shard at a time, read one ahead the same way.
 """
 from __future__ import annotations
 
@@ -93,7 +93,7 @@ def memory_allowed(cfg: DataConfig) -> tuple[int, str]:
     available, source = _meminfo_available(), "available memory"
     limit, _ = resource.getrlimit(resource.RLIMIT_AS)
     if limit != resource.RLIM_INFINITY:
-        left = limit - _vm_size()
+        left = limit - vm_size()
         if left < available:
             available, source = left, "address-space limit (RLIMIT_AS) less this process's size"
     return max(0, available), source
@@ -109,7 +109,8 @@ def _meminfo_available() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
 
 
-def _vm_size() -> int:
+def vm_size() -> int:
+    """This process's address space (VmSize), what RLIMIT_AS limits."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith("VmSize:"):
@@ -250,26 +251,13 @@ class Prefetcher(Generic[T]):
 
 
 def _on_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A CPU tensor on ``device``: through pinned memory without waiting for the copy, when that is a GPU."""
+    """A CPU tensor on ``device``: through pinned memory without waiting for the copy, when that is a GPU. The
+    reading thread queues its copies and kernels on the same stream as the steps, which keeps them in order (a step
+    never reads a buffer before it is filled, a buffer's memory is never reused while a step still reads it) at the
+    cost of a copy's few milliseconds per buffer in the stream."""
     if device.type != "cuda":
         return t
     return t.pin_memory().to(device, non_blocking=True)
-
-
-def _loaded(load: Callable[[], T], device: torch.device) -> Callable[[], T]:
-    """``load`` run on a side CUDA stream and waited for in the loading thread, so the consumer's stream can use
-    what it made at once (a no-op wrapper on a CPU)."""
-    if device.type != "cuda":
-        return load
-
-    def on_side_stream() -> T:
-        stream = torch.cuda.Stream(device)
-        with torch.cuda.stream(stream):
-            item = load()
-        stream.synchronize()
-        return item
-
-    return on_side_stream
 
 
 # --------------------------------------------------------------------------------------------------- the frames
@@ -393,7 +381,7 @@ class StreamedFrames:
             return a - self._first_frame, FrameSet.from_tensors(
                 x, y, self.archive.utt_ids[u0:u1], self.archive.utt_lengths[u0:u1].tolist(), self.left, self.right)
 
-        prefetch = Prefetcher([_loaded(lambda p=p: load(*p), self.device) for p in parts])
+        prefetch = Prefetcher([lambda p=p: load(*p) for p in parts])
         try:
             for item in prefetch:
                 yield item
@@ -539,7 +527,7 @@ class StreamBatches:
         plan = frames.plan(epoch)
         logger.info("epoch %d: %d frames in %d buffers of up to %d frames", epoch, frames.num_frames, len(plan),
                     frames.cfg.buffer_frames)
-        prefetch = Prefetcher([_loaded(lambda b=b: frames.load_buffer(b, self.dtype), frames.device) for b in plan])
+        prefetch = Prefetcher([lambda b=b: frames.load_buffer(b, self.dtype) for b in plan])
 
         def buffers() -> Iterator[Buffer]:
             for buffer in prefetch:

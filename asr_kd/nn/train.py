@@ -338,7 +338,9 @@ def train_one_epoch(trainee: Trainee, optimizer: torch.optim.Optimizer, train_cf
     ref = float(factors.max())
     share = (factors / ref).to(device).view(M, 1, 1)
     scale_members = bool((factors / ref != 1.0).any())
-    sums = torch.zeros(3, M, dtype=torch.float64, device=device)  # loss, correct, frames
+    loss_sum = torch.zeros(M, dtype=torch.float64, device=device)
+    correct = torch.zeros(M, dtype=torch.int64, device=device)
+    frames = 0
     trainee.module.train()
     synchronize(device)
     t0 = time.perf_counter()
@@ -351,9 +353,11 @@ def train_one_epoch(trainee: Trainee, optimizer: torch.optim.Optimizer, train_cf
             group["lr"] = lr
         b = step.y.shape[1]
         loss_terms, z = compute_loss(trainee, step, device, loss_fn, train_cfg.bf16)
-        rank_scale = dist_ctx.world * b / step.global_b if dist_ctx.world > 1 else 1.0
         optimizer.zero_grad(set_to_none=True)
-        (loss_terms.sum() * rank_scale).backward()
+        if dist_ctx.world > 1:
+            (loss_terms.sum() * (dist_ctx.world * b / step.global_b)).backward()
+        else:
+            loss_terms.sum().backward()
         if scale_members:
             before = [p.detach().clone() for p in params]
             optimizer.step()
@@ -363,11 +367,12 @@ def train_one_epoch(trainee: Trainee, optimizer: torch.optim.Optimizer, train_cf
         else:
             optimizer.step()
         with torch.no_grad():
-            sums[0] += loss_terms.detach().double() * b
+            loss_sum += loss_terms.detach().double() * b
             # max's indices are argmax's (the first maximal class), in a third of argmax's time on a CPU
-            sums[1] += (z.detach().max(-1).indices == step.y).sum(1).double()
-            sums[2] += b
+            correct += (z.detach().max(-1).indices == step.y).sum(1)
+            frames += b
     bar.close()
+    sums = torch.stack([loss_sum, correct.double(), torch.full_like(loss_sum, frames)])  # loss, correct, frames
     dist_ctx.all_reduce_sum(sums)
     synchronize(device)
     sums = sums.cpu()

@@ -102,21 +102,26 @@ def frames(cfg: DictConfig, ws: Workspace, split: str, device: torch.device) -> 
     """
     data: DataConfig = to_object(cfg.data)
     left, right = cfg.model.left_context, cfg.model.right_context
-    num_frames, num_utts = _split_size(ws.fbank(split))
-    if data.stream or (data.stream is None and num_frames > data.buffer_frames):
+    size = _split_size(ws.fbank(split))
+    if data.stream or (data.stream is None and size is not None and size[0] > data.buffer_frames):
         archive = ensure_frame_archive(ws.fbank(split), ws.ali(split), ws.frame_archive(split), data.shard_frames,
                                        f"the first DNN stage that streams split {split} (baseline, in a run of "
                                        f"every stage)")
         return StreamedFrames(archive, data, device, left, right)
-    check_memory(data, in_memory_bytes(num_frames, num_utts, cfg.model.feat_dim, left, right),
-                 f"split {split} in memory ({num_frames} frames)",
-                 lambda _: f"stream it (data.stream=true, or data.buffer_frames below {num_frames})")
+    if size is not None:
+        check_memory(data, in_memory_bytes(*size, cfg.model.feat_dim, left, right),
+                     f"split {split} in memory ({size[0]} frames)",
+                     lambda _: f"stream it (data.stream=true, or data.buffer_frames below {size[0]})")
     return load_frameset(ws.fbank(split), ws.ali(split), device=device, left=left, right=right)
 
 
-def _split_size(feats_dir: Path) -> tuple[int, int]:
-    """Frames and utterances of a feature dir, from its ``utt2num_frames``."""
-    counts = [int(n) for n in read_dict(feats_dir / "utt2num_frames", require_sorted=False).values()]
+def _split_size(feats_dir: Path) -> tuple[int, int] | None:
+    """Frames and utterances of a feature dir, from its ``utt2num_frames`` (None without one: features written by
+    other tools than the features stage)."""
+    table = feats_dir / "utt2num_frames"
+    if not table.exists():
+        return None
+    counts = [int(n) for n in read_dict(table, require_sorted=False).values()]
     return sum(counts), len(counts)
 
 
