@@ -219,12 +219,6 @@ class VecIntTable:
                          for n, (key, rxspec) in enumerate(read_table(self.scp, require_sorted=False), start=1)}
         self._ark = _ArkReader()
 
-    def __contains__(self, key: str) -> bool:
-        return key in self._entries
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._entries)
-
     def line(self, key: str) -> int:
         """1-based line of ``key`` in the scp (for error messages)."""
         return self._entries[key][1]

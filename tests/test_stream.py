@@ -153,7 +153,8 @@ def test_streamed_training_converges_and_resumes_exactly(tmp_path: Path) -> None
     tc = TrainConfig(batch_size=32, epochs=6, lr=1e-2, lr_schedule="constant", early_stopping=False, seed=5,
                      progress=False, bf16=True)
     full = train(MODEL, tc, frames, dev, tmp_path / "full", CLASSES)
-    assert full.history[-1]["dev_acc"] > 0.8 > full.history[0]["dev_acc"] - 0.3  # learns well above chance (1/5)
+    dev_acc = [row["dev_acc"] for row in full.history]
+    assert dev_acc[-1] > 0.8 and dev_acc[-1] > dev_acc[0]  # learns, far above chance (1/5)
     assert frame_accuracy(load_model(full.model_path), frames) == pytest.approx(full.history[-1]["train_acc"],
                                                                                 abs=0.05)
 

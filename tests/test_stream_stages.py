@@ -24,7 +24,7 @@ def test_streamed_dnn_stages_give_the_in_memory_run_bit_for_bit(ci_experiment: P
     env = dict(os.environ, KALDI_ROOT="/tmp", PYTHONPATH=str(REPO))  # this checkout's code
     result = subprocess.run(
         [sys.executable, "-m", "asr_kd.cli", "--config-dir", str(REPO / "recipes" / "synth" / "conf"),
-         "--config-name", "ci", f"stage={','.join(DNN_STAGES)}", "force=true", f"work_dir={work}", "device=cpu",
+         "--config-name", "ci", f"stage='{','.join(DNN_STAGES)}'", "force=true", f"work_dir={work}", "device=cpu",
          "data.stream=true", "data.shard_frames=5000", "data.block_frames=1000"],
         cwd=work, capture_output=True, text=True, env=env, timeout=1200)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -34,6 +34,7 @@ def test_streamed_dnn_stages_give_the_in_memory_run_bit_for_bit(ci_experiment: P
     models = sorted(p.relative_to(ci_experiment) for p in (ci_experiment / "exp" / "dnn").rglob("model.pt"))
     assert len(models) > 10
     for rel in models:
+        assert (work / rel).stat().st_mtime > (ci_experiment / rel).stat().st_mtime, rel  # trained again, streamed
         a, b = (torch.load(root / rel, weights_only=True)["state_dict"] for root in (ci_experiment, work))
         assert all(torch.equal(a[k], b[k]) for k in a), rel
     for soft in (ci_experiment / "exp" / "soft_targets").iterdir():

@@ -30,6 +30,7 @@ import os
 import queue
 import resource
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -527,10 +528,24 @@ class StreamBatches:
         plan = frames.plan(epoch)
         logger.info("epoch %d: %d frames in %d buffers of up to %d frames", epoch, frames.num_frames, len(plan),
                     frames.cfg.buffer_frames)
-        prefetch = Prefetcher([lambda b=b: frames.load_buffer(b, self.dtype) for b in plan])
+        reading = [0.0]
+
+        def load(blocks: list[Block]) -> Buffer:
+            t0 = time.perf_counter()
+            buffer = frames.load_buffer(blocks, self.dtype)
+            reading[0] += time.perf_counter() - t0
+            return buffer
+
+        prefetch = Prefetcher([lambda b=b: load(b) for b in plan])
+        waiting = [0.0]
 
         def buffers() -> Iterator[Buffer]:
-            for buffer in prefetch:
+            while True:
+                t0 = time.perf_counter()
+                buffer = next(prefetch, None)
+                waiting[0] += time.perf_counter() - t0
+                if buffer is None:
+                    return
                 buffer.on_release = prefetch.release
                 yield buffer
 
@@ -539,3 +554,5 @@ class StreamBatches:
             yield from epoch_steps(buffers(), gens, batch_size, device, dist_ctx)
         finally:
             prefetch.close()
+        logger.info("epoch %d: %d buffers read in %.1f s; training waited %.1f s for them (the first included)",
+                    epoch, len(plan), reading[0], waiting[0])

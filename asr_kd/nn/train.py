@@ -12,9 +12,11 @@ Design decisions:
   applies the stopping rules of :class:`MemberState`. Inference and ``model.pt`` I/O live in
   :mod:`asr_kd.nn.inference`, device and rank decisions in :mod:`asr_kd.nn.device`.
 * Frames are shuffled across utterances by a permutation drawn per epoch from a ``torch.Generator`` seeded with
-  (seed, epoch), generated on the training device; nothing in a training step waits for the host (no ``.item()``,
-  metrics accumulate in device tensors and are read once per epoch). The forward pass runs under bf16 autocast
-  or in float32 as ``TrainConfig.bf16`` says; its default measures which is faster on this device
+  (seed, epoch), generated on the training device (of the whole split when it is in memory, of each shuffle buffer
+  in turn when it is streamed from disk: :mod:`asr_kd.nn.batches`, :mod:`asr_kd.nn.stream`); nothing in a training
+  step waits for the host (no ``.item()``, metrics accumulate in device tensors and are read once per epoch). The
+  forward pass runs under bf16 autocast or in float32 as ``TrainConfig.bf16`` says; its default measures which is
+  faster on this device
   (:mod:`asr_kd.nn.numerics`, decided once per call of :func:`train` or
   :func:`asr_kd.distillation.ensemble.train_ensemble`; the pipeline decides once per run). The loss is computed in
   float32 either way.
