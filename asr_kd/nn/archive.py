@@ -18,6 +18,10 @@ utterance), and raw row-major arrays make any run of utterances one positional r
 destination array). Reads are not memory-mapped on purpose: mapped pages count in a process's resident memory,
 which would make the memory a pass over the archive takes grow with the corpus instead of the reader's buffers.
 
+The pipeline writes it with the first DNN stage that streams the split (``exp/frames/<split>``, reused while the
+inputs it was written from stay the same) rather than in a stage of its own: a run that holds its splits in memory,
+as every run whose corpus fits does, never writes it, and the recipe's stage numbers stay what they are.
+
 The directory is written under a temporary name and renamed into place, so a directory with ``meta.json`` is whole;
 a shard missing or shorter than ``meta.json`` says (a damaged disk, a partial copy) is an :class:`InputError` that
 names it and who writes it.

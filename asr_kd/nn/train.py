@@ -16,8 +16,7 @@ Design decisions:
   in turn when it is streamed from disk: :mod:`asr_kd.nn.batches`, :mod:`asr_kd.nn.stream`); nothing in a training
   step waits for the host (no ``.item()``, metrics accumulate in device tensors and are read once per epoch). The
   forward pass runs under bf16 autocast or in float32 as ``TrainConfig.bf16`` says; its default measures which is
-  faster on this device
-  (:mod:`asr_kd.nn.numerics`, decided once per call of :func:`train` or
+  faster on this device (:mod:`asr_kd.nn.numerics`, decided once per call of :func:`train` or
   :func:`asr_kd.distillation.ensemble.train_ensemble`; the pipeline decides once per run). The loss is computed in
   float32 either way.
 * A checkpoint is written atomically after every epoch (model, optimizer, learning-rate state, early-stopping
