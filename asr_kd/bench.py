@@ -311,9 +311,10 @@ def random_archive(path: Path, cfg: StreamBenchConfig, frames: int) -> FrameArch
     return FrameArchive.open(path)
 
 
-def _rss() -> int:
+def _status(field_: str) -> int:
+    """A memory figure of this process from /proc/self/status (``VmRSS``, ``VmHWM``...), in bytes."""
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field_}:"):
             return int(line.split()[1]) * 1024
     return 0
 
@@ -333,7 +334,7 @@ def _capped_epoch(cfg: StreamBenchConfig, path: str, bf16: bool, out: mp.Queue) 
     the cap from here (RLIMIT_AS) and whose data may take the cap less what the process already holds."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")  # a fresh process
     torch.set_num_threads(cfg.threads)
-    start_rss = _rss()
+    start_rss = _status("VmRSS")
     data_bytes = int(cfg.cap_gb * GB) - start_rss
     archive = FrameArchive.open(Path(path))
     for f in archive.path.iterdir():  # out of the page cache: the epoch reads the disk, as a corpus never seen would
@@ -355,7 +356,9 @@ def _capped_epoch(cfg: StreamBenchConfig, path: str, bf16: bool, out: mp.Queue) 
     t0 = time.perf_counter()
     fps = _one_epoch(cfg, frames, bf16)
     out.put({"frames_per_s": round(fps), "wall_s": round(time.perf_counter() - t0, 1), "start_rss": start_rss,
-             "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "buffer_frames": buffer_frames,
+             # the peak of this process's own pages: getrusage's ru_maxrss of a spawned process starts at its
+             # parent's, whose image it replaced
+             "peak_rss": _status("VmHWM"), "buffer_frames": buffer_frames,
              "buffers": len(frames.plan(1)), "address_space_limit_gb": round((vm + cfg.cap_gb * GB) / GB, 2)})
 
 
