@@ -293,6 +293,12 @@ def make_feats(data_dir: Path, out_dir: Path, cfg: FeatureConfig | None = None, 
 def load_feats(feats_dir: Path, cmvn: str = "speaker", norm_vars: bool = True) -> dict[str, np.ndarray]:
     """Read ``feats.scp`` of a feature dir with CMVN applied: ``speaker`` (from ``cmvn.scp`` and ``utt2spk``),
     ``utterance`` (each utterance's own stats) or ``none``. Returns float32 matrices by utterance."""
+    return dict(iter_feats(feats_dir, cmvn, norm_vars))
+
+
+def iter_feats(feats_dir: Path, cmvn: str = "speaker", norm_vars: bool = True) -> Iterator[tuple[str, np.ndarray]]:
+    """:func:`load_feats` one utterance at a time, in ``feats.scp`` order: what a reader that must not hold a whole
+    split (the frame archive's writer) goes through."""
     feats_dir = Path(feats_dir)
     if cmvn not in ("speaker", "utterance", "none"):
         raise ValueError(f"cmvn must be 'speaker', 'utterance' or 'none', got {cmvn!r}")
@@ -301,7 +307,6 @@ def load_feats(feats_dir: Path, cmvn: str = "speaker", norm_vars: bool = True) -
     if cmvn == "speaker":
         stats = load_mat_scp(feats_dir / "cmvn.scp")
         utt2spk = dict(read_table(feats_dir / "utt2spk"))
-    out: dict[str, np.ndarray] = {}
     for utt, mat in read_mat_scp(feats_dir / "feats.scp"):
         mat = mat.astype(np.float32, copy=False)
         if cmvn == "speaker":
@@ -311,5 +316,4 @@ def load_feats(feats_dir: Path, cmvn: str = "speaker", norm_vars: bool = True) -
             mat = apply_cmvn(mat, stats[spk], norm_vars)
         elif cmvn == "utterance":
             mat = apply_cmvn(mat, compute_cmvn_stats([mat]), norm_vars)
-        out[utt] = mat
-    return out
+        yield utt, mat

@@ -210,6 +210,47 @@ def load_vec_int_scp(scp: Path) -> dict[str, np.ndarray]:
     return dict(read_vec_int_scp(scp))
 
 
+def scp_files(scp: Path) -> list[Path]:
+    """The files an scp's entries point into, in order of first use (pipes excluded): what a copy of its data
+    depends on besides the scp itself."""
+    files: dict[str, None] = {}
+    for _, rxspec in read_table(Path(scp), require_sorted=False):
+        m = _RXSPEC.match(rxspec)
+        if m is not None and not rxspec.endswith("|"):
+            files.setdefault(m["path"])
+    return [Path(f) for f in files]
+
+
+class VecIntTable:
+    """Random access to the int vectors of an scp by key, read when asked for: what a reader that must not hold a
+    whole split's alignments uses (the index of keys and locations is held, the vectors are not)."""
+
+    def __init__(self, scp: Path) -> None:
+        self.scp = Path(scp)
+        self._entries = {key: (rxspec, n)
+                         for n, (key, rxspec) in enumerate(read_table(self.scp, require_sorted=False), start=1)}
+        self._ark = _ArkReader()
+
+    def line(self, key: str) -> int:
+        """1-based line of ``key`` in the scp (for error messages)."""
+        return self._entries[key][1]
+
+    def get(self, key: str) -> np.ndarray | None:
+        """The int32 vector of ``key``, or None when the scp has no such key."""
+        if key not in self._entries:
+            return None
+        rxspec, line = self._entries[key]
+        try:
+            vec, rng = self._ark.read(rxspec, _read_vec_int)
+        except READ_ERRORS as e:
+            raise InputError(f"cannot read entry {key!r} from {rxspec!r}: {e or type(e).__name__}", self.scp,
+                             line) from e
+        return vec[rng[0]] if rng is not None else vec
+
+    def close(self) -> None:
+        self._ark.close()
+
+
 def _encode_post(post: Posterior | tuple[np.ndarray, np.ndarray]) -> bytes:
     """Kaldi binary Posterior: frame count, then per frame a pair count and (int32 index, float32 weight) pairs."""
     if isinstance(post, tuple):

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from features.context import ContextWindows, splice
+from features.context import ContextWindows, PaddedWindows, padded_rows, splice
 
 
 @pytest.fixture()
@@ -64,3 +64,23 @@ def test_invalid_lengths() -> None:
     with pytest.raises(ValueError, match="non-negative"):
         ContextWindows(torch.zeros(10, 2), [11, -1])
 
+
+
+def test_padded_windows_equal_context_windows_bitwise(corpus: tuple[torch.Tensor, list[int]]) -> None:
+    """The training loop's padded gatherer gives every frame the very window of the clamping one, in any dtype."""
+    feats, lengths = corpus
+    cw = ContextWindows(feats, lengths, left=20, right=5)
+    pw = PaddedWindows.build(feats, lengths, left=20, right=5)
+    idx = torch.randperm(feats.shape[0], generator=torch.Generator().manual_seed(1))
+    assert len(pw) == len(cw) and pw.output_dim == cw.output_dim
+    assert torch.equal(pw(idx), cw(idx))
+    bf16 = PaddedWindows.build(feats, lengths, left=3, right=2, dtype=torch.bfloat16)
+    want = ContextWindows(feats, lengths, left=3, right=2)(idx).to(torch.bfloat16)
+    assert bf16.padded.dtype == torch.bfloat16 and torch.equal(bf16(idx), want)
+
+
+def test_padded_rows_repeat_each_utterances_own_edges() -> None:
+    source, rows = padded_rows([2, 0, 1], left=2, right=1)
+    # utterance 0 (frames 0, 1): 0 0 | 0 1 | 1; the empty one has no rows; utterance 2 (frame 2): 2 2 | 2 | 2
+    assert source.tolist() == [0, 0, 0, 1, 1, 2, 2, 2, 2]
+    assert rows.tolist() == [0, 1, 5]

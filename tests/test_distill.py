@@ -15,8 +15,10 @@ from asr_kd.distillation.distill import (
     make_online_loss,
     make_stored_loss,
     temperature_sweep,
+    with_soft_targets,
 )
 from asr_kd.distillation.small_data import SmallDataConfig, run_small_data, select_subset
+from asr_kd.nn.batches import FrameBatch
 from asr_kd.nn.frames import FrameSet
 from asr_kd.nn.model import ModelConfig
 from asr_kd.distillation.soft_targets import (
@@ -144,16 +146,18 @@ def test_stored_loss_truncates_k_and_checks_temperature():
     ind, probs, mass = top_k_targets(torch.log_softmax(torch.randn(8, c) / 2.0, 1), None)
     soft = SoftTargets(ind.to(index_dtype(c)), probs.half(), mass.half(), 2.0, c)
     z, hard, idx = torch.randn(3, c), torch.randint(0, c, (3,)), torch.tensor([5, 1, 7])
+    batch = FrameBatch(idx, hard, {name: col[idx] for name, col in soft.columns().items()})
     top3 = probs[idx, :3].half().float()
-    renorm = make_stored_loss(soft, DistillConfig(temperature=2.0, top_k=3, tail="renormalize"))(z, idx, hard)
+    renorm = make_stored_loss(DistillConfig(temperature=2.0, top_k=3, tail="renormalize"))(z, batch)
     expected = distillation_loss(z, ind[idx, :3], top3 / top3.sum(1, keepdim=True), hard, 2.0, 0.5)
     assert renorm.item() == pytest.approx(expected.item(), rel=1e-5)
-    bucket = make_stored_loss(soft, DistillConfig(temperature=2.0, top_k=3))(z, idx, hard)
+    bucket = make_stored_loss(DistillConfig(temperature=2.0, top_k=3))(z, batch)
     expected = bucket_reference(z, ind[idx, :3], top3 / top3.sum(1, keepdim=True),
                                 top3.sum(1) * mass[idx].half().float(), hard, 2.0, 0.5)
     assert bucket.item() == pytest.approx(expected.item(), rel=1e-5)
+    frames = FrameSet.from_tensors(torch.zeros(8, 2), torch.zeros(8, dtype=torch.int64), ["u"], [8], 1, 1)
     with pytest.raises(ValueError, match="temperature"):
-        make_stored_loss(soft, DistillConfig(temperature=5.0))
+        with_soft_targets(frames, soft, DistillConfig(temperature=5.0), c)
 
 
 # ------------------------------------------------------------------------------------------------ select_subset
@@ -255,8 +259,8 @@ def test_online_and_stored_losses_agree(data, teacher):
     idx = torch.tensor([0, 17, 99, 250])
     z = torch.randn(4, NUM_CLASSES)
     y = train_set.targets[idx]
-    stored = make_stored_loss(soft, dcfg)(z, idx, y)
-    online = make_online_loss([teacher], train_set, dcfg)(z, idx, y)
+    stored = make_stored_loss(dcfg)(z, FrameBatch(idx, y, {name: col[idx] for name, col in soft.columns().items()}))
+    online = make_online_loss([teacher], train_set, dcfg)(z, FrameBatch(idx, y, {}))
     assert stored.item() == pytest.approx(online.item(), rel=2e-3)
 
 

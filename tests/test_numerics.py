@@ -101,8 +101,8 @@ def test_measured_speedup_is_the_best_bf16_round_over_the_best_float32_round(mon
     steps = []
 
     def timed(model, batches, device, bf16, steps_, warmup_steps=3, loss_fn=None) -> float:
-        x, y, _ = batches()
-        steps.append((bf16, steps_, tuple(x.shape), int(y.max()) < 10, model.num_classes))
+        x, batch = batches()
+        steps.append((bf16, steps_, tuple(x.shape), int(batch.targets.max()) < 10, model.num_classes))
         return next(frames_per_s[bf16])
 
     monkeypatch.setattr(numerics, "step_frames_per_s", timed)
@@ -125,9 +125,9 @@ def test_train_decides_an_open_setting_once_and_writes_it(native, monkeypatch, t
     cfg = ModelConfig(hidden_layers=1, hidden_dim=16)
     seen = []
 
-    def loss_fn(logits, idx, y):
+    def loss_fn(logits, batch):
         seen.append(logits.dtype)
-        return torch.nn.functional.cross_entropy(logits.float(), y)
+        return torch.nn.functional.cross_entropy(logits.float(), batch.targets)
 
     res = train(cfg, TrainConfig(epochs=1, batch_size=64, progress=False, lr_schedule="constant"),
                 random_frame_set(cfg, 256, 10, CPU), random_frame_set(cfg, 64, 10, CPU), tmp_path, 10,

@@ -14,7 +14,6 @@ from hydra import compose, initialize_config_dir
 
 from asr_kd.conf.schema import register
 from asr_kd.distillation import distill as distill_module
-from asr_kd.nn.frames import load_unaligned_frameset
 from asr_kd.nn.inference import save_model
 from asr_kd.nn.model import DNN
 from asr_kd.pipeline import experiment as xp
@@ -133,11 +132,10 @@ def test_decoding_in_small_shards_gives_the_whole_splits_results(ci_experiment_c
     with initialize_config_dir(str(REPO / "recipes" / "synth" / "conf"), version_base="1.3"):
         cfg = compose("ci", overrides=[f"work_dir={ws.root}", "decode.systems=[baseline]"])
     prior = xp.decode_prior(ws)
-    monkeypatch.setattr("decoding.decode.DECODE_SHARD_BYTES", 4 * len(prior) * 300)
     system = xp.dnn_systems(cfg, ws)["baseline"]
+    (whole,) = xp.hybrid_loglike_shards(cfg, ws, system, "dev", prior, torch.device("cpu"))  # dev fits one shard
+    monkeypatch.setattr("decoding.decode.DECODE_SHARD_BYTES", 4 * len(prior) * 300)
     shards = list(xp.hybrid_loglike_shards(cfg, ws, system, "dev", prior, torch.device("cpu")))
-    whole = xp.hybrid_loglikes(system, load_unaligned_frameset(ws.fbank("dev"), "cpu", cfg.model.left_context,
-                                                               cfg.model.right_context), prior, torch.device("cpu"))
     assert len(shards) > 5 and [u for shard in shards for u in shard] == list(whole)
     for shard in shards:
         for utt, loglikes in shard.items():

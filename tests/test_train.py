@@ -14,6 +14,9 @@ from asr_kd.nn.frames import FrameSet, load_frameset
 from asr_kd.nn.model import PRESETS
 from asr_kd.nn.priors import DISABLED_LOG_PRIOR, log_priors
 from asr_kd.nn.inference import frame_accuracy, load_model, log_posteriors
+from asr_kd.nn.batches import FrameBatch, epoch_seed
+from asr_kd.nn.device import autocast
+from asr_kd.nn.model import DNN
 from asr_kd.nn.train import MemberState, TrainConfig, base_lr, train
 from features.cmvn import compute_cmvn_stats
 from features.errors import InputError
@@ -139,6 +142,48 @@ def test_kill_and_resume_gives_identical_weights(tmp_path: Path) -> None:
     assert strip(full.history) == strip(resumed.history) and len(full.history) == 3
 
 
+def reference_training(train_set: FrameSet, tc: TrainConfig) -> tuple[dict[str, torch.Tensor], list[tuple]]:
+    """The training loop written plainly: every epoch a permutation of all frames from the seed's generator, windows
+    by advanced indexing of clamped positions, cross-entropy under autocast, Adam, arg-max train accuracy."""
+    torch.manual_seed(tc.seed)
+    model = DNN(TINY, CLASSES)
+    opt = torch.optim.Adam(model.parameters(), lr=tc.lr)
+    cw = train_set.windows
+    rows = []
+    for epoch in range(1, tc.epochs + 1):
+        perm = torch.randperm(train_set.num_frames, generator=torch.Generator().manual_seed(epoch_seed(tc.seed, epoch)))
+        loss_sum, correct = 0.0, 0
+        for k in range(0, train_set.num_frames, tc.batch_size):
+            idx = perm[k:k + tc.batch_size]
+            positions = torch.minimum(torch.maximum(idx[:, None] + cw.offsets, cw.first[idx].long()[:, None]),
+                                      cw.last[idx].long()[:, None])
+            x, y = train_set.feats[positions].reshape(len(idx), -1), train_set.targets[idx]
+            with autocast(torch.device("cpu"), bool(tc.bf16)):
+                logits = model(x)
+            loss = torch.nn.functional.cross_entropy(logits.float(), y, reduction="none").mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            loss_sum += float(loss.detach().double()) * len(idx)
+            correct += int((logits.float().argmax(-1) == y).sum())
+        rows.append((loss_sum / train_set.num_frames, correct / train_set.num_frames))
+    return {k: v.detach() for k, v in model.state_dict().items()}, rows
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_training_loop_is_bitwise_the_plain_loop(tmp_path: Path, bf16: bool) -> None:
+    """What the loop does for speed (padded windows, gathered in the first layer's dtype, max instead of arg-max)
+    changes no bit of the weights and no digit of the train metrics: the in-memory results stay what they were."""
+    train_set = structured_set(40, 8)
+    tc = cfg(epochs=3, early_stopping=False, lr_schedule="constant", batch_size=37, bf16=bf16)
+    res = train(TINY, tc, train_set, structured_set(5, 9), tmp_path, CLASSES)
+    want, rows = reference_training(train_set, tc)
+    got = weights(res.model_path)
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    assert [r["train_acc"] for r in res.history] == [acc for _, acc in rows]
+    assert [r["train_loss"] for r in res.history] == [pytest.approx(loss, rel=1e-12) for loss, _ in rows]
+
+
 def test_early_stopping_keeps_the_best_epoch(tmp_path: Path) -> None:
     train_set, dev_set = structured_set(3, 4), structured_set(10, 5)  # 3 utterances: overfits, dev peaks early
     res = train(TINY, cfg(epochs=30, patience=2, lr=1e-2, lr_schedule="constant", batch_size=16),
@@ -210,9 +255,9 @@ def test_loss_hook_sees_train_frame_indices_and_drives_training(tmp_path: Path) 
     s = structured_set(4, 6)
     shifted = (s.targets + 1) % CLASSES  # a different labelling the hook trains towards
 
-    def loss_fn(logits: torch.Tensor, frame_idx: torch.Tensor, hard: torch.Tensor) -> torch.Tensor:
-        assert torch.equal(s.targets[frame_idx], hard)
-        return torch.nn.functional.cross_entropy(logits.float(), shifted[frame_idx])
+    def loss_fn(logits: torch.Tensor, batch: FrameBatch) -> torch.Tensor:
+        assert torch.equal(s.targets[batch.idx], batch.targets)
+        return torch.nn.functional.cross_entropy(logits.float(), shifted[batch.idx])
 
     res = train(TINY, cfg(epochs=30, lr=1e-2, early_stopping=False, lr_schedule="constant"), s, s, tmp_path,
                 CLASSES, loss_fn=loss_fn)

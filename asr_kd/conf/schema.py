@@ -22,6 +22,7 @@ from asr_kd.distillation.small_data import SmallDataConfig
 from asr_kd.distillation.ensemble import EnsembleConfig
 from asr_kd.nn.model import PRESETS, ModelConfig
 from asr_kd.distillation.soft_targets import SoftTargetConfig
+from asr_kd.nn.stream import DataConfig
 from asr_kd.nn.train import TrainConfig
 from decoding.decode import DecodeConfig
 from decoding.gmm import MonoConfig, TriConfig
@@ -109,6 +110,7 @@ class ExperimentConfig:
     tri: TriConfig = field(default_factory=TriConfig)
     graph: GraphConfig = field(default_factory=GraphConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)  # frames in memory, or streamed from disk in shuffle buffers
     train: TrainConfig = field(default_factory=TrainConfig)
     ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
     soft_targets: SoftTargetConfig = field(default_factory=SoftTargetConfig)

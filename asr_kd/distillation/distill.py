@@ -27,13 +27,17 @@ import torch.nn.functional as F
 from asr_kd.distillation.soft_targets import (
     SoftTargets,
     describe_teacher,
+    mean_mass_kept,
+    soft_rows,
     teacher_log_probs,
     top_k_targets,
 )
 from asr_kd.nn.device import dist_context, launch_env, select_device
-from asr_kd.nn.frames import FrameSet
+from asr_kd.nn.batches import FrameBatch
+from asr_kd.nn.frames import Frames, FrameSet
 from asr_kd.nn.inference import frame_accuracy, load_model
 from asr_kd.nn.model import DNN, ModelConfig, StackedDNN
+from asr_kd.nn.stream import StreamedFrames
 from asr_kd.nn.train import LossFn, TrainConfig, TrainResult, train
 from features.atomic import write_text_atomic
 
@@ -47,6 +51,7 @@ __all__ = [
     "make_online_loss",
     "make_stored_loss",
     "temperature_sweep",
+    "with_soft_targets",
 ]
 
 SOFT_WEIGHT_SCALES = ("T^2", "1")
@@ -182,21 +187,18 @@ def _truncate(ind: torch.Tensor, prob: torch.Tensor, mass: torch.Tensor, k: int 
     return ind[:, :k], prob / total, mass * total[:, 0]
 
 
-def make_stored_loss(soft: SoftTargets, cfg: DistillConfig) -> LossFn:
-    """Loss over stored soft targets; ``frame_idx`` indexes the training FrameSet the targets were computed on.
+def make_stored_loss(cfg: DistillConfig) -> LossFn:
+    """Loss over stored soft targets, which every batch carries as columns of the training frames (the rows of
+    :meth:`SoftTargets.columns`, in memory or streamed from disk beside the frames).
 
     ``cfg.top_k`` caps the stored k (a smaller k cuts and renormalizes the stored rows; None uses all stored).
-    On a GPU pass ``soft.to(device)``: a CPU-side gather would make every step wait for the host.
+    On a GPU attach ``soft.to(device)``'s columns to a set in memory: a CPU-side gather would make every step wait
+    for the host (streamed columns come in the device's buffers anyway).
     """
-    if abs(soft.temperature - cfg.temperature) > 1e-6:
-        raise ValueError(
-            f"soft targets were computed at T={soft.temperature:g} but the student would train at "
-            f"T={cfg.temperature:g}: the student must match the teacher's temperature"
-        )
 
-    def loss_fn(logits: torch.Tensor, frame_idx: torch.Tensor, hard_targets: torch.Tensor) -> torch.Tensor:
-        ind, prob, mass = _truncate(*soft.batch(frame_idx, logits.device), cfg.top_k)
-        return distillation_loss(logits, ind, prob, hard_targets, cfg.temperature, cfg.hard_weight, cfg.soft_weight,
+    def loss_fn(logits: torch.Tensor, batch: FrameBatch) -> torch.Tensor:
+        ind, prob, mass = _truncate(*soft_rows(batch.columns, logits.device), cfg.top_k)
+        return distillation_loss(logits, ind, prob, batch.targets, cfg.temperature, cfg.hard_weight, cfg.soft_weight,
                                  mass if cfg.tail == "bucket" else None)
 
     return loss_fn
@@ -209,23 +211,54 @@ def make_online_loss(teachers: Sequence[DNN], train_set: FrameSet, cfg: DistillC
     teacher = StackedDNN.from_members(list(teachers)).eval().requires_grad_(False)
     device = next(teacher.parameters()).device
 
-    def loss_fn(logits: torch.Tensor, frame_idx: torch.Tensor, hard_targets: torch.Tensor) -> torch.Tensor:
-        windows = train_set.windows(frame_idx.to(train_set.device)).to(device, torch.float32)
+    def loss_fn(logits: torch.Tensor, batch: FrameBatch) -> torch.Tensor:
+        windows = train_set.windows(batch.idx.to(train_set.device)).to(device, torch.float32)
         lp = teacher_log_probs(teacher, windows, cfg.temperature, cfg.combine)
         ind, prob, mass = (t.to(logits.device) for t in top_k_targets(lp, cfg.top_k))
-        return distillation_loss(logits, ind, prob, hard_targets, cfg.temperature, cfg.hard_weight, cfg.soft_weight,
+        return distillation_loss(logits, ind, prob, batch.targets, cfg.temperature, cfg.hard_weight, cfg.soft_weight,
                                  mass if cfg.tail == "bucket" else None)
 
     return loss_fn
+
+
+def with_soft_targets(train_set: Frames, soft: SoftTargets | Path, cfg: DistillConfig, num_classes: int
+                      ) -> tuple[Frames, str]:
+    """``train_set`` carrying the stored soft targets as columns, and a description of them; checks that they
+    cover the set frame for frame at the student's temperature. Targets on disk are streamed beside a streamed set
+    and loaded (memory-mapped) for a set in memory."""
+    if isinstance(soft, Path) and not isinstance(train_set, StreamedFrames):
+        soft = SoftTargets.load(soft)
+    if isinstance(soft, Path):
+        meta = SoftTargets.read_meta(soft)
+        frames, k = meta["num_frames"], meta["k"]
+        temperature, classes, teacher = float(meta["temperature"]), int(meta["num_classes"]), meta["teacher"]
+    else:
+        frames, k, temperature, classes, teacher = (soft.num_frames, soft.k, soft.temperature, soft.num_classes,
+                                                    soft.teacher)
+    if abs(temperature - cfg.temperature) > 1e-6:
+        raise ValueError(
+            f"soft targets were computed at T={temperature:g} but the student would train at "
+            f"T={cfg.temperature:g}: the student must match the teacher's temperature")
+    if frames != train_set.num_frames:
+        raise ValueError(f"soft targets cover {frames} frames, the training set has {train_set.num_frames}")
+    if classes != num_classes:
+        raise ValueError(f"soft targets have {classes} classes, the student {num_classes}")
+    if isinstance(soft, Path):
+        frames_with = train_set.with_columns(SoftTargets.column_files(soft))
+    elif isinstance(train_set, StreamedFrames):
+        raise ValueError("a streamed training set reads its soft targets from disk: pass their directory")
+    else:
+        frames_with = train_set.with_columns(soft.columns())
+    return frames_with, f"{teacher} (stored at T={temperature:g}, k={k})"
 
 
 def distill(
     model_cfg: ModelConfig,
     train_cfg: TrainConfig,
     dcfg: DistillConfig,
-    train_set: FrameSet,
-    dev_set: FrameSet,
-    soft: SoftTargets | None,
+    train_set: Frames,
+    dev_set: Frames,
+    soft: SoftTargets | Path | None,
     teachers: Sequence[DNN] | None,
     out_dir: Path,
     num_classes: int,
@@ -234,23 +267,22 @@ def distill(
 ) -> TrainResult:
     """Train a student (same shape as a member) on the distillation loss; it is evaluated at T=1 (argmax).
 
-    ``soft`` (stored mode) must cover ``train_set`` frame for frame; ``teachers`` are used in online mode.
+    ``soft`` (stored mode: in memory, or the directory they were saved to) must cover ``train_set`` frame for frame;
+    ``teachers`` are used in online mode.
     Writes ``distill.json`` (the objective) next to the baseline trainer's outputs.
     """
     out_dir = Path(out_dir)
     if dcfg.mode == "stored":
         if soft is None:
             raise ValueError("stored-mode distillation needs soft targets")
-        if soft.num_frames != train_set.num_frames:
-            raise ValueError(
-                f"soft targets cover {soft.num_frames} frames, the training set has {train_set.num_frames}")
-        if soft.num_classes != num_classes:
-            raise ValueError(f"soft targets have {soft.num_classes} classes, the student {num_classes}")
-        loss_fn = make_stored_loss(soft, dcfg)
-        teacher_desc = f"{soft.teacher} (stored at T={soft.temperature:g}, k={soft.k})"
+        train_set, teacher_desc = with_soft_targets(train_set, soft, dcfg, num_classes)
+        loss_fn = make_stored_loss(dcfg)
     else:
         if not teachers:
             raise ValueError("online-mode distillation needs teacher models")
+        if not isinstance(train_set, FrameSet):
+            raise ValueError("online distillation runs the teacher on windows taken from the training set by frame "
+                             "index, which needs the set in memory (data.stream=false)")
         loss_fn = make_online_loss(teachers, train_set, dcfg)
         teacher_desc = describe_teacher(len(teachers), dcfg.combine)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -279,9 +311,9 @@ def temperature_sweep(
     model_cfg: ModelConfig,
     train_cfg: TrainConfig,
     dcfg: DistillConfig,
-    train_set: FrameSet,
-    dev_set: FrameSet,
-    soft_targets: Mapping[float, SoftTargets],
+    train_set: Frames,
+    dev_set: Frames,
+    soft_targets: Mapping[float, SoftTargets | Path],
     out_dir: Path,
     num_classes: int,
     device: str | torch.device = "auto",
@@ -310,7 +342,7 @@ def temperature_sweep(
         acc = 100.0 * frame_accuracy(load_model(student / "model.pt", dev_set.device), dev_set)
         epochs = len(json.loads((student / "metrics.json").read_text())["epochs"])
         results[f"{t:g}"] = {"dev_frame_accuracy": round(acc, 2), "epochs_run": epochs, "student_dir": str(student),
-                             "mean_mass_kept": round(float(soft_targets[t].mass_kept.float().mean()), 4)}
+                             "mean_mass_kept": round(mean_mass_kept(soft_targets[t]), 4)}
         logger.info("T=%g: dev frame accuracy %.2f%%", t, acc)
     best = choose_temperature({float(t): row["dev_frame_accuracy"] for t, row in results.items()})
     summary = {"hard_weight": dcfg.hard_weight, "top_k": dcfg.top_k, "tail": dcfg.tail, "per_temperature": results,

@@ -40,7 +40,7 @@ from pathlib import Path
 import torch
 
 from asr_kd.nn.device import launch_env, select_device
-from asr_kd.nn.frames import FrameSet
+from asr_kd.nn.frames import Frames, iter_windows
 from asr_kd.nn.inference import load_model
 from asr_kd.nn.model import DNN, ModelConfig, StackedDNN
 from asr_kd.nn.train import (
@@ -101,8 +101,8 @@ def train_ensemble(
     model_cfg: ModelConfig,
     train_cfg: TrainConfig,
     ens_cfg: EnsembleConfig,
-    train_set: FrameSet,
-    dev_set: FrameSet,
+    train_set: Frames,
+    dev_set: Frames,
     out_dir: Path,
     num_classes: int,
     device: str | torch.device = "auto",
@@ -137,7 +137,7 @@ def train_ensemble(
 
 
 def _train_stacked(model_cfg: ModelConfig, train_cfg: TrainConfig, ens_cfg: EnsembleConfig, group: list[int],
-                   train_set: FrameSet, dev_set: FrameSet, out_dir: Path, num_classes: int,
+                   train_set: Frames, dev_set: Frames, out_dir: Path, num_classes: int,
                    device: torch.device) -> None:
     seeds = [ens_cfg.base_seed + m for m in group]
     stacked = StackedDNN.from_members(build_members(model_cfg, num_classes, seeds)).to(device)
@@ -183,29 +183,36 @@ def _prefix_correct(member_log_probs: torch.Tensor, combine: str, targets: torch
 
 
 @torch.no_grad()
-def iter_member_logits(models: Sequence[DNN], frame_set: FrameSet,
+def iter_member_logits(models: Sequence[DNN], frame_set: Frames,
                        batch_size: int = 4096) -> Iterator[tuple[int, torch.Tensor]]:
     """(first frame, logits [M, b, C] float32) of every member, in frame order.
 
     The members run as one :class:`StackedDNN` (one batched matmul per layer instead of M launches).
     """
+    for start, logits, _ in iter_member_logits_and_targets(models, frame_set, batch_size):
+        yield start, logits
+
+
+@torch.no_grad()
+def iter_member_logits_and_targets(models: Sequence[DNN], frame_set: Frames, batch_size: int = 4096
+                                   ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    """:func:`iter_member_logits` with each batch's targets (on the members' device)."""
     stacked = StackedDNN.from_members(list(models)).eval()
     device = next(stacked.parameters()).device
     M = len(models)
-    for start in range(0, frame_set.num_frames, batch_size):
-        idx = torch.arange(start, min(frame_set.num_frames, start + batch_size), device=frame_set.device)
-        x = frame_set.windows(idx).to(device, torch.float32)
-        yield start, stacked(x.expand(M, *x.shape)).float()
+    for start, windows, targets in iter_windows(frame_set, batch_size):
+        x = windows.to(device, torch.float32)
+        yield start, stacked(x.expand(M, *x.shape)).float(), targets.to(device)
 
 
-def iter_member_log_probs(models: Sequence[DNN], frame_set: FrameSet, temperature: float = 1.0,
+def iter_member_log_probs(models: Sequence[DNN], frame_set: Frames, temperature: float = 1.0,
                           batch_size: int = 4096) -> Iterator[tuple[int, torch.Tensor]]:
     """(first frame, log-softmax(z_m / T) [M, b, C] float32) for every member, in frame order."""
     for start, logits in iter_member_logits(models, frame_set, batch_size):
         yield start, torch.log_softmax(logits / temperature, dim=-1)
 
 
-def ensemble_log_posteriors(models: Sequence[DNN], frame_set: FrameSet, temperature: float = 1.0,
+def ensemble_log_posteriors(models: Sequence[DNN], frame_set: Frames, temperature: float = 1.0,
                             combine: str = "arith", batch_size: int = 4096) -> torch.Tensor:
     """Ensemble log-probabilities at temperature T for every frame, in frame order: [N, C] float32 on the CPU."""
     out = torch.empty(frame_set.num_frames, models[0].num_classes)
@@ -215,7 +222,7 @@ def ensemble_log_posteriors(models: Sequence[DNN], frame_set: FrameSet, temperat
 
 
 @torch.no_grad()
-def evaluate_ensemble(member_dirs: Sequence[Path], sets: Mapping[str, FrameSet], combine: str = "arith",
+def evaluate_ensemble(member_dirs: Sequence[Path], sets: Mapping[str, Frames], combine: str = "arith",
                       batch_size: int = 4096) -> dict:
     """Frame accuracy (%) of every member, their mean and (sample) std, and of the ensemble, for each named set.
 
@@ -230,8 +237,8 @@ def evaluate_ensemble(member_dirs: Sequence[Path], sets: Mapping[str, FrameSet],
     for split, frame_set in sets.items():
         member_correct = torch.zeros(len(models), dtype=torch.int64)
         prefix_correct = torch.zeros(len(models), dtype=torch.int64)  # the last: all members, the ensemble
-        for start, member_lp in iter_member_log_probs(models, frame_set, 1.0, batch_size):
-            y = frame_set.targets[start:start + member_lp.shape[1]].to(member_lp.device)
+        for _, logits, y in iter_member_logits_and_targets(models, frame_set, batch_size):
+            member_lp = torch.log_softmax(logits, dim=-1)
             member_correct += (member_lp.argmax(-1) == y).sum(1).cpu()
             prefix_correct += _prefix_correct(member_lp, combine, y)
         n = max(1, frame_set.num_frames)

@@ -27,7 +27,7 @@ import torch
 from asr_kd.distillation.distill import DistillConfig, choose_temperature, distill
 from asr_kd.distillation.soft_targets import SoftTargetConfig, compute_soft_targets
 from asr_kd.nn.device import dist_context, launch_env, select_device
-from asr_kd.nn.frames import FrameSet
+from asr_kd.nn.frames import Frames
 from asr_kd.nn.inference import frame_accuracy, load_model
 from asr_kd.nn.model import DNN, ModelConfig
 from asr_kd.nn.train import TrainConfig, train
@@ -150,7 +150,7 @@ def run_small_data(
     train_cfg: TrainConfig,
     scfg: SmallDataConfig,
     dcfg: DistillConfig,
-    sets: Mapping[str, FrameSet],
+    sets: Mapping[str, Frames],
     utt2spk: Mapping[str, str],
     teachers: Mapping[str, Sequence[Path | DNN]],
     out_dir: Path,
@@ -206,7 +206,7 @@ def run_small_data(
                 data_parallel=False)
     dist_context(select_device(str(device))).barrier()
 
-    def accuracies(model: DNN, own_train: FrameSet) -> dict[str, float]:
+    def accuracies(model: DNN, own_train: Frames) -> dict[str, float]:
         return {name: round(100.0 * frame_accuracy(model, fs), 2)
                 for name, fs in {"train": own_train, **eval_sets}.items()}
 

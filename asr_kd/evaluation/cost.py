@@ -18,7 +18,7 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from asr_kd.nn.device import synchronize
-from asr_kd.nn.frames import FrameSet
+from asr_kd.nn.frames import Frames, iter_windows
 from asr_kd.nn.inference import load_model
 from asr_kd.nn.model import DNN
 from decoding.gmm_accum import GmmParams
@@ -85,22 +85,22 @@ def _dnn_rtf(models: Sequence[DNN], windows: torch.Tensor, device: torch.device,
     return _seconds(forward, device, min_seconds) / (x.shape[0] * FRAME_SECONDS)
 
 
-def dnn_cost(model_paths: Sequence[Path], frame_set: FrameSet, max_frames: int = 20000,
+def dnn_cost(model_paths: Sequence[Path], frame_set: Frames, max_frames: int = 20000,
              min_seconds: float = 0.5) -> Cost:
     """Cost of the network(s) in ``model_paths`` (an ensemble averages all of them) on the first frames of a set.
 
     The CPU timing runs with one intra-op thread; the GPU timing only when CUDA is available.
     """
     models = [load_model(p, "cpu") for p in model_paths]
-    idx = torch.arange(min(max_frames, frame_set.num_frames), device=frame_set.device)
-    windows = frame_set.windows(idx).to("cpu", torch.float32)
+    _, windows, _ = next(iter_windows(frame_set, max_frames))
+    windows = windows.to("cpu", torch.float32)
     with one_thread():
         cpu = _dnn_rtf(models, windows, torch.device("cpu"), min_seconds)
     gpu = _dnn_rtf(models, windows, torch.device("cuda"), min_seconds) if torch.cuda.is_available() else None
     return Cost(params=sum(sum(p.numel() for p in m.parameters()) for m in models),
                 macs_per_frame=sum(dnn_macs_per_frame(m) for m in models),
                 file_bytes=sum(Path(p).stat().st_size for p in model_paths), cpu1_rtf=cpu, gpu_rtf=gpu,
-                frames_timed=int(idx.numel()))
+                frames_timed=int(windows.shape[0]))
 
 
 def gmm_cost(model_file: Path, params: GmmParams, feats: Sequence[np.ndarray], max_frames: int = 20000,

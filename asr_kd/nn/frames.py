@@ -5,13 +5,18 @@ matrix and one [N] target vector on the training device (on a GPU the whole matr
 are gathered there: 10M frames x 40 x 4 B = 1.6 GB, a gather runs at tens of millions of frames/s). A frame is
 addressed by its global index; :class:`features.context.ContextWindows` turns indices into 26-frame windows that
 never cross an utterance boundary.
+
+A split too large for memory is read from disk instead (:class:`asr_kd.nn.stream.StreamedFrames`); both answer the
+questions of :class:`Frames`, and whoever only needs the frames in order (evaluation, soft targets) goes through
+:func:`iter_windows`, which reads a streamed split a shard at a time and a FrameSet in one piece.
 """
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -36,6 +41,7 @@ class FrameSet:
     windows: ContextWindows
     left: int = 20
     right: int = 5
+    columns: dict[str, torch.Tensor] = field(default_factory=dict)  # per-frame side data [N, ...] (soft targets)
 
     @classmethod
     def from_tensors(
@@ -99,9 +105,88 @@ class FrameSet:
                                      left=self.left, right=self.right)
 
     def to(self, device: str | torch.device) -> FrameSet:
-        """The same set on another device (windows rebuilt there)."""
-        return FrameSet.from_tensors(self.feats.to(device), self.targets.to(device), self.utt_ids,
-                                     self.utt_lengths, left=self.left, right=self.right)
+        """The same set on another device (windows rebuilt there; the columns stay where they are: a training step
+        moves only its batch's rows)."""
+        moved = FrameSet.from_tensors(self.feats.to(device), self.targets.to(device), self.utt_ids,
+                                      self.utt_lengths, left=self.left, right=self.right)
+        return moved.with_columns(self.columns)
+
+    def with_columns(self, columns: dict[str, torch.Tensor]) -> FrameSet:
+        """The same frames with per-frame side data (``[N, ...]`` in frame order, e.g. stored soft targets) that
+        every training batch carries the rows of."""
+        for name, col in columns.items():
+            if col.shape[0] != self.num_frames:
+                raise ValueError(f"column {name} has {col.shape[0]} rows, the set {self.num_frames} frames")
+        return FrameSet(self.feats, self.targets, self.utt_ids, self.utt_lengths, self.windows, self.left,
+                        self.right, dict(columns))
+
+    @property
+    def target_range(self) -> tuple[int, int]:
+        """The smallest and largest target (0, -1 for an empty set)."""
+        if not self.num_frames:
+            return 0, -1
+        return int(self.targets.min()), int(self.targets.max())
+
+    def chunks(self, start: int = 0, stop: int | None = None) -> Iterator[tuple[int, FrameSet]]:
+        """(first frame, chunk) of the frames in order: the set itself, in one piece (see :func:`iter_windows`)."""
+        yield 0, self
+
+
+class Frames(Protocol):
+    """A split as the DNN side reads it: a :class:`FrameSet` in memory, or one streamed from disk
+    (:class:`asr_kd.nn.stream.StreamedFrames`)."""
+
+    left: int
+    right: int
+
+    @property
+    def num_frames(self) -> int: ...
+
+    @property
+    def device(self) -> torch.device: ...
+
+    @property
+    def utt_ids(self) -> list[str]: ...
+
+    @property
+    def utt_lengths(self) -> torch.Tensor: ...
+
+    @property
+    def target_range(self) -> tuple[int, int]: ...
+
+    def chunks(self, start: int = 0, stop: int | None = None) -> Iterator[tuple[int, FrameSet]]: ...
+
+    def subset(self, utt_ids: Iterable[str]) -> FrameSet: ...
+
+    def to(self, device: str | torch.device) -> Frames: ...
+
+
+def iter_windows(frames: Frames, batch_size: int, start: int = 0, stop: int | None = None
+                 ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    """(first frame, windows [b, D], targets [b]) of frames ``[start, stop)`` in order, ``batch_size`` at a time,
+    on the frames' device. A batch that straddles two chunks of a streamed split is joined from both, so the batches
+    are the same whether a split is streamed or held: so are the numbers computed from them."""
+    stop = frames.num_frames if stop is None else stop
+    held: list[tuple[torch.Tensor, torch.Tensor]] = []
+    first, count = start, 0
+    for offset, chunk in frames.chunks(start, stop):
+        pos, hi = max(start - offset, 0), min(stop - offset, chunk.num_frames)
+        while pos < hi:
+            take = min(batch_size - count, hi - pos)
+            idx = torch.arange(pos, pos + take, device=chunk.device)
+            held.append((chunk.windows(idx), chunk.targets[idx]))
+            pos, count = pos + take, count + take
+            if count == batch_size:
+                yield first, *_joined(held)
+                held, first, count = [], first + count, 0
+    if held:
+        yield first, *_joined(held)
+
+
+def _joined(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    if len(parts) == 1:
+        return parts[0]
+    return torch.cat([x for x, _ in parts]), torch.cat([y for _, y in parts])
 
 
 def load_frameset(
@@ -163,17 +248,3 @@ def _scp_lines(path: Path) -> dict[str, int]:
 
 NO_TARGET = -1
 """Target of every frame of an unaligned set (PyTorch's usual "ignore" marker): there is no label to compare to."""
-
-
-def load_unaligned_frameset(feats_dir: Path, device: str | torch.device = "cpu", left: int = 20,
-                            right: int = 5) -> FrameSet:
-    """Every utterance of a feature dir (per-speaker CMVN, as in training) as a FrameSet with no targets.
-
-    Same features and windows as :func:`asr_kd.nn.frames.load_frameset`, but no alignment is needed: new
-    recordings have none, and decoding asks only for log-posteriors. Targets are all :data:`NO_TARGET`.
-    """
-    feats = load_feats(Path(feats_dir), cmvn="speaker", norm_vars=True)
-    utts = list(feats)
-    x = torch.from_numpy(np.concatenate([feats[u] for u in utts]).astype(np.float32, copy=False)).to(device)
-    y = torch.full((x.shape[0],), NO_TARGET, dtype=torch.int64, device=device)
-    return FrameSet.from_tensors(x, y, utts, [feats[u].shape[0] for u in utts], left=left, right=right)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from asr_kd.nn.frames import FrameSet
+from asr_kd.nn.frames import Frames, iter_windows
 from asr_kd.nn.model import DNN, ModelConfig
 from features.atomic import atomic_write
 
@@ -33,24 +33,31 @@ def load_model(path: Path, device: str | torch.device = "cpu") -> DNN:
 
 
 @torch.no_grad()
-def iter_log_posteriors(model: DNN, frame_set: FrameSet, batch_size: int = 4096,
-                        temperature: float = 1.0) -> Iterator[tuple[int, torch.Tensor]]:
+def iter_log_posteriors(model: DNN, frames: Frames, batch_size: int = 4096, temperature: float = 1.0
+                        ) -> Iterator[tuple[int, torch.Tensor]]:
     """(first frame, log-softmax(z / T) [b, C] float32 on the model's device) in frame order, batch by batch.
 
     Streaming form of :func:`log_posteriors` for consumers (top-k soft targets, decoding) that must not hold
     [N, C] at once. Runs in float32: soft targets at high T live in the small logit differences bf16 rounds away.
     """
+    for start, logp, _ in iter_log_posteriors_and_targets(model, frames, batch_size, temperature):
+        yield start, logp
+
+
+@torch.no_grad()
+def iter_log_posteriors_and_targets(model: DNN, frames: Frames, batch_size: int = 4096, temperature: float = 1.0
+                                    ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    """:func:`iter_log_posteriors` with each batch's targets (on the model's device)."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    for start in range(0, frame_set.num_frames, batch_size):
-        idx = torch.arange(start, min(frame_set.num_frames, start + batch_size), device=frame_set.device)
-        logits = model(frame_set.windows(idx).to(device, torch.float32)).float()
-        yield start, torch.log_softmax(logits / temperature, dim=-1)
+    for start, windows, targets in iter_windows(frames, batch_size):
+        logits = model(windows.to(device, torch.float32)).float()
+        yield start, torch.log_softmax(logits / temperature, dim=-1), targets.to(device)
     model.train(was_training)
 
 
-def log_posteriors(model: DNN, frame_set: FrameSet, batch_size: int = 4096, temperature: float = 1.0) -> torch.Tensor:
+def log_posteriors(model: DNN, frame_set: Frames, batch_size: int = 4096, temperature: float = 1.0) -> torch.Tensor:
     """log-softmax(z / T) for every frame of ``frame_set`` in frame order: [N, C] float32 on the CPU.
 
     Utterance u occupies rows ``frame_set.utt_offsets()[u]`` onwards, ``frame_set.utt_lengths[u]`` of them.
@@ -62,10 +69,9 @@ def log_posteriors(model: DNN, frame_set: FrameSet, batch_size: int = 4096, temp
 
 
 @torch.no_grad()
-def frame_accuracy(model: DNN, frame_set: FrameSet, batch_size: int = 4096) -> float:
+def frame_accuracy(model: DNN, frames: Frames, batch_size: int = 4096) -> float:
     """Fraction of frames whose arg-max output is the aligned pdf."""
     correct = torch.zeros((), dtype=torch.int64, device=next(model.parameters()).device)
-    for start, logp in iter_log_posteriors(model, frame_set, batch_size):
-        y = frame_set.targets[start:start + logp.shape[0]].to(logp.device)
+    for _, logp, y in iter_log_posteriors_and_targets(model, frames, batch_size):
         correct += (logp.argmax(-1) == y).sum()
-    return int(correct) / max(1, frame_set.num_frames)
+    return int(correct) / max(1, frames.num_frames)

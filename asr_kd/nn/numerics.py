@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from asr_kd.nn.batches import FrameBatch
 from asr_kd.nn.device import autocast, bf16_native, synchronize
 from asr_kd.nn.model import DNN, ModelConfig
 from features.atomic import write_text_atomic
@@ -67,21 +68,20 @@ def choose(setting: bool | None, device: torch.device, measure: Callable[[], flo
                     round(speedup, 3))
 
 
-def step_frames_per_s(model: nn.Module, batches: Callable[[], tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+def step_frames_per_s(model: nn.Module, batches: Callable[[], tuple[torch.Tensor, FrameBatch]],
                       device: torch.device, bf16: bool, steps: int, warmup_steps: int = 3,
-                      loss_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
-                      ) -> float:
-    """Training frames/s of ``model``'s full step (forward, loss, backward, Adam update) on the (windows, targets,
-    frame indices) that ``batches()`` makes, after a warm-up (Adam allocates its state at its first step).
-    ``loss_fn(logits, idx, y)`` replaces cross-entropy (the distillation objective, as in :mod:`asr_kd.nn.train`)."""
+                      loss_fn: Callable[[torch.Tensor, FrameBatch], torch.Tensor] | None = None) -> float:
+    """Training frames/s of ``model``'s full step (forward, loss, backward, Adam update) on the (windows, batch) that
+    ``batches()`` makes, after a warm-up (Adam allocates its state at its first step). ``loss_fn(logits, batch)``
+    replaces cross-entropy (the distillation objective, as in :mod:`asr_kd.nn.train`)."""
     opt = torch.optim.Adam(model.parameters(), lr=1e-4, **({"fused": True} if device.type == "cuda" else {}))
     model.train()
 
     def step() -> int:
-        x, y, idx = batches()
+        x, batch = batches()
         with autocast(device, bf16):
             logits = model(x)
-        loss = F.cross_entropy(logits.float(), y) if loss_fn is None else loss_fn(logits, idx, y)
+        loss = F.cross_entropy(logits.float(), batch.targets) if loss_fn is None else loss_fn(logits, batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -112,14 +112,14 @@ def _measured(model_key: tuple, num_classes: int, batch_size: int, device_name: 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(batch_size, model_cfg.input_dim, generator=g).to(device)
     y = torch.randint(0, num_classes, (batch_size,), generator=g).to(device)
-    idx = torch.arange(batch_size, device=device)
+    batch = FrameBatch(torch.arange(batch_size, device=device), y, {})
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(0)
         model = DNN(model_cfg, num_classes).to(device)
         best = {False: 0.0, True: 0.0}
         for _ in range(rounds):
             for bf16 in (False, True):
-                best[bf16] = max(best[bf16], step_frames_per_s(model, lambda: (x, y, idx), device, bf16, steps,
+                best[bf16] = max(best[bf16], step_frames_per_s(model, lambda: (x, batch), device, bf16, steps,
                                                                warmup_steps=2))
     return best[True] / best[False]
 

@@ -12,10 +12,11 @@ Design decisions:
   applies the stopping rules of :class:`MemberState`. Inference and ``model.pt`` I/O live in
   :mod:`asr_kd.nn.inference`, device and rank decisions in :mod:`asr_kd.nn.device`.
 * Frames are shuffled across utterances by a permutation drawn per epoch from a ``torch.Generator`` seeded with
-  (seed, epoch), generated on the training device; nothing in a training step waits for the host (no ``.item()``,
-  metrics accumulate in device tensors and are read once per epoch). The forward pass runs under bf16 autocast
-  or in float32 as ``TrainConfig.bf16`` says; its default measures which is faster on this device
-  (:mod:`asr_kd.nn.numerics`, decided once per call of :func:`train` or
+  (seed, epoch), generated on the training device (of the whole split when it is in memory, of each shuffle buffer
+  in turn when it is streamed from disk: :mod:`asr_kd.nn.batches`, :mod:`asr_kd.nn.stream`); nothing in a training
+  step waits for the host (no ``.item()``, metrics accumulate in device tensors and are read once per epoch). The
+  forward pass runs under bf16 autocast or in float32 as ``TrainConfig.bf16`` says; its default measures which is
+  faster on this device (:mod:`asr_kd.nn.numerics`, decided once per call of :func:`train` or
   :func:`asr_kd.distillation.ensemble.train_ensemble`; the pipeline decides once per run). The loss is computed in
   float32 either way.
 * A checkpoint is written atomically after every epoch (model, optimizer, learning-rate state, early-stopping
@@ -74,20 +75,24 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from asr_kd.nn.batches import ONE_BUFFER, FrameBatch, Step, window_dtype
 from asr_kd.nn.device import DistContext, autocast, dist_context, select_device, synchronize
-from asr_kd.nn.frames import FrameSet
+from asr_kd.nn.frames import Frames, iter_windows
 from asr_kd.nn.inference import save_model
 from asr_kd.nn.model import DNN, ModelConfig, StackedDNN
 from asr_kd.nn.numerics import resolve
+from asr_kd.nn.stream import Batches, training_batches
 from features.atomic import atomic_write, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
-LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-"""(logits [B, C], frame_idx [B] global indices into the train FrameSet, hard_targets [B]) -> scalar loss.
+LossFn = Callable[[torch.Tensor, FrameBatch], torch.Tensor]
+"""(logits [B, C], the batch: global frame indices, hard targets, rows of the training frames' columns) -> loss.
 
 The loss must be the MEAN over the B frames of a per-frame loss: data-parallel training rescales it by the share of
-the global batch each rank holds. Logits may be bf16 under autocast; cast to float32 before a softmax.
+the global batch each rank holds. Logits may be bf16 under autocast; cast to float32 before a softmax. Per-frame data
+a loss needs (stored soft targets) travels as columns of the training frames (``with_columns``), so that a streamed
+split brings each batch's rows with its frames instead of the loss looking them up in a corpus-sized table.
 """
 
 EpochCallback = Callable[[int, list[dict]], None]
@@ -257,28 +262,29 @@ class MemberState:
 
 
 # --------------------------------------------------------------------------------------------------------- losses
-def compute_loss(trainee: Trainee, train_set: FrameSet, idx: torch.Tensor, device: torch.device,
-                 loss_fn: LossFn | None, bf16: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One step's forward pass: (mean loss of each member over its batch [M], logits [M, b, C], targets [M, b]).
+def compute_loss(trainee: Trainee, step: Step, device: torch.device, loss_fn: LossFn | None, bf16: bool
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One step's forward pass: (mean loss of each member over its batch [M], float32 logits [M, b, C]).
 
-    ``idx`` [M, b] holds each member's global frame indices. The loss is cross-entropy on the hard targets unless
-    ``loss_fn`` (the distillation objective) is given; it is computed in float32 whatever autocast did.
+    The loss is cross-entropy on the hard targets unless ``loss_fn`` (the distillation objective) is given; it is
+    computed in float32 whatever autocast did.
     """
-    M, b = idx.shape
-    x = train_set.windows(idx.reshape(-1)).to(device, non_blocking=True).view(M, b, -1)
-    y = train_set.targets[idx].to(device, non_blocking=True)
+    M, b = step.y.shape
     with autocast(device, bf16):
-        logits = trainee(x)
+        logits = trainee(step.x)
+    z = logits.float()
     if b == 0:  # a rank with no share of a tiny last batch still joins DDP's gradient all-reduce
-        return logits.float().sum((1, 2)) * 0.0, logits, y
+        return z.sum((1, 2)) * 0.0, z
     if loss_fn is None:
-        ce = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="none")
-        return ce.view(M, b).mean(1), logits, y
-    return torch.stack([loss_fn(logits[m], idx[m], y[m]) for m in range(M)]), logits, y
+        ce = F.cross_entropy(z.flatten(0, 1), step.y.flatten(), reduction="none")
+        return ce.view(M, b).mean(1), z
+    return torch.stack([loss_fn(logits[m], FrameBatch(step.idx[m], step.y[m],
+                                                      {k: v[m] for k, v in step.columns.items()}))
+                        for m in range(M)]), z
 
 
 @torch.no_grad()
-def compute_validation_loss(trainee: Trainee, frame_set: FrameSet, batch_size: int, device: torch.device,
+def compute_validation_loss(trainee: Trainee, frame_set: Frames, batch_size: int, device: torch.device,
                             dist_ctx: DistContext = DistContext()) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-member dev cross-entropy and frame accuracy ([M] each, CPU, float32 forward); ranks share the frames
     and all-reduce."""
@@ -287,10 +293,9 @@ def compute_validation_loss(trainee: Trainee, frame_set: FrameSet, batch_size: i
     n = frame_set.num_frames
     lo, hi = n * dist_ctx.rank // dist_ctx.world, n * (dist_ctx.rank + 1) // dist_ctx.world
     sums = torch.zeros(2, trainee.num_members, dtype=torch.float64, device=device)
-    for start in range(lo, hi, batch_size):
-        idx = torch.arange(start, min(hi, start + batch_size), device=frame_set.device)
-        x = frame_set.windows(idx).to(device, torch.float32)
-        y = frame_set.targets[idx].to(device)
+    for _, windows, targets in iter_windows(frame_set, batch_size, lo, hi):
+        x = windows.to(device, torch.float32)
+        y = targets.to(device)
         logits = trainee.module(x.expand(trainee.num_members, *x.shape)) if trainee.stacked \
             else trainee.module(x).unsqueeze(0)
         logits = logits.float()
@@ -304,11 +309,6 @@ def compute_validation_loss(trainee: Trainee, frame_set: FrameSet, batch_size: i
 
 
 # ------------------------------------------------------------------------------------------------------ one epoch
-def _epoch_seed(seed: int, epoch: int) -> int:
-    """Seed of the batch order of one member in one epoch: depends on nothing else, which makes resume exact."""
-    return (seed * 1_000_003 + epoch) % (2**63)
-
-
 @dataclass
 class EpochStats:
     """What one epoch of training measured, per member: mean train loss and accuracy, and the time it took."""
@@ -319,11 +319,11 @@ class EpochStats:
     seconds: float
 
 
-def train_one_epoch(trainee: Trainee, optimizer: torch.optim.Optimizer, train_cfg: TrainConfig, train_set: FrameSet,
-                    seeds: Sequence[int], lr_factors: Sequence[float], epoch: int, device: torch.device,
-                    loss_fn: LossFn | None = None, dist_ctx: DistContext = DistContext(),
+def train_one_epoch(trainee: Trainee, optimizer: torch.optim.Optimizer, train_cfg: TrainConfig,
+                    batches: Batches, seeds: Sequence[int], lr_factors: Sequence[float], epoch: int,
+                    device: torch.device, loss_fn: LossFn | None = None, dist_ctx: DistContext = DistContext(),
                     desc: str = "train") -> EpochStats:
-    """One pass over ``train_set`` for every member, each in its own shuffled order, at its own learning rate.
+    """One pass over the training frames for every member, each in its own shuffled order, at its own rate.
 
     ``lr_factors[m]`` is member m's newbob factor (0 freezes a stopped member). Optimizer updates are linear in the
     rate, so the optimizer runs at the largest member rate and each member's parameter change is scaled by its
@@ -332,33 +332,33 @@ def train_one_epoch(trainee: Trainee, optimizer: torch.optim.Optimizer, train_cf
     """
     M = trainee.num_members
     params = list(trainee.module.parameters())
-    n, bsz = train_set.num_frames, train_cfg.batch_size
-    steps_per_epoch = math.ceil(n / bsz)
+    bsz = train_cfg.batch_size
+    steps_per_epoch = math.ceil(batches.num_frames / bsz)
     total_steps = steps_per_epoch * train_cfg.epochs
     factors = torch.tensor([float(f) for f in lr_factors])
     ref = float(factors.max())
     share = (factors / ref).to(device).view(M, 1, 1)
     scale_members = bool((factors / ref != 1.0).any())
-    gens = [torch.Generator(device=train_set.device).manual_seed(_epoch_seed(s, epoch)) for s in seeds]
-    perms = torch.stack([torch.randperm(n, generator=g, device=train_set.device) for g in gens])
-    sums = torch.zeros(3, M, dtype=torch.float64, device=device)  # loss, correct, frames
+    loss_sum = torch.zeros(M, dtype=torch.float64, device=device)
+    correct = torch.zeros(M, dtype=torch.int64, device=device)
+    frames = 0
     trainee.module.train()
     synchronize(device)
     t0 = time.perf_counter()
-    bar = tqdm(range(steps_per_epoch), desc=f"{desc} epoch {epoch}", unit="batch", leave=False,
+    steps = batches.epoch(seeds, epoch, bsz, device, dist_ctx)
+    bar = tqdm(steps, total=steps_per_epoch, desc=f"{desc} epoch {epoch}", unit="batch", leave=False,
                disable=not (train_cfg.progress and dist_ctx.is_main))
-    for k in bar:
-        step = (epoch - 1) * steps_per_epoch + k
+    for k, step in enumerate(bar):
+        lr = base_lr(train_cfg, (epoch - 1) * steps_per_epoch + k, total_steps) * ref
         for group in optimizer.param_groups:
-            group["lr"] = base_lr(train_cfg, step, total_steps) * ref
-        idx = perms[:, k * bsz:(k + 1) * bsz]
-        global_b = idx.shape[1]
-        idx = idx.tensor_split(dist_ctx.world, dim=1)[dist_ctx.rank]
-        b = idx.shape[1]
-        loss_terms, logits, y = compute_loss(trainee, train_set, idx, device, loss_fn, train_cfg.bf16)
-        rank_scale = dist_ctx.world * b / global_b if dist_ctx.world > 1 else 1.0
+            group["lr"] = lr
+        b = step.y.shape[1]
+        loss_terms, z = compute_loss(trainee, step, device, loss_fn, train_cfg.bf16)
         optimizer.zero_grad(set_to_none=True)
-        (loss_terms.sum() * rank_scale).backward()
+        if dist_ctx.world > 1:
+            (loss_terms.sum() * (dist_ctx.world * b / step.global_b)).backward()
+        else:
+            loss_terms.sum().backward()
         if scale_members:
             before = [p.detach().clone() for p in params]
             optimizer.step()
@@ -368,12 +368,12 @@ def train_one_epoch(trainee: Trainee, optimizer: torch.optim.Optimizer, train_cf
         else:
             optimizer.step()
         with torch.no_grad():
-            sums[0] += loss_terms.detach().double() * b
-            # argmax of bf16 logits has no fast CPU kernel: the float copy's argmax (the same argmax) takes about a
-            # third of the time, a visible share of a small member's epoch
-            sums[1] += (logits.detach().float().argmax(-1) == y).sum(1).double()
-            sums[2] += b
+            loss_sum += loss_terms.detach().double() * b
+            # max's indices are argmax's (the first maximal class), in a third of argmax's time on a CPU
+            correct += (z.detach().max(-1).indices == step.y).sum(1)
+            frames += b
     bar.close()
+    sums = torch.stack([loss_sum, correct.double(), torch.full_like(loss_sum, frames)])  # loss, correct, frames
     dist_ctx.all_reduce_sum(sums)
     synchronize(device)
     sums = sums.cpu()
@@ -400,8 +400,10 @@ class Progress:
 
 
 def save_checkpoint(path: Path, trainee: Trainee, optimizer: torch.optim.Optimizer, progress: Progress,
-                    seeds: Sequence[int], train_cfg: TrainConfig, device: torch.device) -> None:
-    """Write model, optimizer, member states, best weights, RNG states and settings atomically (rank 0 only)."""
+                    seeds: Sequence[int], train_cfg: TrainConfig, device: torch.device, order: dict | None = None
+                    ) -> None:
+    """Write model, optimizer, member states, best weights, RNG states and settings (with ``order``, what the batch
+    order depends on beyond the seeds) atomically (rank 0 only)."""
     rng = {"torch": torch.get_rng_state()}
     if device.type == "cuda":
         rng["cuda"] = torch.cuda.get_rng_state(device)
@@ -414,13 +416,15 @@ def save_checkpoint(path: Path, trainee: Trainee, optimizer: torch.optim.Optimiz
         "rng": rng,
         "seeds": list(seeds),
         "train_cfg": dataclasses.asdict(train_cfg),
+        "data_order": order or ONE_BUFFER,
     }
     with atomic_write(path, "wb") as f:
         torch.save(ckpt, f)
 
 
 def load_checkpoint(path: Path, trainee: Trainee, optimizer: torch.optim.Optimizer, seeds: Sequence[int],
-                    train_cfg: TrainConfig, device: torch.device, desc: str = "train") -> Progress:
+                    train_cfg: TrainConfig, device: torch.device, desc: str = "train", order: dict | None = None
+                    ) -> Progress:
     """Restore what :func:`save_checkpoint` wrote into ``trainee`` and ``optimizer``; warn if settings changed."""
     ckpt = torch.load(path, map_location=device, weights_only=True)
     trainee.module.load_state_dict(ckpt["model"])
@@ -430,6 +434,8 @@ def load_checkpoint(path: Path, trainee: Trainee, optimizer: torch.optim.Optimiz
         torch.cuda.set_rng_state(ckpt["rng"]["cuda"], device)
     changed = {k for k, v in dataclasses.asdict(train_cfg).items()
                if k not in _RUNTIME_FIELDS and ckpt["train_cfg"].get(k) != v}
+    if ckpt.get("data_order", ONE_BUFFER) != (order or ONE_BUFFER):
+        changed.add("data buffers")
     if changed or list(ckpt["seeds"]) != list(seeds):
         logger.warning("%s: resuming a run started with other settings (%s): the result will not match an "
                        "uninterrupted run", desc, ", ".join(sorted(changed)) or "seeds")
@@ -442,8 +448,8 @@ def load_checkpoint(path: Path, trainee: Trainee, optimizer: torch.optim.Optimiz
 def fit(
     trainee: Trainee,
     train_cfg: TrainConfig,
-    train_set: FrameSet,
-    dev_set: FrameSet,
+    train_set: Frames,
+    dev_set: Frames,
     seeds: Sequence[int],
     checkpoint_path: Path,
     device: torch.device,
@@ -462,17 +468,18 @@ def fit(
     if train_cfg.bf16 is None:
         raise ValueError("train_cfg.bf16 is undecided: pass the config through asr_kd.nn.train.with_numerics first")
     optimizer = _make_optimizer(train_cfg, list(trainee.module.parameters()), device)
+    batches = training_batches(train_set, window_dtype(device, train_cfg.bf16), M)
     if checkpoint_path.exists():
-        progress = load_checkpoint(checkpoint_path, trainee, optimizer, seeds, train_cfg, device, desc)
+        progress = load_checkpoint(checkpoint_path, trainee, optimizer, seeds, train_cfg, device, desc, batches.order)
     else:
         progress = Progress(0, [MemberState() for _ in range(M)], [None] * M)
     states, best = progress.states, progress.best
-    steps_per_epoch = math.ceil(train_set.num_frames / train_cfg.batch_size)
+    steps_per_epoch = math.ceil(batches.num_frames / train_cfg.batch_size)
     while not all(s.stopped for s in states):
         epoch = progress.epoch + 1
         active = [s.stopped is None for s in states]
         factors = [s.lr_factor if s.stopped is None else 0.0 for s in states]
-        stats = train_one_epoch(trainee, optimizer, train_cfg, train_set, seeds, factors, epoch, device, loss_fn,
+        stats = train_one_epoch(trainee, optimizer, train_cfg, batches, seeds, factors, epoch, device, loss_fn,
                                 dist_ctx, desc)
         dev_loss, dev_acc = compute_validation_loss(trainee, dev_set, train_cfg.eval_batch_size, device, dist_ctx)
         rows = []
@@ -503,7 +510,7 @@ def fit(
                         f" | stop: {states[m].stopped}" if states[m].stopped else "")
         progress.epoch = epoch
         if dist_ctx.is_main:
-            save_checkpoint(checkpoint_path, trainee, optimizer, progress, seeds, train_cfg, device)
+            save_checkpoint(checkpoint_path, trainee, optimizer, progress, seeds, train_cfg, device, batches.order)
         dist_ctx.barrier()
         if epoch_callback is not None:
             epoch_callback(epoch, rows)
@@ -537,8 +544,8 @@ def write_member_outputs(out_dir: Path, model_cfg: ModelConfig, num_classes: int
 def train(
     model_cfg: ModelConfig,
     train_cfg: TrainConfig,
-    train_set: FrameSet,
-    dev_set: FrameSet,
+    train_set: Frames,
+    dev_set: Frames,
     out_dir: Path,
     num_classes: int,
     loss_fn: LossFn | None = None,
@@ -563,8 +570,8 @@ def train(
 def train_one(
     model_cfg: ModelConfig,
     train_cfg: TrainConfig,
-    train_set: FrameSet,
-    dev_set: FrameSet,
+    train_set: Frames,
+    dev_set: Frames,
     out_dir: Path,
     num_classes: int,
     device: torch.device,
@@ -607,14 +614,16 @@ def with_numerics(train_cfg: TrainConfig, model_cfg: ModelConfig, num_classes: i
     return dataclasses.replace(train_cfg, bf16=bool(dist_ctx.all_reduce_sum(bf16).item() > 0))
 
 
-def on_device(frame_set: FrameSet, device: torch.device) -> FrameSet:
-    """Keep a set where it is when the device matches (a GPU set stays there); move it otherwise."""
-    if frame_set.device.type == device.type and (device.index is None or frame_set.device == device):
-        return frame_set
-    return frame_set.to(device)
+def on_device(frames: Frames, device: torch.device) -> Frames:
+    """Keep a set where it is when the device matches (a GPU set stays there); move it otherwise (a streamed set
+    then reads its chunks and buffers onto ``device``)."""
+    if frames.device.type == device.type and (device.index is None or frames.device == device):
+        return frames
+    return frames.to(device)
 
 
-def check_targets(train_set: FrameSet, dev_set: FrameSet, num_classes: int) -> None:
+def check_targets(train_set: Frames, dev_set: Frames, num_classes: int) -> None:
     for name, s in (("train", train_set), ("dev", dev_set)):
-        if s.num_frames and (int(s.targets.min()) < 0 or int(s.targets.max()) >= num_classes):
+        low, high = s.target_range
+        if s.num_frames and (low < 0 or high >= num_classes):
             raise ValueError(f"{name} targets outside [0, {num_classes})")

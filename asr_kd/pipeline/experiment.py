@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +16,14 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from asr_kd.evaluation.systems import System, frame_accuracies, split_by_utterance
+from asr_kd.distillation.soft_targets import SoftTargets
+from asr_kd.evaluation.systems import FrameAccuracy, System, per_utterance, split_by_utterance
+from asr_kd.nn.archive import ensure_frame_archive
 from asr_kd.nn.device import select_device
-from asr_kd.nn.frames import NO_TARGET, FrameSet, load_frameset
+from asr_kd.nn.frames import NO_TARGET, Frames, FrameSet, load_frameset
 from asr_kd.nn.numerics import Numerics, load_or_choose, measure_bf16_speedup, recorded
 from asr_kd.nn.priors import log_priors
+from asr_kd.nn.stream import DataConfig, NpyColumn, StreamedFrames, check_memory, in_memory_bytes
 from asr_kd.nn.train import TrainConfig
 from asr_kd.pipeline.workspace import Workspace
 from decoding.decode import ShardedLoglikes, decode_shard_frames, posteriors_to_loglikes
@@ -90,10 +94,36 @@ def utt2subset(ws: Workspace, split: str) -> dict[str, str]:
     return read_dict(path) if path.exists() else {}
 
 
-def frames(cfg: DictConfig, ws: Workspace, split: str, device: torch.device) -> FrameSet:
-    """A split's aligned frames (fbank + CMVN, pdf targets) with the model's context, on ``device``."""
-    return load_frameset(ws.fbank(split), ws.ali(split), device=device, left=cfg.model.left_context,
-                         right=cfg.model.right_context)
+def frames(cfg: DictConfig, ws: Workspace, split: str, device: torch.device) -> Frames:
+    """A split's aligned frames (fbank + CMVN, pdf targets) with the model's context, for ``device``: in memory, or
+    streamed from the split's frame archive (written first by whichever stage needs it) as ``cfg.data`` says.
+
+    The choice goes by the split's frame count in ``utt2num_frames`` (aligned or not), before anything is read:
+    either way the memory it would take is checked first (:func:`asr_kd.nn.stream.check_memory`).
+    """
+    data: DataConfig = to_object(cfg.data)
+    left, right = cfg.model.left_context, cfg.model.right_context
+    size = _split_size(ws.fbank(split))
+    if data.stream or (data.stream is None and size is not None and size[0] > data.buffer_frames):
+        archive = ensure_frame_archive(ws.fbank(split), ws.ali(split), ws.frame_archive(split), data.shard_frames,
+                                       f"the first DNN stage that streams split {split} (baseline, in a run of "
+                                       f"every stage)")
+        return StreamedFrames(archive, data, device, left, right)
+    if size is not None:
+        check_memory(data, in_memory_bytes(*size, cfg.model.feat_dim, left, right),
+                     f"split {split} in memory ({size[0]} frames)",
+                     lambda _: f"stream it (data.stream=true, or data.buffer_frames below {size[0]})")
+    return load_frameset(ws.fbank(split), ws.ali(split), device=device, left=left, right=right)
+
+
+def _split_size(feats_dir: Path) -> tuple[int, int] | None:
+    """Frames and utterances of a feature dir, from its ``utt2num_frames`` (None without one: features written by
+    other tools than the features stage)."""
+    table = feats_dir / "utt2num_frames"
+    if not table.exists():
+        return None
+    counts = [int(n) for n in read_dict(table, require_sorted=False).values()]
+    return sum(counts), len(counts)
 
 
 def member_paths(ws: Workspace) -> list[Path]:
@@ -121,22 +151,40 @@ def evaluate_system(cfg: DictConfig, ws: Workspace, system: System, splits: tupl
                     ) -> dict:
     """Frame accuracy (%) of a system on each split, overall and per voice condition; the per-frame arg-max pdf
     of every aligned utterance is kept in ``ws.eval(system, split)/pred.scp`` (what the report's intervals and
-    ``asr-kd-compare --ali --pred`` recompute the accuracy from)."""
+    ``asr-kd-compare --ali --pred`` recompute the accuracy from). Batch by batch: a split streamed from disk is
+    never held whole."""
     device = device_of(cfg)
     result = {}
     for split in splits:
-        fs = frames(cfg, ws, split, device)
-        log_post = system.log_posteriors(fs, device)
-        write_predictions(ws, system.name, split, fs, log_post.argmax(dim=1))
-        result[split] = frame_accuracies(log_post, fs, utt2subset(ws, split))
+        accuracy = FrameAccuracy(utt2subset(ws, split))
+
+        def counted(items: Iterator[tuple[str, np.ndarray, np.ndarray]]) -> Iterator[tuple[str, np.ndarray]]:
+            for utt, pred, targets in items:
+                accuracy.add(utt, pred, targets)
+                yield utt, pred
+
+        write_predictions(ws, system.name, split, counted(system.iter_predictions(frames(cfg, ws, split, device),
+                                                                                  device)))
+        result[split] = accuracy.result()
     return result
 
 
-def write_predictions(ws: Workspace, system: str, split: str, fs: FrameSet, pred: torch.Tensor) -> None:
-    """Keep a system's per-frame arg-max pdfs [N] (frame order = ``fs``) as ``ws.eval(system, split)/pred.scp``."""
+def write_predictions(ws: Workspace, system: str, split: str, preds: Iterable[tuple[str, np.ndarray]]) -> None:
+    """Keep a system's per-frame arg-max pdfs, utterance by utterance in frame order, as
+    ``ws.eval(system, split)/pred.scp``."""
     out = ws.eval(system, split)
-    per_utt = split_by_utterance(pred.to(torch.int32).cpu().numpy(), fs)
-    write_vec_int_ark_scp(((u, per_utt[u]) for u in fs.utt_ids), out / "pred.ark", out / "pred.scp")
+    write_vec_int_ark_scp(((u, p.astype(np.int32, copy=False)) for u, p in preds), out / "pred.ark",
+                          out / "pred.scp")
+
+
+def stored_top_class(soft_dir: Path, frames: Frames, chunk_frames: int = 1 << 20) -> Iterator[tuple[str, np.ndarray]]:
+    """Per utterance of ``frames``, the top class of the soft targets stored at ``soft_dir`` for each frame (at T=1:
+    the teacher's own arg-max), read a chunk of frames at a time."""
+    column = NpyColumn(SoftTargets.column_files(soft_dir)["indices"])
+    chunks = ((column.read(a, min(column.num_rows, a + chunk_frames))[:, 0].astype(np.int32),)
+              for a in range(0, column.num_rows, chunk_frames))
+    for utt, top in per_utterance(chunks, frames.utt_ids, frames.utt_lengths.tolist()):
+        yield utt, top
 
 
 def predictions(ws: Workspace, system: str, split: str) -> dict[str, np.ndarray]:

@@ -22,11 +22,12 @@ from asr_kd.corpus.registry import corpus_for
 from asr_kd.distillation.distill import temperature_sweep
 from asr_kd.distillation.ensemble import evaluate_ensemble, member_dir, train_ensemble
 from asr_kd.distillation.small_data import run_small_data
-from asr_kd.distillation.soft_targets import SoftTargets, compute_soft_targets_at
+from asr_kd.distillation.soft_targets import SoftTargets, compute_soft_targets_at, compute_soft_targets_to, concat_saved
 from asr_kd.evaluation.cost import dnn_cost, gmm_cost
 from asr_kd.evaluation.systems import System
 from asr_kd.nn.device import dist_context
 from asr_kd.nn.inference import load_model
+from asr_kd.nn.stream import StreamedFrames
 from asr_kd.nn.train import train
 from asr_kd.pipeline import experiment as xp
 from asr_kd.pipeline.report import write_report
@@ -164,44 +165,57 @@ def stage_soft_targets(cfg: DictConfig, ws: Workspace) -> dict:
     """The ensemble's temperature-softened posteriors on the training frames, top-k, stored once (at T=1 its top
     class is also kept as the ensemble's training-frame predictions).
 
-    Under torchrun each rank computes a contiguous share of the utterances; rank 0 joins the shares in order.
+    Under torchrun each rank computes a contiguous share of the utterances; rank 0 joins the shares in order. A
+    streamed training split is read and its targets written a batch at a time.
     """
     device = xp.device_of(cfg)
     ranks = dist_context(device)
     train_set = xp.frames(cfg, ws, "train", device)
-    share = train_set.utt_ids[ranks.rank * len(train_set.utt_ids) // ranks.world:
-                              (ranks.rank + 1) * len(train_set.utt_ids) // ranks.world]
+    lo, hi = (r * len(train_set.utt_ids) // ranks.world for r in (ranks.rank, ranks.rank + 1))
     teachers = [load_model(p, device=device) for p in xp.member_paths(ws)]
-    sweep = compute_soft_targets_at(teachers, train_set.subset(share), xp.to_object(cfg.soft_targets),
-                                    cfg.distill.temperatures_sweep)
-    for temperature, soft in sweep.items():
-        soft.save(ws.soft_targets_share("ensemble", temperature, ranks.rank))
+    temperatures = [float(t) for t in cfg.distill.temperatures_sweep]
+    shares = {t: ws.soft_targets_share("ensemble", t, ranks.rank) for t in temperatures}
+    streamed = isinstance(train_set, StreamedFrames)
+    if streamed:
+        compute_soft_targets_to(teachers, train_set.utt_range(lo, hi), xp.to_object(cfg.soft_targets), shares)
+    else:
+        sweep = compute_soft_targets_at(teachers, train_set.subset(train_set.utt_ids[lo:hi]),
+                                        xp.to_object(cfg.soft_targets), temperatures)
+        for temperature, soft in sweep.items():
+            soft.save(shares[temperature])
     ranks.barrier()
     if not ranks.is_main:
         return {}
     summary = {}
-    for temperature in sweep:
+    for temperature in temperatures:
         parts = [ws.soft_targets_share("ensemble", temperature, r) for r in range(ranks.world)]
-        soft = SoftTargets.concat([SoftTargets.load(p, mmap=False) for p in parts])
-        soft.save(ws.soft_targets("ensemble", temperature))
+        out = ws.soft_targets("ensemble", temperature)
+        if streamed:
+            meta = concat_saved(parts, out)
+            summary[f"T={temperature:g}"] = {"bytes_per_frame": meta["bytes_per_frame"],
+                                             "mean_mass_kept": meta["mean_mass_kept"]}
+        else:
+            soft = SoftTargets.concat([SoftTargets.load(p, mmap=False) for p in parts])
+            soft.save(out)
+            summary[f"T={temperature:g}"] = {"bytes_per_frame": soft.bytes_per_frame,
+                                             "mean_mass_kept": float(soft.mass_kept.float().mean())}
         for p in parts:
             shutil.rmtree(p)
-        summary[f"T={temperature:g}"] = {"bytes_per_frame": soft.bytes_per_frame,
-                                         "mean_mass_kept": float(soft.mass_kept.float().mean())}
         if temperature == 1.0:  # the ensemble's own arg-max on its training frames (the report's fidelity row)
-            xp.write_predictions(ws, "ensemble", "train", train_set, soft.indices[:, 0])
+            xp.write_predictions(ws, "ensemble", "train", xp.stored_top_class(out, train_set))
     return summary
 
 
 def stage_distill(cfg: DictConfig, ws: Workspace) -> dict:
     """Students on the ensemble's stored soft targets, one per temperature; the best on dev is "distilled"."""
     device = xp.device_of(cfg)
-    soft = {float(t): SoftTargets.load(ws.soft_targets("ensemble", t), device=device)
+    train_set = xp.frames(cfg, ws, "train", device)
+    soft = {float(t): ws.soft_targets("ensemble", t) if isinstance(train_set, StreamedFrames)
+            else SoftTargets.load(ws.soft_targets("ensemble", t), device=device)
             for t in cfg.distill.temperatures_sweep}
     train_cfg = xp.with_run_numerics(cfg, ws, xp.student_train_config(cfg))
-    sweep = temperature_sweep(xp.to_object(cfg.model), train_cfg, xp.to_object(cfg.distill),
-                              xp.frames(cfg, ws, "train", device), xp.frames(cfg, ws, "dev", device), soft,
-                              ws.distill_sweep, xp.num_pdfs(ws), device)
+    sweep = temperature_sweep(xp.to_object(cfg.model), train_cfg, xp.to_object(cfg.distill), train_set,
+                              xp.frames(cfg, ws, "dev", device), soft, ws.distill_sweep, xp.num_pdfs(ws), device)
     if not dist_context(device).is_main:  # the other ranks trained their temperatures; rank 0 evaluates
         return {}
     best = sweep["best_temperature"]

@@ -12,15 +12,23 @@ from __future__ import annotations
 import json
 import logging
 import statistics
+from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 from asr_kd.distillation.distill import DistillConfig, distill
-from asr_kd.distillation.soft_targets import SoftTargetConfig, SoftTargets, compute_soft_targets
+from asr_kd.distillation.soft_targets import (
+    SoftTargetConfig,
+    SoftTargets,
+    compute_soft_targets,
+    compute_soft_targets_to,
+)
 from asr_kd.evaluation.systems import System
 from asr_kd.nn.device import dist_context, launch_env
+from asr_kd.nn.frames import Frames
 from asr_kd.nn.inference import load_model
 from asr_kd.nn.model import ModelConfig, num_parameters
+from asr_kd.nn.stream import StreamedFrames
 from asr_kd.nn.train import TrainConfig, train
 from asr_kd.pipeline import experiment as xp
 from asr_kd.pipeline.runner import read_summary
@@ -40,15 +48,21 @@ def member_epochs(ws: Workspace) -> int:
     return int(statistics.median_low(runs))
 
 
-def _soft_targets(cfg: DictConfig, ws: Workspace, dcfg: DistillConfig, stored_k: int, device) -> SoftTargets:
-    """The ensemble's targets at ``dcfg.temperature``: the stored ones when they hold enough classes per frame."""
+def _soft_targets(cfg: DictConfig, ws: Workspace, dcfg: DistillConfig, stored_k: int, train_set: Frames,
+                  out: Path, device) -> SoftTargets | Path:
+    """The ensemble's targets at ``dcfg.temperature``: the stored ones when they hold enough classes per frame (their
+    directory, for a streamed training set); otherwise computed from the members, in memory, or for a streamed set
+    written to ``out/soft_targets``."""
     stored = ws.soft_targets("ensemble", dcfg.temperature)
     if stored.exists() and dcfg.top_k is not None and dcfg.top_k <= stored_k:
-        return SoftTargets.load(stored, device=device)
+        return stored if isinstance(train_set, StreamedFrames) else SoftTargets.load(stored, device=device)
     log.info("computing soft targets at T=%g with k=%s (not stored)", dcfg.temperature, dcfg.top_k)
     teachers = [load_model(p, device) for p in xp.member_paths(ws)]
     st_cfg = SoftTargetConfig(temperature=dcfg.temperature, top_k=dcfg.top_k, combine=cfg.ensemble.combine)
-    return compute_soft_targets(teachers, xp.frames(cfg, ws, "train", device), st_cfg)
+    if isinstance(train_set, StreamedFrames):
+        compute_soft_targets_to(teachers, train_set, st_cfg, {float(dcfg.temperature): out / "soft_targets"})
+        return out / "soft_targets"
+    return compute_soft_targets(teachers, train_set, st_cfg)
 
 
 def student_configs(cfg: DictConfig, name: str, temperature: float | None = None
@@ -96,7 +110,7 @@ def train_students(cfg: DictConfig, ws: Workspace) -> dict:
         if name in mine and spec.targets == "hard":
             train(model_cfg, train_cfg, train_set, dev_set, out, classes, device=device, data_parallel=False)
         elif name in mine:
-            soft = _soft_targets(cfg, ws, dcfg, cfg.soft_targets.top_k or classes, device)
+            soft = _soft_targets(cfg, ws, dcfg, cfg.soft_targets.top_k or classes, train_set, out, device)
             distill(model_cfg, train_cfg, dcfg, train_set, dev_set, soft, None, out, classes, device,
                     data_parallel=False)
         summary[name] = row

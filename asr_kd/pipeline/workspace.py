@@ -105,6 +105,11 @@ class Workspace:
     def dnn_root(self) -> Path:
         return self.root / "exp" / "dnn"
 
+    def frame_archive(self, split: str) -> Path:
+        """A split's aligned frames in shards on disk (features after CMVN, targets), for the DNN stages that stream
+        it; written by the first of them and kept (:mod:`asr_kd.nn.archive`)."""
+        return self.root / "exp" / "frames" / split
+
     @property
     def numerics(self) -> Path:
         """The run's training arithmetic (bf16 autocast or float32) as its first training stage measured it."""
