@@ -255,10 +255,19 @@ def test_buffers_beyond_the_memory_allowed_are_refused_with_the_numbers(tmp_path
     need = 2 * frames.buffer_bytes(torch.float32, 1)
     assert need > 1e4
     per_frame = need / 800
-    with pytest.raises(InputError, match=rf"buffer_frames=400 \(two alive: .*, {per_frame:.0f} B per frame\) needs "
+    with pytest.raises(InputError, match=rf"data.buffer_frames=400, two alive: .*, {per_frame:.0f} B per frame\) needs "
                                          rf"{need / 1e3:.3g} kB but data.memory_gb=1e-05 allows 10 kB: lower "
                                          rf"data.buffer_frames to {int(1e4 // (need / 400))} or less"):
         frames.batches(torch.float32, 1)
+
+
+def test_a_split_smaller_than_the_buffer_needs_the_memory_of_its_own_frames(tmp_path: Path,
+                                                                           split: tuple[Path, Path]) -> None:
+    whole = streamed(tmp_path / "a", split, buffer_frames=10**12, memory_gb=1)
+    exact = streamed(tmp_path / "b", split, buffer_frames=whole.num_frames, memory_gb=1)
+    assert whole.buffer_frames == whole.num_frames
+    assert whole.buffer_bytes(torch.float32, 1) == exact.buffer_bytes(torch.float32, 1) < 1e9
+    whole.batches(torch.float32, 1)  # not refused for the buffer it would never fill
 
 
 def test_the_reader_keeps_at_most_two_buffers_and_passes_errors_on() -> None:
@@ -350,6 +359,6 @@ def test_the_command_line_refuses_frames_beyond_the_memory_allowed_in_one_line(t
     streamed_run = cli("data.stream=true", "data.buffer_frames=200", "data.block_frames=50")
     assert streamed_run.returncode == 2, streamed_run.stderr[-2000:]
     last = streamed_run.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: streaming ") and "buffers of data.buffer_frames=200" in last and \
+    assert last.startswith("error: streaming ") and "(data.buffer_frames=200, two alive" in last and \
         "lower data.buffer_frames" in last and "Traceback" not in streamed_run.stderr
     assert (work / "exp" / "frames" / "train" / "meta.json").exists()  # the archive was written, then refused

@@ -431,21 +431,26 @@ class StreamedFrames:
             buffers.append(current)
         return [sorted(b, key=lambda block: block.start) for b in buffers]
 
+    @property
+    def buffer_frames(self) -> int:
+        """Frames in the largest buffer: ``data.buffer_frames``, or the whole split when it is smaller."""
+        return min(self.cfg.buffer_frames, self.num_frames)
+
     def buffer_bytes(self, dtype: torch.dtype, members: int) -> int:
-        """Memory of one full buffer: padded frames in ``dtype``, row index, targets, global index, columns, and
+        """Memory of the largest buffer: padded frames in ``dtype``, row index, targets, global index, columns, and
         the members' permutations."""
         lengths = self.archive.utt_lengths[self.utt_start:self.utt_stop]
         pad = (self.left + self.right) * len(lengths) / max(1, int(lengths.sum()))
         per_frame = self.archive.feat_dim * torch.empty(0, dtype=dtype).element_size() * (1 + pad) + 8 * 3 + \
             sum(c.row_bytes for c in self._columns.values()) + 8 * members
-        return int(self.cfg.buffer_frames * per_frame)
+        return int(self.buffer_frames * per_frame)
 
     def batches(self, dtype: torch.dtype, members: int) -> StreamBatches:
         """The training epochs of these frames, windows in ``dtype``; refused when two buffers would not fit."""
         need = 2 * self.buffer_bytes(dtype, members)
-        per_frame = need / self.cfg.buffer_frames
-        check_memory(self.cfg, need, f"streaming {self.num_frames} frames in buffers of data.buffer_frames="
-                     f"{self.cfg.buffer_frames} (two alive: one trained on, one being read, {per_frame / 2:.0f} B per "
+        per_frame = need / self.buffer_frames
+        check_memory(self.cfg, need, f"streaming {self.num_frames} frames in buffers of up to {self.buffer_frames} "
+                     f"frames (data.buffer_frames={self.cfg.buffer_frames}, two alive: one trained on, one being read, {per_frame / 2:.0f} B per "
                      f"frame)", lambda allowed: f"lower data.buffer_frames to {int(allowed // per_frame)} or less")
         return StreamBatches(self, dtype)
 
