@@ -41,7 +41,7 @@ from asr_kd.conf.schema import register  # noqa: E402
 from asr_kd.pipeline.decode_data import decode_data_dir  # noqa: E402
 from asr_kd.pipeline.memory import PeakMemory  # noqa: E402
 from asr_kd.pipeline.runner import Need, check_needs, record_peak_memory, run_stage  # noqa: E402
-from asr_kd.pipeline.stages import RANK_PARALLEL, STAGES, stage_needs  # noqa: E402
+from asr_kd.pipeline.stages import RANK_PARALLEL, STAGES, stage_needs, stage_trains  # noqa: E402
 from asr_kd.pipeline.workspace import Workspace  # noqa: E402
 from features.errors import InputError  # noqa: E402
 
@@ -122,7 +122,8 @@ def _run(cfg: DictConfig) -> None:
         needs = stage_needs(name, cfg, ws)  # as it comes: decode's depend on what the stages before it trained
         with PeakMemory() as peak:  # this process and every worker and rank it starts for the stage
             ran = _spread_over_ranks(cfg, name, needs) or \
-                run_stage(name, STAGES[name], cfg, ws, force=cfg.force, needs=needs) is not None
+                run_stage(name, STAGES[name], cfg, ws, force=cfg.force, needs=needs,
+                          trains=stage_trains(name, ws)) is not None
         if ran and "WORLD_SIZE" not in os.environ:  # a rank sees only itself: the process that started it measures
             record_peak_memory(ws, name, peak.bytes)
 

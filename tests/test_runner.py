@@ -11,6 +11,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from asr_kd.pipeline.runner import Need, git_commit, machine_description, machine_kind, read_summary, run_stage
+from asr_kd.pipeline.stages import stage_trains
 from asr_kd.pipeline.workspace import Workspace
 from features.errors import InputError
 
@@ -36,6 +37,31 @@ def test_stage_runs_once_and_records(tmp_path):
     assert rec["summary"] == {"answer": 42} and rec["seconds"] >= 0
     assert run_stage("demo", stage, cfg, ws, force=True) == {"answer": 42}
     assert len(calls) == 2
+
+
+def test_an_interrupted_training_stage_resumes_and_a_forced_one_trains_from_the_start(tmp_path):
+    """What a training stage keeps between attempts (a finished member, a checkpoint) is reused when the stage
+    is run again after a failure, and removed when it is forced: a forced stage never hands back old models."""
+    ws = Workspace(tmp_path)
+    trains = stage_trains("ensemble", ws)
+    assert trains == [ws.dnn("ensemble")] and stage_trains("features", ws) == []
+    member = ws.dnn("ensemble") / "member00" / "model.pt"
+    seen = []
+
+    def ensemble(c, w):
+        seen.append(member.exists())
+        member.parent.mkdir(parents=True, exist_ok=True)
+        member.write_text(f"attempt {len(seen)}")
+        if len(seen) == 1:
+            raise RuntimeError("killed after member 0")
+        return {}
+
+    cfg = OmegaConf.create({})
+    with pytest.raises(RuntimeError):
+        run_stage("ensemble", ensemble, cfg, ws, trains=trains)
+    run_stage("ensemble", ensemble, cfg, ws, trains=trains)  # resumes: member 0 is there
+    run_stage("ensemble", ensemble, cfg, ws, force=True, trains=trains)  # redone: member 0 is not
+    assert seen == [False, True, False] and member.read_text() == "attempt 3"
 
 
 def test_failed_stage_leaves_no_marker_and_reruns(tmp_path):

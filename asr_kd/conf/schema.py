@@ -88,7 +88,7 @@ class ExperimentConfig:
     """One whole experiment, corpus to report."""
 
     stage: str = "all"  # which stages cli.py runs: all, one, or 'a,b,c' (run.sh: those in range); "list" prints them
-    force: bool = False  # redo a stage even if its .done marker exists
+    force: bool = False  # redo a stage even if its .done marker exists, training its models from the start
     debug: bool = False  # show the full traceback of an input error instead of its one-line message
     work_dir: str = "."  # data/ and exp/ go below it
     results_dir: str | None = None  # where the report publishes RESULTS.md (None: <work_dir>/results)

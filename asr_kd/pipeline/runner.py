@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -136,9 +137,11 @@ def check_needs(name: str, needs: Sequence[Need], ws: Workspace) -> None:
 
 
 def run_stage(name: str, fn: StageFn, cfg: DictConfig, ws: Workspace, force: bool = False,
-              needs: Sequence[Need] = ()) -> dict | None:
+              needs: Sequence[Need] = (), trains: Sequence[Path] = ()) -> dict | None:
     """Run one stage unless its ``.done`` marker exists; returns its summary (None when skipped). A stage that
-    runs first checks its ``needs`` (:func:`check_needs`), before it writes anything."""
+    runs first checks its ``needs`` (:func:`check_needs`), before it writes anything. ``trains`` are the
+    directories of the models the stage trains: a forced stage removes them, so that it trains them again rather
+    than resuming their finished checkpoints."""
     stage_dir = ws.stage(name)
     done = stage_dir / ".done"
     if done.exists() and not force:
@@ -149,6 +152,9 @@ def run_stage(name: str, fn: StageFn, cfg: DictConfig, ws: Workspace, force: boo
     stage_dir.mkdir(parents=True, exist_ok=True)
     if ranks.is_main:
         done.unlink(missing_ok=True)
+        if force:
+            for directory in trains:
+                shutil.rmtree(directory, ignore_errors=True)
         write_text_atomic(stage_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     ranks.barrier()
     handler = _attach_log_file(stage_dir / ("log.txt" if ranks.is_main else f"log.rank{ranks.rank}.txt"))

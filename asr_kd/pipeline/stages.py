@@ -406,7 +406,24 @@ a stage's needs just before the stage runs, so a need made by an earlier stage o
 """
 
 
+TRAINS: dict[str, Callable[[Workspace], list[Path]]] = {
+    "baseline": lambda ws: [ws.dnn("baseline")],
+    "ensemble": lambda ws: [ws.dnn("ensemble")],
+    "distill": lambda ws: [ws.distill_sweep, ws.dnn("distilled")],
+    "small_data": lambda ws: [ws.small_data],
+    "students": lambda ws: [ws.students],
+}
+"""Where each training stage keeps its models and their checkpoints. An interrupted stage resumes from them (a
+finished member is kept, a model goes on from its last epoch); ``force=true`` removes them first, so that a redone
+stage trains every model again from its initialisation, with the settings of this run."""
+
+
 def stage_needs(name: str, cfg: DictConfig, ws: Workspace) -> list[Need]:
     """The needs of stage ``name`` (:data:`NEEDS`) with the run.sh number of the stage that makes each."""
     numbers = {stage: number for number, stage in enumerate(STAGES)}
     return [Need(path, stage, numbers[stage]) for path, stage in NEEDS[name](cfg, ws)]
+
+
+def stage_trains(name: str, ws: Workspace) -> list[Path]:
+    """The directories of the models stage ``name`` trains (:data:`TRAINS`; none for a stage that trains none)."""
+    return TRAINS[name](ws) if name in TRAINS else []

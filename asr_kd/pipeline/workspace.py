@@ -133,9 +133,14 @@ class Workspace:
         """One torchrun rank's share of :meth:`soft_targets` before rank 0 joins them (removed afterwards)."""
         return self.soft_targets(teacher, temperature).with_name(f"{teacher}_T{temperature:g}.rank{rank}")
 
+    @property
+    def students(self) -> Path:
+        """The extra students of a research config, one directory each (:meth:`student`)."""
+        return self.dnn_root / "students"
+
     def student(self, name: str) -> Path:
         """An extra student of a research config (ablations, size sweeps)."""
-        return self.dnn_root / "students" / name
+        return self.students / name
 
     def soft_targets(self, teacher: str, temperature: float) -> Path:
         return self.root / "exp" / "soft_targets" / f"{teacher}_T{temperature:g}"
