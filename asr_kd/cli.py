@@ -16,6 +16,10 @@ torchrun, or the config gives the stage fewer than two shares: no extra students
 run this process's config object (pickled, structured types and all), not one composed again from the conf files:
 a run's stages all see the config it started with, even if a conf file changes while it runs.
 
+The CPU stages' units (GMM passes and alignment, decoding) run where ``executor`` says: ``nj`` processes here
+(``executor.backend=local``, the default) or a Dask cluster's workers (``executor.backend=dask``), reached and
+checked once, before the first stage (:func:`features.executor.use_executor`).
+
 Bad input (a missing file, a malformed line, an OOV...) ends with one line on stderr, ``error: <file>:<line>:
 <what>``, and exit status 2; ``debug=true`` shows the traceback instead. The stage's log keeps it either way. A
 stage started before the stages whose outputs it reads (:data:`asr_kd.pipeline.stages.NEEDS`) ends the same way,
@@ -35,7 +39,7 @@ from pathlib import Path
 os.environ.setdefault("KALDI_ROOT", "/tmp")  # kaldi-io prints a banner at import without it
 
 import hydra  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from asr_kd.conf.schema import register  # noqa: E402
 from asr_kd.pipeline.decode_data import decode_data_dir  # noqa: E402
@@ -44,6 +48,7 @@ from asr_kd.pipeline.runner import Need, check_needs, record_peak_memory, run_st
 from asr_kd.pipeline.stages import RANK_PARALLEL, STAGES, stage_needs, stage_trains  # noqa: E402
 from asr_kd.pipeline.workspace import Workspace  # noqa: E402
 from features.errors import InputError  # noqa: E402
+from features.executor import use_executor  # noqa: E402
 
 INPUT_ERROR_STATUS = 2
 RANK_CONFIG_ENV = "ASR_KD_RANK_CONFIG"  # set for the ranks: the pickled config of the process that started them
@@ -113,6 +118,14 @@ def _run(cfg: DictConfig) -> None:
         print(stage_list())
         return
     ws = Workspace(Path(cfg.work_dir).resolve())
+    if "WORLD_SIZE" in os.environ:  # a torchrun rank trains its share; the process that started it holds the executor
+        _run_stages(cfg, ws)
+        return
+    with use_executor(OmegaConf.to_object(cfg.executor), ws.root):
+        _run_stages(cfg, ws)
+
+
+def _run_stages(cfg: DictConfig, ws: Workspace) -> None:
     if cfg.stage == "decode_data":  # per data dir and re-runnable, so no .done marker
         if not cfg.decode_data.dir:
             raise InputError("stage=decode_data needs decode_data.dir=/path/to/kaldi/data/dir")

@@ -1,6 +1,6 @@
 """Forced alignment with Kaldi's aligner (gmm-align-compiled / align-equal-compiled), one shard of utterances at
-a time; :func:`decoding.shards.map_shards` runs the shards in forked processes (FST and model objects of the
-bindings do not pickle cheaply, so workers inherit them and only alignments come back).
+a time; each shard is a unit of :mod:`features.executor`, which loads the model in the process that aligns it (the
+bindings' FST objects do not pickle) and sends only alignments back.
 """
 from __future__ import annotations
 

@@ -4,7 +4,8 @@ A DNN gives log p(s|x) per frame and tied state (pdf); Bayes' rule turns it into
 log p(x|s) = log p(s|x) - log p(s) + const, which is what an HMM decoder needs. HCLG's input labels are
 transition-ids, so each utterance's [T, num_pdfs] matrix is expanded to [T, num_transition_ids] columns through
 the transition model's transition-id -> pdf table, scaled by the acoustic scale, and searched by
-kaldi_decoder's FasterDecoder (beam search, max-active pruning). Utterances are spread over forked processes.
+kaldi_decoder's FasterDecoder (beam search, max-active pruning). Each utterance is a unit of
+:mod:`features.executor` (local processes, or the workers of a Dask cluster).
 
 A split's log-likelihoods come in shards of utterances (:data:`LoglikeShards`): the caller computes one shard
 (a GMM or a DNN over that shard's features), it is decoded, at every scale asked for, and dropped before the next
@@ -13,9 +14,7 @@ DNN with thousands of states) are never held at once; :data:`DECODE_SHARD_BYTES`
 """
 from __future__ import annotations
 
-import functools
 import logging
-import multiprocessing as mp
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from decoding.lang import read_symbol_table
 from decoding.score import WerResult, compute_wer
 from decoding.shards import FeatureShards
 from features.errors import InputError
+from features.executor import Unit, cached, executor_for
 
 __all__ = ["DECODE_SHARD_BYTES", "DecodeConfig", "DecodeResult", "LoglikeShards", "ShardedLoglikes", "TunedDecode",
            "decode_loglikes", "decode_shard_frames", "posteriors_to_loglikes", "search_scale", "tune_and_decode"]
@@ -117,59 +117,56 @@ def posteriors_to_loglikes(log_post: np.ndarray, log_prior: np.ndarray) -> np.nd
     return (log_post - log_prior).astype(np.float32)
 
 
-@dataclass
-class _Job:
-    graph: kaldifst.StdVectorFst
-    tid2pdf: np.ndarray
-    words: dict[int, str]
-    num_pdfs: int
-    cfg: DecodeConfig
-    decoder: kaldi_decoder.FasterDecoder | None = None  # made on first use, in the process that decodes
-
-    def faster_decoder(self) -> kaldi_decoder.FasterDecoder:
-        if self.decoder is None:
-            opts = kaldi_decoder.FasterDecoderOptions(beam=self.cfg.beam, max_active=self.cfg.max_active)
-            self.decoder = kaldi_decoder.FasterDecoder(self.graph, opts)
-        return self.decoder
-
-
-_JOB: _Job | None = None  # set in the parent before forking, so workers share the graph copy-on-write
-
 _Decoded = tuple[list[str] | None, bool, int, float]
 """One utterance at one scale: words (None: no path), reached a final state, frames, seconds."""
 
 
-def _decode_utterance(task: tuple[str, np.ndarray, Sequence[float]]) -> tuple[str, list[_Decoded]]:
-    """An utterance's log-likelihoods decoded at each of the scales (one decoder, reset by every search)."""
-    utt, loglikes, scales = task
-    job = _JOB
-    assert job is not None
-    decoder = job.faster_decoder()
-    expanded = loglikes[:, job.tid2pdf]
-    out = []
-    for scale in scales:
-        t0 = time.process_time()
-        mat = np.ascontiguousarray(expanded * scale, dtype=np.float32)
-        decoder.decode(kaldi_decoder.DecodableCtc(mat, offset=0))
-        reached_final = decoder.reached_final()
-        ok, best = decoder.get_best_path(use_final_probs=reached_final)
-        words = None
-        if ok:
-            got, _tids, word_ids, _weight = kaldifst.get_linear_symbol_sequence(best)
-            if got:
-                words = [job.words[w] for w in word_ids]
-        out.append((words, reached_final, mat.shape[0], time.process_time() - t0))
-    return utt, out
+@dataclass(frozen=True)
+class _DecodeUnit(Unit[tuple[str, list[_Decoded]]]):
+    """One utterance's log-likelihoods decoded at each of ``scales`` with ``graph_dir``'s HCLG (one decoder, reset
+    by every search). The process running it reads the graph and words.txt once (:func:`features.executor.cached`);
+    ``tid2pdf`` maps the graph's transition-ids to the columns of ``loglikes``."""
+
+    graph_dir: Path
+    tid2pdf: np.ndarray
+    cfg: DecodeConfig
+    utt: str
+    loglikes: np.ndarray
+    scales: tuple[float, ...]
+
+    def describe(self) -> str:
+        return f"utterance {self.utt!r} on {self.graph_dir / 'HCLG.fst'}"
+
+    def run(self) -> tuple[str, list[_Decoded]]:
+        decoder = cached(_decoder, self.graph_dir / "HCLG.fst", self.cfg.beam, self.cfg.max_active)[1]
+        words = cached(_words, self.graph_dir / "words.txt")
+        expanded = self.loglikes[:, self.tid2pdf]
+        out = []
+        for scale in self.scales:
+            t0 = time.process_time()
+            mat = np.ascontiguousarray(expanded * scale, dtype=np.float32)
+            decoder.decode(kaldi_decoder.DecodableCtc(mat, offset=0))
+            reached_final = decoder.reached_final()
+            ok, best = decoder.get_best_path(use_final_probs=reached_final)
+            hyp = None
+            if ok:
+                got, _tids, word_ids, _weight = kaldifst.get_linear_symbol_sequence(best)
+                if got:
+                    hyp = [words[w] for w in word_ids]
+            out.append((hyp, reached_final, mat.shape[0], time.process_time() - t0))
+        return self.utt, out
 
 
-def _load_job(graph_dir: Path, transition_model: khg.TransitionModel, cfg: DecodeConfig) -> _Job:
-    graph_dir = Path(graph_dir)
-    if not (graph_dir / "HCLG.fst").is_file():
-        raise InputError("missing decoding graph", graph_dir / "HCLG.fst")
-    tid2pdf = np.asarray(transition_model.transition_id_to_pdf_array(), dtype=np.int64)[1:]
-    words = {i: w for w, i in read_symbol_table(graph_dir / "words.txt").items()}
-    hclg = graph_dir / "HCLG.fst"
-    return _Job(_read_graph(hclg, hclg.stat().st_mtime_ns), tid2pdf, words, transition_model.num_pdfs, cfg)
+def _decoder(hclg: Path, beam: float, max_active: int) -> tuple[kaldifst.StdVectorFst, kaldi_decoder.FasterDecoder]:
+    """HCLG and a decoder searching it (the decoder keeps a reference to the graph, which must outlive it). Reading
+    a 2M-state graph takes seconds: :func:`features.executor.cached` keeps both for the next utterance."""
+    graph = kaldifst.StdVectorFst.read(str(hclg))
+    return graph, kaldi_decoder.FasterDecoder(graph, kaldi_decoder.FasterDecoderOptions(beam=beam,
+                                                                                          max_active=max_active))
+
+
+def _words(path: Path) -> dict[int, str]:
+    return {i: w for w, i in read_symbol_table(path).items()}
 
 
 def _check_shapes(loglikes: Mapping[str, np.ndarray], num_pdfs: int) -> None:
@@ -177,13 +174,6 @@ def _check_shapes(loglikes: Mapping[str, np.ndarray], num_pdfs: int) -> None:
         if mat.ndim != 2 or mat.shape[1] != num_pdfs:
             raise InputError(f"utterance {utt}: log-likelihoods have shape {mat.shape}, the model has {num_pdfs} "
                              "pdfs")
-
-
-@functools.lru_cache(maxsize=1)
-def _read_graph(path: Path, mtime_ns: int) -> kaldifst.StdVectorFst:
-    """HCLG, kept for the next call on the same unchanged file (tuning decodes dev more than once; reading a
-    2M-state graph takes seconds). ``mtime_ns`` is part of the key so a rebuilt graph is read again."""
-    return kaldifst.StdVectorFst.read(str(path))
 
 
 def _as_model(transition_model: Path | khg.TransitionModel) -> khg.TransitionModel:
@@ -204,31 +194,30 @@ def _decode_at_scales(graph_dir: Path, transition_model: Path | khg.TransitionMo
                       cfg: DecodeConfig, nj: int) -> dict[float, DecodeResult]:
     """One pass over the shards: each utterance decoded at every scale of ``scales`` while its shard is held.
 
-    With ``nj > 1`` the workers are forked once for the pass (sharing the graph); each utterance's matrix goes to a
-    worker as it is decoded, so the pass holds one shard of log-likelihoods plus one utterance per worker.
+    A shard's utterances are units of the executor (``nj`` local processes, which share the graph this process
+    read before forking them, or a Dask cluster's workers, which read it once each); each utterance's matrix goes
+    to the process that decodes it, so the pass holds one shard of log-likelihoods plus one utterance per worker.
     ``wall_seconds`` of every scale is the pass's decoding time, log-likelihood computation excluded.
     """
-    global _JOB
+    graph_dir = Path(graph_dir).resolve()
+    if not (graph_dir / "HCLG.fst").is_file():
+        raise InputError("missing decoding graph", graph_dir / "HCLG.fst")
+    model = _as_model(transition_model)
+    tid2pdf = np.asarray(model.transition_id_to_pdf_array(), dtype=np.int32)[1:]
+    runner = executor_for(nj)
+    runner.preload(_decoder, graph_dir / "HCLG.fst", cfg.beam, cfg.max_active)
     t_wall = 0.0
     decoded: dict[str, list[_Decoded]] = {}
-    _JOB = job = _load_job(graph_dir, _as_model(transition_model), cfg)
-    pool = mp.get_context("fork").Pool(nj) if nj > 1 else None
-    try:
-        with tqdm(desc="decode", unit="utt", leave=False) as bar:
-            for shard in _as_shards(loglikes):
-                _check_shapes(shard, job.num_pdfs)
-                t0 = time.perf_counter()
-                tasks = ((utt, shard[utt], tuple(scales)) for utt in sorted(shard))
-                for utt, rows in (pool.imap_unordered(_decode_utterance, tasks) if pool is not None
-                                  else map(_decode_utterance, tasks)):
-                    decoded[utt] = rows
-                    bar.update()
-                t_wall += time.perf_counter() - t0
-                del shard, tasks  # before the next shard is computed
-    finally:
-        if pool is not None:
-            pool.terminate()
-        _JOB = None
+    with tqdm(desc="decode", unit="utt", leave=False) as bar:
+        for shard in _as_shards(loglikes):
+            _check_shapes(shard, model.num_pdfs)
+            t0 = time.perf_counter()
+            units = [_DecodeUnit(graph_dir, tid2pdf, cfg, utt, shard[utt], tuple(scales)) for utt in sorted(shard)]
+            for utt, rows in runner.map(units, "decode"):
+                decoded[utt] = rows
+                bar.update()
+            t_wall += time.perf_counter() - t0
+            del shard, units  # before the next shard is computed
     return {scale: _result(decoded, i, scale, t_wall) for i, scale in enumerate(scales)}
 
 
@@ -264,7 +253,8 @@ def decode_loglikes(graph_dir: Path, transition_model: Path | khg.TransitionMode
     them) with ``graph_dir``'s HCLG at ``cfg.acoustic_scale``.
 
     ``transition_model`` is the one the graph was built with (object, or a ``final.mdl`` path). Utterances go
-    to ``nj`` forked workers; with ``nj == 1`` everything runs in this process.
+    to ``nj`` local processes (or the Dask cluster the pipeline connected to); with ``nj == 1`` everything runs in
+    this process.
     """
     cfg = cfg or DecodeConfig()
     return _decode_at_scales(graph_dir, transition_model, loglikes, [cfg.acoustic_scale], cfg, nj)[cfg.acoustic_scale]

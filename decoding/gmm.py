@@ -7,24 +7,25 @@ call. The tree is :mod:`decoding.tree`. Every directory written follows Kaldi's 
 ``ali.scp``), so Kaldi tools can read the results.
 
 The features stay on disk. Every pass over the data (an EM iteration, an alignment) goes through it one shard at
-a time (:mod:`decoding.shards`): ``nj`` forked processes each read a shard, compile its training graphs, align it
-when the pass realigns, and accumulate its statistics; the driver adds the shards' statistics in shard order and
-updates the model. Memory is therefore set by a shard (``shard_frames``) per process, never by the corpus, and
-``nj`` never changes a result. Statistics are summed within a shard, then shard after shard, so with one shard
-they are exactly the whole-corpus sums; with several they differ from those by float rounding only.
+a time (:mod:`decoding.shards`): each shard is a unit of :mod:`features.executor` (one of ``nj`` local processes,
+or a Dask worker) that reads the shard, compiles its training graphs, aligns it when the pass realigns, and
+accumulates its statistics, loading the pass's model from the file the driver published; the driver adds the
+shards' statistics in shard order and updates the model. Memory is therefore set by a shard (``shard_frames``) per
+process, never by the corpus, and neither ``nj`` nor where the units run changes a result. Statistics are summed
+within a shard, then shard after shard, so with one shard they are exactly the whole-corpus sums; with several
+they differ from those by float rounding only.
 """
 from __future__ import annotations
 
-import functools
 import json
+import shutil
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import kaldi_hmm_gmm as khg
-import kaldifst
 import numpy as np
 from tqdm import tqdm
 
@@ -56,10 +57,11 @@ from decoding.hmm import (
     write_model,
 )
 from decoding.lang import Lang, load_lang
-from decoding.shards import SHARD_FRAMES, FeatureShards, map_shards
+from decoding.shards import SHARD_FRAMES, FeatureShards
 from decoding.tree_stats import TreeStats, TreeStatsAccumulator
 from features.atomic import atomic_write, write_text_atomic
 from features.errors import InputError
+from features.executor import Unit, cached, executor_for, load_pickle, publish
 from features.kaldi_io import load_vec_int_scp, write_vec_int_ark_scp, write_vector
 from features.tables import read_text, write_table
 
@@ -116,6 +118,17 @@ def gmm_features(feats_dir: Path, shard_frames: int = SHARD_FRAMES) -> FeatureSh
     return FeatureShards(feats_dir, shard_frames, norm_vars=False, deltas=True)
 
 
+def _shared_features(feats_dir: Path, shard_frames: int) -> FeatureShards:
+    """:func:`gmm_features`, once per process while the files of its index are unchanged: the driver's copy is the
+    one local workers inherit, and a worker reads a feature dir's index once for all its units."""
+    index = [feats_dir / name for name in ("feats.scp", "utt2num_frames", "cmvn.scp", "utt2spk")]
+    return cached(_features_of, feats_dir, shard_frames, *index)
+
+
+def _features_of(feats_dir: Path, shard_frames: int, *_index: Path) -> FeatureShards:
+    return gmm_features(feats_dir, shard_frames)
+
+
 @dataclass
 class _Data:
     """Training data: the features stay on disk in shards; transcripts (of the utterances with features) and the
@@ -127,53 +140,128 @@ class _Data:
 
 
 def _load_training_data(feats_dir: Path, lang_dir: Path, text: Path | None, shard_frames: int) -> _Data:
-    feats = gmm_features(feats_dir, shard_frames)
+    feats = _shared_features(Path(feats_dir).resolve(), shard_frames)
     texts = read_text(Path(text) if text is not None else Path(feats_dir) / "text")
     return _Data(feats, {u: w for u, w in texts.items() if u in feats.frames}, load_lang(lang_dir))
 
 
 # ----------------------------------------------------------------------------------------------- passes
-Aligner = Callable[[Mapping[str, kaldifst.StdVectorFst], Mapping[str, np.ndarray]], AlignResult]
-"""Aligns one shard: (its training graphs, its features) -> alignments (flat start, or Viterbi with a model)."""
+@dataclass(frozen=True)
+class _Viterbi:
+    """Viterbi alignment with the pass's model, its silence pdfs' weights times ``boost_silence``."""
+
+    beam: float
+    retry_beam: float
+    careful: bool
+    boost_silence: float = 1.0
 
 
-@dataclass
-class _ShardPass:
-    """What every shard goes through in one pass over the data: read its features; with an ``aligner``, compile
-    its training graphs and align it, else take its ``alignments``; with ``params``, accumulate its statistics.
+_PASSES = ".passes"  # beside a training or alignment dir's outputs: the model of the pass under way, for its units
+_EQUAL = "equal"  # the flat start: every utterance's frames shared out equally over its graph's states
 
-    Forked workers inherit it (:func:`decoding.shards.map_shards`); a shard's alignments and statistics come back.
+
+@dataclass(frozen=True)
+class _ShardPass(Unit[tuple[AlignResult | None, GmmStats | None]]):
+    """What shard ``index`` of a feature dir goes through in one pass over the data: read its features; align it
+    (``align``: flat start or Viterbi, on graphs compiled from ``texts``) or take its ``alignments``; with
+    ``accumulate``, add up its statistics under the pass's GMMs. ``model`` is the pass's (transition model, tree,
+    GMMs) as :func:`features.executor.publish` wrote them; the process running the unit loads it, the features'
+    index and the lang dir once (:func:`features.executor.cached`). A shard's alignments and statistics come back.
     """
 
-    data: _Data
-    tables: TransitionTables
-    aligner: Aligner | None = None
-    compiler: GraphCompiler | None = None
+    feats_dir: Path
+    shard_frames: int
+    index: int
+    lang_dir: Path
+    model: Path
+    align: _Viterbi | str | None = None
+    texts: Mapping[str, list[str]] = field(default_factory=dict)
     alignments: Mapping[str, np.ndarray] = field(default_factory=dict)
-    params: GmmParams | None = None
+    accumulate: bool = True
 
-    def __call__(self, index: int) -> tuple[AlignResult | None, GmmStats | None]:
-        shard = self.data.feats.shards[index]
-        feats = self.data.feats.read(shard.utts)
+    def describe(self) -> str:
+        return f"shard {self.index} of {self.feats_dir / 'feats.scp'}"
+
+    def run(self) -> tuple[AlignResult | None, GmmStats | None]:
+        feats = _shared_features(self.feats_dir, self.shard_frames)
+        tm, _ctx, _am = cached(load_pickle, self.model)
+        tables = cached(_tables, self.model)
+        shard_feats = feats.read(feats.shards[self.index].utts)
         ali = None
-        if self.aligner is not None:
-            assert self.compiler is not None
-            texts = self.data.texts
-            ali = self.aligner(self.compiler.compile({u: texts[u] for u in shard.utts if u in texts}), feats)
+        alignments = self.alignments
+        if self.align is not None:
+            graphs = cached(_compiler, self.model, self.lang_dir).compile(self.texts)
+            if self.align == _EQUAL:
+                ali = equal_align_utterances(graphs, shard_feats)
+            else:
+                assert isinstance(self.align, _Viterbi)
+                am = cached(_boosted, self.model, self.lang_dir, self.align.boost_silence)
+                ali = align_utterances(tm, am, graphs, shard_feats, beam=self.align.beam,
+                                       retry_beam=self.align.retry_beam, careful=self.align.careful)
             alignments = ali.alignments
-        else:
-            alignments = {u: self.alignments[u] for u in shard.utts if u in self.alignments}
         stats = None
-        if self.params is not None and alignments:
-            stats = accumulate_utterances(self.params, feats, {u: self.tables.pdf[a] for u, a in alignments.items()})
+        if self.accumulate and alignments:
+            stats = accumulate_utterances(cached(_params, self.model), shard_feats,
+                                          {u: tables.pdf[a] for u, a in alignments.items()})
         return ali, stats
 
 
-def _run_pass(spec: _ShardPass, nj: int, desc: str) -> tuple[AlignResult | None, GmmStats | None]:
-    """Every shard through ``spec`` in ``nj`` processes; alignments and statistics added up in shard order."""
-    ali = AlignResult() if spec.aligner is not None else None
+def _tables(model: Path) -> TransitionTables:
+    return transition_tables(cached(load_pickle, model)[0])
+
+
+def _params(model: Path) -> GmmParams:
+    return GmmParams.from_am(cached(load_pickle, model)[2])
+
+
+def _compiler(model: Path, lang_dir: Path) -> GraphCompiler:
+    tm, ctx, _ = cached(load_pickle, model)
+    return GraphCompiler(tm, ctx, cached(load_lang, lang_dir))
+
+
+def _boosted(model: Path, lang_dir: Path, factor: float) -> khg.AmDiagGmm:
+    tm, _, am = cached(load_pickle, model)
+    return boost_silence(am, _silence_pdfs(tm, cached(load_lang, lang_dir)), factor)
+
+
+@dataclass
+class _PassModel:
+    """The model of a pass, published for its units under ``directory`` (one file at a time: the last pass's
+    goes when the next is published, and the directory when training ends)."""
+
+    directory: Path
+    path: Path | None = None
+
+    def publish(self, trans_model: khg.TransitionModel, ctx: khg.ContextDependency, am: khg.AmDiagGmm) -> Path:
+        path = publish((trans_model, ctx, am), self.directory)
+        if self.path is not None and self.path != path:
+            self.path.unlink(missing_ok=True)
+        self.path = path
+        return path
+
+    def remove(self) -> None:
+        shutil.rmtree(self.directory, ignore_errors=True)
+        self.path = None
+
+
+def _run_pass(data: _Data, model: Path, nj: int, desc: str, align: _Viterbi | str | None = None,
+              alignments: Mapping[str, np.ndarray] | None = None, accumulate: bool = True
+              ) -> tuple[AlignResult | None, GmmStats | None]:
+    """Every shard through one pass (:class:`_ShardPass`), as units of the executor (``nj`` local processes, or
+    the Dask cluster the pipeline connected to); alignments and statistics added up in shard order."""
+    feats, texts = data.feats, data.texts
+    units = [_ShardPass(feats.feats_dir, feats.max_frames, shard.index, data.lang.lang_dir.resolve(),
+                        model, align,
+                        texts={u: texts[u] for u in shard.utts if u in texts} if align is not None else {},
+                        alignments={u: alignments[u] for u in shard.utts if u in alignments}
+                        if align is None and alignments is not None else {},
+                        accumulate=accumulate)
+             for shard in feats.shards]
+    runner = executor_for(nj)
+    runner.preload(load_pickle, model)
+    ali = AlignResult() if align is not None else None
     stats: GmmStats | None = None  # the first shard's statistics start the sums: exactly them with one shard
-    for part_ali, part_stats in map_shards(spec, len(spec.data.feats.shards), nj, desc):
+    for part_ali, part_stats in runner.map(units, desc):
         if ali is not None and part_ali is not None:
             ali.merge(part_ali)
         if part_stats is not None:
@@ -215,40 +303,37 @@ def _silence_pdfs(trans_model: khg.TransitionModel, lang: Lang) -> list[int]:
 
 @dataclass
 class _Trainer:
-    """The state of one EM run: the model being trained plus the training data and its graph compiler."""
+    """The state of one EM run: the model being trained (transition model, tree, GMMs) and the training data; each
+    pass publishes the model for its units under ``passes`` (:class:`_PassModel`)."""
 
     trans_model: khg.TransitionModel
+    ctx: khg.ContextDependency
     am: khg.AmDiagGmm
     data: _Data
-    compiler: GraphCompiler
     nj: int
     rng: np.random.Generator
+    passes: _PassModel
     history: list[dict] = field(default_factory=list)
 
-    def aligner(self, beam: float, retry_beam: float, careful: bool, silence_boost: float) -> Aligner:
-        """Viterbi alignment with the current model (silence pdfs boosted), for the next pass."""
-        am = boost_silence(self.am, _silence_pdfs(self.trans_model, self.data.lang), silence_boost)
-        return functools.partial(align_utterances, self.trans_model, am, beam=beam, retry_beam=retry_beam,
-                                 careful=careful)
-
-    def align(self, aligner: Aligner) -> AlignResult:
+    def align(self, aligner: _Viterbi) -> AlignResult:
         """A pass that only aligns (the final alignments)."""
-        spec = _ShardPass(self.data, transition_tables(self.trans_model), aligner, self.compiler)
-        ali, _ = _run_pass(spec, self.nj, "align")
+        model = self.passes.publish(self.trans_model, self.ctx, self.am)
+        ali, _ = _run_pass(self.data, model, self.nj, "align", aligner, accumulate=False)
         assert ali is not None
         _warn_failed(ali)
         return ali
 
-    def iterate(self, aligner: Aligner | None, alignments: Mapping[str, np.ndarray], target_gauss: int, power: float,
-                min_gaussian_occupancy: float = 10.0) -> tuple[AlignResult | None, dict]:
+    def iterate(self, aligner: _Viterbi | str | None, alignments: Mapping[str, np.ndarray], target_gauss: int,
+                power: float, min_gaussian_occupancy: float = 10.0) -> tuple[AlignResult | None, dict]:
         """One EM iteration, gmm-acc-stats-ali + gmm-est: one pass over the shards that realigns each first when
-        an ``aligner`` is given (else uses ``alignments``) and accumulates its statistics, then the update.
+        an ``aligner`` is given (:class:`_Viterbi` with the current model, or the flat start's equal alignment;
+        else uses ``alignments``) and accumulates its statistics, then the update.
 
         Returns the new alignments (None when not realigned) and the iteration's numbers for the log.
         """
         params = GmmParams.from_am(self.am)
-        spec = _ShardPass(self.data, transition_tables(self.trans_model), aligner, self.compiler, alignments, params)
-        ali, stats = _run_pass(spec, self.nj, "EM pass")
+        model = self.passes.publish(self.trans_model, self.ctx, self.am)
+        ali, stats = _run_pass(self.data, model, self.nj, "EM pass", aligner, alignments)
         if ali is not None:
             _warn_failed(ali)
             alignments = ali.alignments
@@ -345,22 +430,20 @@ def train_mono(feats_dir: Path, lang_dir: Path, out_dir: Path, cfg: MonoConfig |
     topo = make_topology(data.lang)
     ctx = monophone_tree(topo)
     tm = transition_model(ctx, topo)
-    compiler = GraphCompiler(tm, ctx, data.lang)
-    compiler.count_oov(data.texts)
-    trainer = _Trainer(tm, _init_mono_am(tm.num_pdfs, data.feats), data, compiler, nj,
-                       np.random.default_rng(cfg.seed))
+    GraphCompiler(tm, ctx, data.lang).count_oov(data.texts)
+    trainer = _Trainer(tm, ctx, _init_mono_am(tm.num_pdfs, data.feats), data, nj, np.random.default_rng(cfg.seed),
+                       _PassModel(out_dir / _PASSES))
 
     num_gauss = tm.num_pdfs
     inc = _gauss_schedule(num_gauss, cfg.max_gauss, cfg.max_iter_inc)
-    ali, numbers = trainer.iterate(equal_align_utterances, {}, num_gauss, cfg.power,
-                                   cfg.first_min_gaussian_occupancy)
+    ali, numbers = trainer.iterate(_EQUAL, {}, num_gauss, cfg.power, cfg.first_min_gaussian_occupancy)
     assert ali is not None
     trainer.log_iteration(0, numbers, ali)
     beams = (cfg.initial_beam, 4 * cfg.initial_beam)  # train_mono.sh: retry beam 4x the beam
     for it in tqdm(range(1, cfg.num_iters), desc="mono EM", leave=False):
         aligner = None
         if it in cfg.realign_iters:
-            aligner = trainer.aligner(*beams, cfg.careful, cfg.boost_silence)
+            aligner = _Viterbi(*beams, cfg.careful, cfg.boost_silence)
             beams = (cfg.beam, cfg.retry_beam)
         if it <= cfg.max_iter_inc:
             num_gauss += inc
@@ -371,7 +454,8 @@ def train_mono(feats_dir: Path, lang_dir: Path, out_dir: Path, cfg: MonoConfig |
 
     write_model(out_dir / "final.mdl", tm, trainer.am)
     _write_ctx(ctx, out_dir / "tree")
-    final = trainer.align(trainer.aligner(cfg.beam, cfg.retry_beam, cfg.careful, cfg.boost_silence))
+    final = trainer.align(_Viterbi(cfg.beam, cfg.retry_beam, cfg.careful, cfg.boost_silence))
+    trainer.passes.remove()
     _write_alignments(out_dir, final, transition_tables(tm))
     summary = {"num_pdfs": tm.num_pdfs, "num_gauss": trainer.am.num_gauss, "num_utts": len(data.feats.frames),
                "avg_loglike": trainer.history[-1]["avg_loglike"],
@@ -470,14 +554,13 @@ def train_tri(feats_dir: Path, lang_dir: Path, ali_dir: Path, out_dir: Path, cfg
 
     # The first accumulation labels frames with the new tree's pdfs through the converted alignments.
     ali_dict = _convert_alignments(alignments, old, tree, tm)
-    compiler = GraphCompiler(tm, ctx, lang)
-    compiler.count_oov(data.texts)
-    trainer = _Trainer(tm, am, data, compiler, nj, rng)
+    GraphCompiler(tm, ctx, lang).count_oov(data.texts)
+    trainer = _Trainer(tm, ctx, am, data, nj, rng, _PassModel(out_dir / _PASSES))
     inc = _gauss_schedule(num_gauss, cfg.max_gauss, cfg.max_iter_inc)
     for it in tqdm(range(1, cfg.num_iters), desc="tri EM", leave=False):
         aligner = None
         if it in cfg.realign_iters:
-            aligner = trainer.aligner(cfg.beam, cfg.retry_beam, cfg.careful, cfg.boost_silence)
+            aligner = _Viterbi(cfg.beam, cfg.retry_beam, cfg.careful, cfg.boost_silence)
         if it <= cfg.max_iter_inc:
             num_gauss += inc
         realigned, numbers = trainer.iterate(aligner, ali_dict, num_gauss, cfg.power)
@@ -486,6 +569,7 @@ def train_tri(feats_dir: Path, lang_dir: Path, ali_dir: Path, out_dir: Path, cfg
         trainer.log_iteration(it, numbers, realigned)
 
     write_model(out_dir / "final.mdl", tm, trainer.am)
+    trainer.passes.remove()
     summary = {"num_pdfs": tm.num_pdfs, "num_gauss": trainer.am.num_gauss, "num_utts": len(alignments),
                "avg_loglike": trainer.history[-1]["avg_loglike"],
                "avg_loglike_first": trainer.history[0]["avg_loglike"],
@@ -512,11 +596,12 @@ def align(model_dir: Path, feats_dir: Path, lang_dir: Path, out_dir: Path, nj: i
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tm, am = read_model(model_dir / "final.mdl")
-    compiler = GraphCompiler(tm, tree_mod.read_tree(model_dir / "tree"), data.lang)
-    compiler.count_oov(data.texts)
+    ctx = tree_mod.read_tree(model_dir / "tree")
+    GraphCompiler(tm, ctx, data.lang).count_oov(data.texts)
     tables = transition_tables(tm)
-    aligner = functools.partial(align_utterances, tm, am, beam=beam, retry_beam=retry_beam)
-    result, stats = _run_pass(_ShardPass(data, tables, aligner, compiler, params=GmmParams.from_am(am)), nj, "align")
+    passes = _PassModel(out_dir / _PASSES)
+    result, stats = _run_pass(data, passes.publish(tm, ctx, am), nj, "align", _Viterbi(beam, retry_beam, False))
+    passes.remove()
     assert result is not None
     _write_alignments(out_dir, result, tables)
     counts = np.zeros(tm.num_pdfs, np.int64)

@@ -5,30 +5,25 @@ longer than that is a shard of its own), cut from ``utt2num_frames``, which the 
 ``feats.scp``. For a whole dir only the utterance list, the frame counts and the per-speaker CMVN statistics are
 held; a shard's matrices are read from the archives when the shard is processed and dropped after it.
 
-GMM training, alignment and decoding work shard by shard, in ``nj`` forked processes (:func:`map_shards`) or in
-this one, and combine the shards' results in shard order, never in the order processes finish. Shards are cut by
-frames, not by ``nj``, so the combined floating-point sums, and everything trained from them, are the same
-whatever ``nj`` and whatever the timing.
+GMM training and alignment work shard by shard: each shard is a unit of :mod:`features.executor` (local
+processes or Dask workers), and the shards' results are combined in shard order, never in the order they finish.
+Shards are cut by frames, not by ``nj``, so the combined floating-point sums, and everything trained from them,
+are the same whatever ``nj``, wherever the units run and whatever the timing.
 """
 from __future__ import annotations
 
-import multiprocessing as mp
 import re
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
 
 import numpy as np
-from tqdm import tqdm
 
 from features.cmvn import apply_cmvn
 from features.deltas import add_deltas
 from features.errors import InputError
 from features.kaldi_io import READ_ERRORS, load_mat_scp, read_mat
 from features.tables import read_dict, read_table
-
-T = TypeVar("T")
 
 SHARD_FRAMES = 200_000
 """Default frames per shard for GMM training and alignment (about 33 minutes of audio at 10 ms a frame): what a
@@ -75,7 +70,7 @@ class FeatureShards:
 
     def __init__(self, feats_dir: Path, max_frames: int, *, norm_vars: bool = False, deltas: bool = False) -> None:
         self.feats_dir = Path(feats_dir)
-        self.norm_vars, self.deltas = norm_vars, deltas
+        self.max_frames, self.norm_vars, self.deltas = max_frames, norm_vars, deltas
         scp = self.feats_dir / "feats.scp"
         if not scp.is_file():
             raise InputError("no features: the features stage writes feats.scp", scp)
@@ -142,32 +137,3 @@ class FeatureShards:
             raise InputError(f"no CMVN stats for utterance {utt!r} (speaker {spk!r})", self.feats_dir / "cmvn.scp")
         out = apply_cmvn(mat.astype(np.float32, copy=False), self._cmvn[spk], self.norm_vars)
         return add_deltas(out) if self.deltas else out
-
-
-_TASK: Callable[[int], object] | None = None  # set only while a pool forks its workers, which inherit it
-
-
-def _run_task(index: int) -> object:
-    assert _TASK is not None
-    return _TASK(index)
-
-
-def map_shards(task: Callable[[int], T], count: int, nj: int, desc: str) -> Iterator[T]:
-    """``task(0)``, ``task(1)``, ... ``task(count - 1)``, run by ``nj`` forked processes, yielded in that order.
-
-    The workers inherit ``task`` (a closure over models, graphs and binding objects that do not pickle) through a
-    module global set while they are forked; only the index goes out and the result comes back. With ``nj <= 1``
-    everything runs in this process. Results are yielded in index order whatever order the workers finish in, so a
-    caller that folds them as they come takes its sums in one fixed order.
-    """
-    if nj <= 1 or count <= 1:
-        yield from tqdm(map(task, range(count)), total=count, desc=desc, leave=False)
-        return
-    global _TASK
-    _TASK = task
-    try:
-        pool = mp.get_context("fork").Pool(min(nj, count))  # the workers are forked here, holding the task
-    finally:
-        _TASK = None
-    with pool:
-        yield from tqdm(pool.imap(_run_task, range(count)), total=count, desc=desc, leave=False)

@@ -1,8 +1,7 @@
 """Feature dirs read shard by shard: how shards are cut, that a shard reads what the whole-dir reader gives, that a
-missing or cut-short archive is an input error naming it, and that results come back in shard order."""
+missing or cut-short archive is an input error naming it (shards as units of an executor: tests/test_executor.py)."""
 from __future__ import annotations
 
-import time
 import weakref
 from pathlib import Path
 
@@ -10,7 +9,7 @@ import numpy as np
 import pytest
 
 from decoding.decode import ShardedLoglikes
-from decoding.shards import FeatureShards, cut_shards, map_shards
+from decoding.shards import FeatureShards, cut_shards
 from features.cmvn import compute_cmvn_stats
 from features.deltas import add_deltas
 from features.errors import InputError
@@ -96,30 +95,6 @@ def test_frame_counts_that_disagree_with_the_archive_are_an_input_error(tmp_path
     with pytest.raises(InputError, match="features stage") as err:
         FeatureShards(d, 60)
     assert err.value.path == d / "utt2num_frames"
-
-
-def _slow_for_low_indices(index: int) -> tuple[int, int]:
-    time.sleep(0.05 * (4 - index) if index < 4 else 0.0)  # the first shards finish last
-    return index, index * index
-
-
-@pytest.mark.parametrize("nj", [1, 3])
-def test_map_shards_yields_in_shard_order_whatever_finishes_first(nj: int) -> None:
-    assert list(map_shards(_slow_for_low_indices, 8, nj, "test")) == [(i, i * i) for i in range(8)]
-
-
-def test_map_shards_runs_closures_in_workers_and_passes_their_errors_on() -> None:
-    offset = np.arange(3)  # workers inherit the closure and its captured objects; only indices travel
-
-    def task(index: int) -> int:
-        if index == 5:
-            raise InputError("bad shard", Path("shard5"))
-        return int(offset.sum()) + index
-
-    assert list(map_shards(task, 4, 2, "test")) == [3, 4, 5, 6]
-    with pytest.raises(InputError, match="bad shard") as err:
-        list(map_shards(task, 6, 2, "test"))
-    assert err.value.path == Path("shard5")
 
 
 def test_sharded_loglikes_compute_each_shard_from_its_features_alone(tmp_path: Path) -> None:

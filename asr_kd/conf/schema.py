@@ -29,6 +29,7 @@ from decoding.gmm import MonoConfig, TriConfig
 from decoding.graph import GraphConfig
 from decoding.lang import LangConfig, LexiconConfig
 from decoding.lm import LmConfig
+from features.executor import ExecutorConfig
 from features.extract import FeatureConfig
 
 
@@ -93,6 +94,11 @@ class ExperimentConfig:
     work_dir: str = "."  # data/ and exp/ go below it
     results_dir: str | None = None  # where the report publishes RESULTS.md (None: <work_dir>/results)
     nj: int = 2  # parallel jobs for CPU stages (Kaldi's nj); never changes a result
+    # Where the CPU stages' units run (GMM training and alignment, decoding): executor.backend=local, nj processes
+    # on this machine; or executor.backend=dask with executor.scheduler=tcp://host:8786 (or a scheduler file), or
+    # executor.cluster.system=slurm|sge|pbs to start the workers as batch jobs. Never changes a result
+    # (docs/cluster.md).
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
     # torchrun ranks for the stages whose work splits into independent shares (members, temperatures, students, the
     # 3% models, the soft targets' frames): each rank does its share alone. On a CPU, 2 single-thread processes
     # train ~1.5x faster than one 2-thread process; on GPUs, one rank per GPU. Part of what a result is a function
