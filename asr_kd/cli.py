@@ -16,7 +16,7 @@ torchrun, or the config gives the stage fewer than two shares: no extra students
 run this process's config object (pickled, structured types and all), not one composed again from the conf files:
 a run's stages all see the config it started with, even if a conf file changes while it runs.
 
-The CPU stages' units (GMM passes and alignment, decoding) run where ``executor`` says: ``nj`` processes here
+The CPU stages' units (synthesis, features, GMM passes and alignment, decoding) run where ``executor`` says: ``nj`` processes here
 (``executor.backend=local``, the default) or a Dask cluster's workers (``executor.backend=dask``), reached and
 checked once, before the first stage (:func:`features.executor.use_executor`).
 

@@ -56,6 +56,25 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         raise
 
 
+@contextlib.contextmanager
+def resumable_dir(path: str | Path, keep: bool) -> Iterator[Path]:
+    """Like :func:`atomic_dir`, under the fixed name ``.<name>.partial``: with ``keep``, a failed block leaves it
+    for the next attempt to go on from (the caller decides what in it may be reused); else it is removed."""
+    path = Path(path)
+    tmp = path.parent / f".{path.name}.partial"
+    tmp.mkdir(parents=True, exist_ok=True)
+    os.chmod(tmp, 0o777 & ~_umask())
+    try:
+        yield tmp
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    except BaseException:
+        if not keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def write_text_atomic(path: str | Path, text: str) -> None:
     """Write a whole text file atomically."""
     with atomic_write(path) as f:

@@ -64,7 +64,7 @@ class ClusterConfig:
 
 @dataclass
 class ExecutorConfig:
-    """Where the units of the CPU stages (GMM training and alignment, decoding) run.
+    """Where the units of the CPU stages (corpus synthesis, features, GMM training and alignment, decoding) run.
 
     ``backend=local``: ``nj`` processes on this machine. ``backend=dask``: the workers of a Dask cluster, reached
     through ``scheduler`` (``tcp://host:8786``, or the file ``dask scheduler --scheduler-file`` writes) or started
@@ -217,15 +217,18 @@ class Executor(ABC):
     def __init__(self, scratch: Path | None) -> None:
         self.scratch = None if scratch is None else Path(scratch).resolve()
 
-    def map(self, units: Sequence[Unit[T]], desc: str) -> Iterator[T]:
+    def map(self, units: Sequence[Unit[T]], desc: str, setup: Callable[[], None] | None = None,
+            start_method: str = "fork") -> Iterator[T]:
         """The units' results in unit order. Results already kept from an earlier, interrupted run of the same
-        units are read back, not computed again; the list's kept results go once it is all done."""
+        units are read back, not computed again; the list's kept results go once it is all done. ``setup`` runs
+        in each local worker process before its units, which ``start_method`` starts (``spawn`` where the parent's
+        state must not be inherited: CUDA); a Dask worker's threads are set by Dask (one per worker process)."""
         units = list(units)
         keeps, kept_dir = self._keeps(units, desc)
         todo = {i for i, k in enumerate(keeps) if k.result is None or not k.result.exists()}
         if len(todo) < len(units):
             logger.info("%s: %d of %d units already done in %s", desc, len(units) - len(todo), len(units), kept_dir)
-        self._start(units, todo, keeps, desc)
+        self._start(units, todo, keeps, desc, setup, start_method)
         try:
             with tqdm(total=len(units), desc=desc, leave=False) as bar:
                 for i, keep in enumerate(keeps):
@@ -257,7 +260,8 @@ class Executor(ABC):
         it from this one (a large graph is then read once and shared); Dask workers load it at their first unit."""
 
     @abstractmethod
-    def _start(self, units: list[Unit], todo: set[int], keeps: list[_Keep], desc: str) -> None:
+    def _start(self, units: list[Unit], todo: set[int], keeps: list[_Keep], desc: str,
+               setup: Callable[[], None] | None, start_method: str) -> None:
         """Start the units of ``todo``."""
 
     @abstractmethod
@@ -301,10 +305,12 @@ class LocalExecutor(Executor):
     def preload(self, build: Callable[..., Any], *args: object) -> None:
         cached(build, *args)
 
-    def _start(self, units: list[Unit], todo: set[int], keeps: list[_Keep], desc: str) -> None:
+    def _start(self, units: list[Unit], todo: set[int], keeps: list[_Keep], desc: str,
+               setup: Callable[[], None] | None, start_method: str) -> None:
         if self.nj > 1 and len(todo) > 1:
             # fork: the workers start at once, with this process's imports; the units still travel pickled
-            self._pool = ProcessPoolExecutor(min(self.nj, len(todo)), mp_context=mp.get_context("fork"))
+            self._pool = ProcessPoolExecutor(min(self.nj, len(todo)), mp_context=mp.get_context(start_method),
+                                             initializer=setup)
             self._futures = {i: self._pool.submit(_run_unit, units[i], keeps[i], None) for i in sorted(todo)}
 
     def _result(self, index: int, units: list[Unit], keeps: list[_Keep], desc: str) -> Any:
@@ -337,7 +343,8 @@ class DaskExecutor(Executor):
         self.client, self.cluster, self.probe = client, cluster, probe
         self._futures: dict[int, Any] = {}
 
-    def _start(self, units: list[Unit], todo: set[int], keeps: list[_Keep], desc: str) -> None:
+    def _start(self, units: list[Unit], todo: set[int], keeps: list[_Keep], desc: str,
+               setup: Callable[[], None] | None, start_method: str) -> None:
         run = f"{desc.replace(' ', '_')}-{uuid.uuid4().hex[:8]}"
         self._futures = {i: self.client.submit(_run_unit, units[i], keeps[i], self.probe, pure=False,
                                                key=f"{run}-{i}") for i in sorted(todo)}
@@ -488,6 +495,11 @@ class _ScratchOnly(LocalExecutor):
 
     def __init__(self, scratch: Path) -> None:
         super().__init__(1, scratch)
+
+
+def units_kept(nj: int) -> bool:
+    """Whether :func:`executor_for` keeps finished units for a rerun (inside :func:`use_executor`)."""
+    return executor_for(nj).scratch is not None
 
 
 def executor_for(nj: int) -> Executor:

@@ -2,31 +2,29 @@
 
 The output directory is itself a Kaldi data dir (metadata copied, ``feats.scp``, ``utt2num_frames``,
 ``cmvn.scp``), so every later stage, and Kaldi's own tools, can read it. Work is split into ``nj`` contiguous
-shards of the sorted utterance list (like ``split_data.sh``), each written by its own worker process to
-``data/raw_<kind>_<name>.<job>.ark``; the whole directory is built under a temporary name and renamed into
-place, so a killed run never leaves a directory that looks finished.
+shards of the sorted utterance list (like ``split_data.sh``), each a unit of :mod:`features.executor` (a local
+process, or a Dask worker) that writes ``data/raw_<kind>_<name>.<job>.ark``; the whole directory is built under a
+temporary name (``.<name>.partial``) and renamed into place, so a killed run never leaves a directory that looks
+finished. Where the executor keeps finished units (a pipeline run), the temporary directory stays after a failure
+and a rerun extracts only the shards that had not finished.
 """
 from __future__ import annotations
 
 import logging
-import multiprocessing as mp
-import multiprocessing.synchronize
-import queue
 import shutil
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
-from features.atomic import atomic_dir, write_text_atomic
+from features.atomic import resumable_dir, write_text_atomic
 from features.audio import load_audio
 from features.cmvn import apply_cmvn, compute_cmvn_stats
 from features.errors import InputError
+from features.executor import Unit, executor_for, units_kept
 from features.fbank import FbankConfig, MfccConfig, compute_fbank_batch, compute_mfcc_batch, num_frames
 from features.kaldi_io import load_mat_scp, read_mat_scp, write_mat_ark_scp
 from features.tables import read_table
@@ -61,18 +59,6 @@ class FeatureConfig:
 
 
 @dataclass
-class _Shard:
-    """One worker's job: utterances ``(utt, wav.scp value, wav.scp line)`` and where to write them."""
-
-    entries: list[tuple[str, str, int]]
-    wav_scp: Path
-    ark: Path
-    scp: Path
-    ark_path_in_scp: Path
-    cfg: FeatureConfig
-
-
-@dataclass
 class _UttInfo:
     utt: str
     frames: int
@@ -80,44 +66,32 @@ class _UttInfo:
     stats: np.ndarray
 
 
-class _WorkerInputError(Exception):
-    """Carries an InputError's location across processes (InputError's own pickling keeps only its text)."""
+@dataclass(frozen=True)
+class _Shard(Unit[list[_UttInfo]]):
+    """Job ``job``'s utterances ``(utt, wav.scp value, wav.scp line)`` and where to write them: one unit of the
+    executor, which writes its own ark/scp and returns per-utterance frame counts and CMVN statistics."""
 
-    def __init__(self, text: str, path: str | None, line: int | None) -> None:
-        super().__init__(text, path, line)
-        self.text, self.path, self.line = text, path, line
+    job: int
+    entries: tuple[tuple[str, str, int], ...]
+    wav_scp: Path
+    ark: Path
+    scp: Path
+    ark_path_in_scp: Path
+    cfg: FeatureConfig
+
+    def describe(self) -> str:
+        return f"job {self.job}: lines {self.entries[0][2]}-{self.entries[-1][2]} of {self.wav_scp}"
+
+    def run(self) -> list[_UttInfo]:
+        return _extract_shard(self)
 
 
-class _Cancelled(Exception):
-    """Another worker failed: stop at the next batch instead of finishing a shard nobody will use."""
-
-
-_progress_queue: mp.Queue[int] | None = None
-_stop_event: mp.synchronize.Event | None = None
-
-
-def _init_worker(progress: mp.Queue[int], stop: mp.synchronize.Event) -> None:
-    """Worker set-up: one intra-op thread each (nj processes share the cores), progress queue, stop flag."""
-    global _progress_queue, _stop_event
+def _one_thread() -> None:
+    """Worker set-up: one intra-op thread each (nj processes share the cores)."""
     torch.set_num_threads(1)
-    _progress_queue, _stop_event = progress, stop
 
 
-def _worker_progress(n: int) -> None:
-    assert _progress_queue is not None and _stop_event is not None
-    if _stop_event.is_set():
-        raise _Cancelled()
-    _progress_queue.put(n)
-
-
-def _worker_main(shard: _Shard) -> list[_UttInfo]:
-    try:
-        return _extract_shard(shard, _worker_progress)
-    except InputError as e:
-        raise _WorkerInputError(str(e), None if e.path is None else str(e.path), e.line) from None
-
-
-def _extract_shard(shard: _Shard, progress: Callable[[int], None]) -> list[_UttInfo]:
+def _extract_shard(shard: _Shard) -> list[_UttInfo]:
     """Compute features for one shard, write its ark/scp and return per-utterance counts and CMVN stats."""
     cfg = shard.cfg
     sub = cfg.fbank if cfg.kind == "fbank" else cfg.mfcc
@@ -138,7 +112,6 @@ def _extract_shard(shard: _Shard, progress: Callable[[int], None]) -> list[_UttI
                 mat = feats.float().cpu().numpy()
                 infos.append(_UttInfo(utt, mat.shape[0], len(wave), compute_cmvn_stats([mat])))
                 yield utt, mat
-            progress(len(batch))
 
     write_mat_ark_scp(feats_iter(), shard.ark, shard.scp, ark_path_in_scp=shard.ark_path_in_scp)
     return infos
@@ -179,49 +152,16 @@ def _speakers(data_dir: Path, utts: list[str]) -> list[tuple[str, list[str]]]:
     return out
 
 
-def _run_shards(shards: list[_Shard], nj: int, total: int) -> list[_UttInfo]:
-    """Run the shards in ``nj`` spawned processes (in this process when nj == 1), with one progress bar."""
+def _run_shards(shards: list[_Shard], nj: int) -> list[_UttInfo]:
+    """The shards as units of the executor (``nj`` local processes, in this one when nj == 1, or a Dask
+    cluster's workers), their per-utterance results in shard order."""
+    # fork is cheap (torch is already imported) and safe for CPU work, as in torch's DataLoader; CUDA cannot be used
+    # in a forked child, so GPU extraction spawns fresh interpreters.
+    spawn = torch.device(shards[0].cfg.device).type == "cuda"
     infos: list[_UttInfo] = []
-    with tqdm(total=total, desc="features", unit="utt", leave=False) as bar:
-        if nj == 1:
-            for shard in shards:
-                infos.extend(_extract_shard(shard, bar.update))
-            return infos
-        # fork is cheap (torch is already imported) and safe for CPU work, as in torch's DataLoader; CUDA cannot
-        # be used in a forked child, so GPU extraction spawns fresh interpreters.
-        ctx = mp.get_context("spawn" if torch.device(shards[0].cfg.device).type == "cuda" else "fork")
-        progress: mp.Queue[int] = ctx.Queue()
-        stop = ctx.Event()
-        with ProcessPoolExecutor(max_workers=nj, mp_context=ctx, initializer=_init_worker,
-                                 initargs=(progress, stop)) as pool:
-            futures = [pool.submit(_worker_main, shard) for shard in shards]
-            pending = set(futures)
-            try:
-                while pending:
-                    done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
-                    _drain(progress, bar)
-                    for fut in done:
-                        fut.result()
-            except BaseException as e:
-                stop.set()  # running workers stop at their next batch
-                pool.shutdown(cancel_futures=True)
-                if isinstance(e, _WorkerInputError):
-                    err = InputError(e.text)  # the text already names file and line
-                    err.path, err.line = (None if e.path is None else Path(e.path)), e.line
-                    raise err from None
-                raise
-            _drain(progress, bar)
-        for fut in futures:
-            infos.extend(fut.result())
+    for part in executor_for(nj).map(shards, "features", setup=_one_thread, start_method="spawn" if spawn else "fork"):
+        infos.extend(part)
     return infos
-
-
-def _drain(progress: mp.Queue[int], bar: tqdm) -> None:
-    while True:
-        try:
-            bar.update(progress.get_nowait())
-        except queue.Empty:
-            return
 
 
 def make_feats(data_dir: Path, out_dir: Path, cfg: FeatureConfig | None = None, nj: int = 1) -> dict:
@@ -252,15 +192,18 @@ def make_feats(data_dir: Path, out_dir: Path, cfg: FeatureConfig | None = None, 
     nj = min(nj, len(entries))
     final = out_dir.resolve()
     name = final.name
-    with atomic_dir(final) as tmp:
-        (tmp / "data").mkdir()
+    with resumable_dir(final, keep=units_kept(nj)) as tmp:
+        (tmp / "data").mkdir(exist_ok=True)
+        for stale in tmp.iterdir():  # an interrupted run's; its finished shards' arks in data/ are reused
+            if stale.is_file():
+                stale.unlink()
         shards = []
         for job, part in enumerate(np.array_split(np.arange(len(entries)), nj), start=1):
             ark_name = f"data/raw_{cfg.kind}_{name}.{job}.ark"
-            shards.append(_Shard([entries[i] for i in part], wav_scp, tmp / ark_name,
+            shards.append(_Shard(job, tuple(entries[i] for i in part), wav_scp, tmp / ark_name,
                                  tmp / f"data/{cfg.kind}.{job}.scp",
                                  final / ark_name, cfg))
-        infos = _run_shards(shards, nj, len(entries))
+        infos = _run_shards(shards, nj)
         by_utt = {info.utt: info for info in infos}
         (tmp / "feats.scp").write_text("".join(s.scp.read_text() for s in shards))
         for s in shards:
@@ -269,6 +212,10 @@ def make_feats(data_dir: Path, out_dir: Path, cfg: FeatureConfig | None = None, 
         spk_stats = [(spk, sum(by_utt[u].stats for u in members)) for spk, members in speakers]
         write_mat_ark_scp(spk_stats, tmp / f"data/cmvn_{name}.ark", tmp / "cmvn.scp",
                           ark_path_in_scp=final / f"data/cmvn_{name}.ark")
+        written = {s.ark.name for s in shards} | {f"cmvn_{name}.ark"}
+        for stale in (tmp / "data").iterdir():  # an interrupted run's, with other settings
+            if stale.name not in written:
+                stale.unlink()
         for src in sorted(data_dir.iterdir()):
             if src.is_file() and not src.name.startswith(".") and src.name not in PRODUCED_FILES:
                 shutil.copyfile(src, tmp / src.name)

@@ -1,12 +1,13 @@
 """The CPU stages run through a real Dask cluster (a LocalCluster of two single-thread worker processes) write the
-bytes the local run of the shared CI experiment wrote: GMM training and alignment (``mono``, ``tri``), the GMM's
-decodes (``graph``) and the DNN's (``decode``)."""
+bytes the local run of the shared CI experiment wrote: the synthesized corpus (``corpus``), the features, GMM
+training and alignment (``mono``, ``tri``), the GMM's decodes (``graph``) and the DNN's (``decode``)."""
 from __future__ import annotations
 
 import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from distributed import Client, LocalCluster
 import decoding
 
 REPO = Path(__file__).resolve().parent.parent
-CPU_STAGES = ("mono", "tri", "graph", "decode")
+CPU_STAGES = ("features", "mono", "tri", "graph", "decode")
 SYSTEMS = ("gmm", "baseline")  # the graph stage decodes the GMM; the decode stage here the baseline DNN
 TIMING = ("seconds", "real_time_factor", "frames_per_s")
 
@@ -29,10 +30,12 @@ def _without_timing(value: object) -> object:
     return value
 
 
-def _outputs(root: Path) -> dict[str, object]:
+def _outputs(root: Path, *roots: Path) -> dict[str, object]:
     """Every file the CPU stages write, by path under the work dir: JSON without timings, other files as bytes
-    with the work dir's own path (which scp files hold) written as ``<work>``."""
-    dirs = [root / "exp" / name for name in ("mono", "tri1", "tri1_ali")]
+    with the work dirs' paths (which scp files hold: ``roots`` too, where a copy's files still name the original)
+    written as ``<work>``."""
+    dirs = [root / "data" / "fbank", root / "data" / "mfcc"]
+    dirs += [root / "exp" / name for name in ("mono", "tri1", "tri1_ali")]
     dirs += [root / "exp" / "decode" / system for system in SYSTEMS]
     out: dict[str, object] = {}
     for path in sorted(p for d in dirs for p in d.rglob("*") if p.is_file()):
@@ -41,7 +44,10 @@ def _outputs(root: Path) -> dict[str, object]:
             lines = path.read_text().splitlines() if path.name.endswith(".jsonl") else [path.read_text()]
             out[key] = [_without_timing(json.loads(line)) for line in lines]
         else:
-            out[key] = path.read_bytes().replace(str(root).encode(), b"<work>")
+            data = path.read_bytes()
+            for where in (root, *roots):
+                data = data.replace(str(where).encode(), b"<work>")
+            out[key] = data
     return out
 
 
@@ -50,23 +56,42 @@ def _task_names(dask_scheduler) -> list[str]:
     return sorted(dask_scheduler.task_prefixes)
 
 
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[LocalCluster]:
+    with LocalCluster(processes=True, n_workers=2, threads_per_worker=1, dashboard_address=None) as c:
+        yield c
+
+
+def _cli(work: Path, cluster: LocalCluster, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "asr_kd.cli", "--config-dir", str(REPO / "recipes" / "synth" / "conf"),
+         "--config-name", "ci", f"work_dir={work}", "executor.backend=dask",
+         f"executor.scheduler={cluster.scheduler_address}", *args],
+        cwd=work, capture_output=True, text=True, timeout=900, env=dict(os.environ, KALDI_ROOT="/tmp",
+                                                                        PYTHONPATH=str(REPO)))
+
+
 @pytest.mark.slow
-def test_the_cpu_stages_through_dask_write_the_local_runs_bytes(ci_experiment: Path,
-                                                                ci_experiment_copy: Path) -> None:
+def test_the_corpus_synthesized_through_dask_is_the_local_ones(ci_experiment: Path, cluster: LocalCluster,
+                                                                tmp_path: Path) -> None:
+    result = _cli(tmp_path, cluster, "stage=corpus")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    local, dask = (json.loads((root / "data" / "manifest.json").read_text()) for root in (ci_experiment, tmp_path))
+    assert dask["sha256"] == local["sha256"] and len(local["sha256"]) > 50  # every wav and table, byte for byte
+    assert dask["summary"] == local["summary"]
+
+
+@pytest.mark.slow
+def test_the_cpu_stages_through_dask_write_the_local_runs_bytes(ci_experiment: Path, ci_experiment_copy: Path,
+                                                                cluster: LocalCluster) -> None:
     work = ci_experiment_copy
     assert Path(decoding.__file__).resolve().is_relative_to(REPO)  # the workers import this checkout's code
-    with LocalCluster(processes=True, n_workers=2, threads_per_worker=1, dashboard_address=None) as cluster:
-        result = subprocess.run(
-            [sys.executable, "-m", "asr_kd.cli", "--config-dir", str(REPO / "recipes" / "synth" / "conf"),
-             "--config-name", "ci", f"stage='{','.join(CPU_STAGES)}'", "force=true", f"work_dir={work}",
-             "decode.systems=[baseline]", "executor.backend=dask", f"executor.scheduler={cluster.scheduler_address}"],
-            cwd=work, capture_output=True, text=True, timeout=900,
-            env=dict(os.environ, KALDI_ROOT="/tmp", PYTHONPATH=str(REPO)))
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-        with Client(cluster) as client:  # the units ran on the cluster's workers, not in the command's process
-            ran = client.run_on_scheduler(_task_names)
-    assert {"EM_pass", "align", "decode"} <= set(ran), ran
-    local, dask = _outputs(ci_experiment), _outputs(work)
+    result = _cli(work, cluster, f"stage='{','.join(CPU_STAGES)}'", "force=true", "decode.systems=[baseline]")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    with Client(cluster) as client:  # the units ran on the cluster's workers, not in the command's process
+        ran = client.run_on_scheduler(_task_names)
+    assert {"features", "EM_pass", "align", "decode"} <= set(ran), ran
+    local, dask = _outputs(ci_experiment), _outputs(work, ci_experiment)
     assert sorted(local) == sorted(dask) and len(local) > 20
     differ = [key for key in local if local[key] != dask[key]]
     assert not differ, differ

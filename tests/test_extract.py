@@ -2,6 +2,7 @@
 plus the table and audio readers it relies on."""
 from __future__ import annotations
 
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from features.audio import load_audio
 from features.tables import read_table
 from features.cmvn import compute_cmvn_stats
 from features.errors import InputError
+from features.executor import ExecutorConfig, use_executor
 from features.extract import FeatureConfig, load_feats, make_feats
 from features.fbank import compute_fbank, compute_mfcc
 from features.kaldi_io import load_mat_scp
@@ -176,3 +178,28 @@ def test_load_audio_resamples_and_reads_pipes(tmp_path: Path) -> None:
     (tmp_path / "junk.wav").write_bytes(b"RIFF not really a wav")
     with pytest.raises(InputError, match="junk.wav"):
         load_audio(str(tmp_path / "junk.wav"), where=(tmp_path / "wav.scp", 2))
+
+
+def test_an_interrupted_extraction_redoes_only_its_unfinished_jobs(data_dir: Path, tmp_path: Path) -> None:
+    """Inside a pipeline run (finished units kept), job 2's missing audio fails the split; once the audio is there,
+    the rerun extracts job 2 only, reusing job 1's archive, and the split is the one a single run writes."""
+    src = tmp_path / "src"
+    shutil.copytree(data_dir, src)
+    late = tmp_path / "late.wav"
+    (src / "wav.scp").write_text((src / "wav.scp").read_text().replace(str(data_dir / "wav" / "s0.wav"), str(late)))
+    out = tmp_path / "work" / "data" / "fbank" / "train"
+    partial = out.parent / ".train.partial"
+    with use_executor(ExecutorConfig(), tmp_path / "work"):
+        with pytest.raises(InputError, match="late.wav"):
+            make_feats(src, out, FeatureConfig(), nj=2)
+        job1 = partial / "data" / "raw_fbank_train.1.ark"
+        stamp = job1.stat().st_mtime_ns
+        assert not out.exists()
+        shutil.copyfile(data_dir / "wav" / "s0.wav", late)
+        make_feats(src, out, FeatureConfig(), nj=2)
+    assert (out / "data" / "raw_fbank_train.1.ark").stat().st_mtime_ns == stamp  # job 1 was not extracted again
+    assert not partial.exists()
+    whole = make_feats(src, tmp_path / "again" / "train", FeatureConfig(), nj=1)
+    assert whole["frames"] == sum(int(n) for _, n in read_table(out / "utt2num_frames"))
+    once, resumed = load_mat_scp(tmp_path / "again" / "train" / "feats.scp"), load_mat_scp(out / "feats.scp")
+    assert list(once) == list(resumed) and all(np.array_equal(once[u], resumed[u]) for u in once)

@@ -19,13 +19,12 @@ bytes regardless of ``nj``, of the order in which workers finish, and of the dir
 """
 from __future__ import annotations
 
-import concurrent.futures as cf
 import dataclasses
 import hashlib
 import json
 import logging
-import multiprocessing
 import os
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -33,12 +32,12 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-from tqdm import tqdm
 
 from asr_kd.corpus.summary import CorpusSummary, SplitSummary
 from decoding.lexicon import cmu_lexicon
 from features.atomic import write_text_atomic
 from features.errors import InputError
+from features.executor import Unit, cached, executor_for, load_pickle, publish
 from features.tables import c_sorted, write_table
 
 from .augment import AugmentConfig, apply_augmentation, draw_augmentation, utterance_rng
@@ -174,7 +173,28 @@ def plan_corpus(cfg: SynthConfig, sentences: Sequence[Sentence]) -> tuple[list[_
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Worker side (runs in a pool process)
+# Worker side (runs in a worker process: local, or a Dask worker)
+@dataclass(frozen=True)
+class _SynthJob(Unit[list[dict]]):
+    """One voice's chunk of utterances, a unit of :mod:`features.executor`: synthesized (and augmented), their wavs
+    written under ``wav_root``; the babble noise's clean utterances are loaded from ``babble_bank`` (a file
+    :func:`features.executor.publish` wrote) once per process."""
+
+    speaker: str
+    utts: tuple[_Utt, ...]
+    wav_root: str
+    seed: int
+    augment: AugmentConfig | None
+    babble_bank: Path | None
+
+    def describe(self) -> str:
+        return f"{len(self.utts)} utterances of voice {self.speaker}, from {self.utts[0].utt_id}"
+
+    def run(self) -> list[dict]:
+        bank = cached(load_pickle, self.babble_bank) if self.babble_bank is not None else []
+        return _synth_job(self.speaker, list(self.utts), self.wav_root, self.seed, self.augment, bank)
+
+
 def _init_worker() -> None:
     """Each worker stays on one thread: ``nj`` workers share the cores."""
     import torch
@@ -295,20 +315,14 @@ def prepare_synth(out_dir: Path, cfg: SynthConfig, nj: int = 1) -> CorpusSummary
 
     results: dict[str, dict] = {}
     augment = cfg.augment_cfg if cfg.augment else None
-    args = [(spk, group, str(out_dir / "wav"), cfg.seed, augment, bank) for spk, group in jobs]
-    with tqdm(total=len(utts), desc="synthesizing", unit="utt") as bar:
-        if nj <= 1:  # in process: no worker start-up cost for small builds
-            for a in args:
-                for r in _synth_job(*a):
-                    results[r["utt"]] = r
-                    bar.update(1)
-        else:
-            ctx = multiprocessing.get_context("spawn")
-            with cf.ProcessPoolExecutor(max_workers=nj, mp_context=ctx, initializer=_init_worker) as pool:
-                for fut in cf.as_completed([pool.submit(_synth_job, *a) for a in args]):
-                    for r in fut.result():
-                        results[r["utt"]] = r
-                        bar.update(1)
+    bank_file = publish(bank, out_dir / ".babble") if bank else None
+    units = [_SynthJob(spk, tuple(group), str(out_dir / "wav"), cfg.seed, augment, bank_file) for spk, group in jobs]
+    # nj <= 1: in this process (no worker start-up cost for small builds); else spawned workers, not forked: this
+    # process may hold torch/OpenMP threads
+    for part in executor_for(nj).map(units, "synthesizing", setup=_init_worker, start_method="spawn"):
+        results.update((r["utt"], r) for r in part)
+    if bank_file is not None:
+        shutil.rmtree(bank_file.parent, ignore_errors=True)
 
     splits, details = {}, {"timings": {}, "sentences": {}}
     for split in SPLITS:
