@@ -84,9 +84,9 @@ def _spread_over_ranks(cfg: DictConfig, name: str, needs: list[Need]) -> bool:
     omp = os.environ.get("OMP_NUM_THREADS")
     os.environ["OMP_NUM_THREADS"] = omp or "1"  # one thread per rank: the ranks share the cores
     # torchrun's agent leaves handlers that turn these signals into an exception. A worker that a later stage
-    # forks (decoding, alignment) inherits them, and Pool.terminate()'s SIGTERM, arriving while the worker sends
-    # its last result, is then caught as a task error; the worker waits for more work and the stage hangs. So
-    # this process gets its own handlers back once torchrun returns.
+    # forks (decoding, alignment) inherits them, and a SIGTERM that a process pool sends to end its workers is
+    # then caught as a task error; the worker waits for more work and the stage hangs. So this process gets its
+    # own handlers back once torchrun returns.
     handlers = {sig: signal.getsignal(sig) for sig in _TORCHRUN_SIGNALS}
     with tempfile.TemporaryDirectory(prefix="asr_kd_ranks_") as tmp:  # the ranks run on this machine
         config_file = Path(tmp) / "config.pkl"

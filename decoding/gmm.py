@@ -18,8 +18,8 @@ they differ from those by float rounding only.
 from __future__ import annotations
 
 import json
-import shutil
 import logging
+import shutil
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
