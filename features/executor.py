@@ -194,12 +194,12 @@ def _run_unit(unit: Unit[T], keep: _Keep, probe: _Probe | None) -> T:
     if keep.result is not None and keep.result.exists():  # a Dask worker lost the result after it was kept
         return load_pickle(keep.result)
     if keep.log is not None:
-        write_text_atomic(keep.log, f"{_RUNNING} {_host()}: {unit.describe()}\n")
+        keep.log.write_text(f"{_RUNNING} {_host()}: {unit.describe()}\n")  # a log: no need to be atomic
     try:
         result = unit.run()
     except BaseException:
         if keep.log is not None:
-            write_text_atomic(keep.log, f"failed on {_host()}: {unit.describe()}\n{traceback.format_exc()}")
+            keep.log.write_text(f"failed on {_host()}: {unit.describe()}\n{traceback.format_exc()}")
         raise
     if keep.result is not None:
         with atomic_write(keep.result, "wb") as f:
