@@ -16,9 +16,10 @@ torchrun, or the config gives the stage fewer than two shares: no extra students
 run this process's config object (pickled, structured types and all), not one composed again from the conf files:
 a run's stages all see the config it started with, even if a conf file changes while it runs.
 
-The CPU stages' units (synthesis, features, GMM passes and alignment, decoding) run where ``executor`` says: ``nj`` processes here
-(``executor.backend=local``, the default) or a Dask cluster's workers (``executor.backend=dask``), reached and
-checked once, before the first stage (:func:`features.executor.use_executor`).
+The CPU stages' units (synthesis, features, GMM passes and alignment, decoding) run where ``executor`` says:
+``nj`` processes here (``executor.backend=local``, the default) or a Dask cluster's workers
+(``executor.backend=dask``), reached and checked once, before the first stage
+(:func:`features.executor.use_executor`).
 
 Bad input (a missing file, a malformed line, an OOV...) ends with one line on stderr, ``error: <file>:<line>:
 <what>``, and exit status 2; ``debug=true`` shows the traceback instead. The stage's log keeps it either way. A
@@ -118,20 +119,21 @@ def _run(cfg: DictConfig) -> None:
         print(stage_list())
         return
     ws = Workspace(Path(cfg.work_dir).resolve())
+    names = [] if cfg.stage == "decode_data" else stage_names(cfg.stage)  # a typo fails before anything starts
     if "WORLD_SIZE" in os.environ:  # a torchrun rank trains its share; the process that started it holds the executor
-        _run_stages(cfg, ws)
+        _run_stages(cfg, ws, names)
         return
     with use_executor(OmegaConf.to_object(cfg.executor), ws.root):
-        _run_stages(cfg, ws)
+        _run_stages(cfg, ws, names)
 
 
-def _run_stages(cfg: DictConfig, ws: Workspace) -> None:
+def _run_stages(cfg: DictConfig, ws: Workspace, names: list[str]) -> None:
     if cfg.stage == "decode_data":  # per data dir and re-runnable, so no .done marker
         if not cfg.decode_data.dir:
             raise InputError("stage=decode_data needs decode_data.dir=/path/to/kaldi/data/dir")
         decode_data_dir(cfg, ws, Path(cfg.decode_data.dir), list(cfg.decode_data.systems), cfg.decode_data.name)
         return
-    for name in stage_names(cfg.stage):
+    for name in names:
         needs = stage_needs(name, cfg, ws)  # as it comes: decode's depend on what the stages before it trained
         with PeakMemory() as peak:  # this process and every worker and rank it starts for the stage
             ran = _spread_over_ranks(cfg, name, needs) or \
