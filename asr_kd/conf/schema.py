@@ -95,9 +95,9 @@ class ExperimentConfig:
     results_dir: str | None = None  # where the report publishes RESULTS.md (None: <work_dir>/results)
     nj: int = 2  # parallel jobs for CPU stages (Kaldi's nj); never changes a result
     # Where the CPU stages' units run (synthesis, features, GMM training and alignment, decoding):
-    # executor.backend=local, nj processes on this machine; or executor.backend=dask with executor.scheduler=tcp://host:8786 (or a scheduler file), or
-    # executor.cluster.system=slurm|sge|pbs to start the workers as batch jobs. Never changes a result
-    # (docs/cluster.md).
+    # executor.backend=local, nj processes on this machine; or executor.backend=dask with
+    # executor.scheduler=tcp://host:8786 (or a scheduler file), or executor.cluster.system=slurm|sge|pbs to start the
+    # workers as batch jobs. Never changes a result (docs/cluster.md).
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
     # torchrun ranks for the stages whose work splits into independent shares (members, temperatures, students, the
     # 3% models, the soft targets' frames): each rank does its share alone. On a CPU, 2 single-thread processes
