@@ -10,7 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -38,6 +38,29 @@ def ci_experiment(tmp_path_factory: pytest.TempPathFactory) -> Path:
     result = _run_recipe("synth", work, "--config", "ci")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     return work
+
+
+def restore_environ(saved: dict[str, str]) -> None:
+    """Put this process's environment back as ``saved`` was."""
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+@pytest.fixture(scope="module")
+def dask_cluster() -> Iterator:
+    """A real Dask cluster on this machine for a test module: a scheduler and two worker processes of one thread.
+
+    Starting a worker, Dask's nanny sets the workers' thread variables (``OMP_NUM_THREADS=1`` ...) in this process's
+    environment too: it is put back, so that later commands the tests start compute with this machine's threads."""
+    from distributed import LocalCluster
+
+    saved = dict(os.environ)
+    try:
+        with LocalCluster(processes=True, n_workers=2, threads_per_worker=1, dashboard_address=None) as cluster:
+            restore_environ(saved)
+            yield cluster
+    finally:
+        restore_environ(saved)
 
 
 @pytest.fixture()

@@ -10,11 +10,11 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from conftest import restore_environ
 from distributed import LocalCluster
 
 from features.errors import InputError
@@ -74,12 +74,6 @@ def _units(runs: Path, count: int, delay: dict[int, float] | None = None, **only
             for i in range(count)]
 
 
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[LocalCluster]:
-    with LocalCluster(processes=True, n_workers=2, threads_per_worker=1, dashboard_address=None) as c:
-        yield c
-
-
 def _dask(cluster: LocalCluster, work: Path):
     return connect(ExecutorConfig(backend="dask", scheduler=cluster.scheduler_address), work)
 
@@ -91,9 +85,9 @@ def test_local_results_come_in_unit_order_whatever_finishes_first(tmp_path: Path
 
 
 @pytest.mark.slow
-def test_dask_results_come_in_unit_order_and_equal_the_local_ones(cluster: LocalCluster, tmp_path: Path) -> None:
+def test_dask_results_come_in_unit_order_and_equal_the_local_ones(dask_cluster: LocalCluster, tmp_path: Path) -> None:
     units = _units(tmp_path / "runs", 8, delay={0: 0.3, 1: 0.2, 2: 0.1})
-    dask = _dask(cluster, tmp_path / "work")
+    dask = _dask(dask_cluster, tmp_path / "work")
     try:
         assert list(dask.map(units, "test")) == list(LocalExecutor(2).map(units, "test")) == \
             [(i, i * i) for i in range(8)]
@@ -123,9 +117,9 @@ def test_a_failing_local_unit_is_named_and_a_rerun_redoes_only_the_unfinished(tm
 
 
 @pytest.mark.slow
-def test_a_failing_dask_unit_is_named_and_a_rerun_redoes_only_the_unfinished(cluster: LocalCluster,
+def test_a_failing_dask_unit_is_named_and_a_rerun_redoes_only_the_unfinished(dask_cluster: LocalCluster,
                                                                               tmp_path: Path) -> None:
-    dask = _dask(cluster, tmp_path / "work")
+    dask = _dask(dask_cluster, tmp_path / "work")
     try:
         _failing_then_rerun(dask, tmp_path / "runs")
     finally:
@@ -153,15 +147,17 @@ def test_a_killed_local_worker_names_its_unit_and_a_rerun_finishes(tmp_path: Pat
 
 
 @pytest.mark.slow
-def test_a_dask_worker_killed_mid_list_is_replaced_and_the_list_finishes(cluster: LocalCluster,
+def test_a_dask_worker_killed_mid_list_is_replaced_and_the_list_finishes(dask_cluster: LocalCluster,
                                                                          tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     units = _units(runs, 6, kill_first=1, delay={1: 0.3})
-    dask = _dask(cluster, tmp_path / "work")
+    dask = _dask(dask_cluster, tmp_path / "work")
+    saved = dict(os.environ)
     try:
         assert list(dask.map(units, "squares")) == [(i, i * i) for i in range(6)]
     finally:
         dask.close()
+        restore_environ(saved)  # the nanny that started a new worker set its thread variables here too
     pids = attempts(runs, 1)
     assert len(pids) == 2 and pids[0] != pids[1]  # killed, then run again by another worker process
     assert all(len(attempts(runs, i)) == 1 for i in range(6) if i != 1)  # kept results are never computed again

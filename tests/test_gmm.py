@@ -29,6 +29,7 @@ from decoding.gmm_accum import (
 )
 from decoding.lang import load_lang
 from decoding.shards import FeatureShards
+from decoding.tree import read_tree
 from features.cmvn import compute_cmvn_stats
 from features.kaldi_io import load_vec_int_scp, write_mat_ark_scp
 
@@ -283,9 +284,8 @@ def _mono_pass(root: Path, shard_frames: int, nj: int) -> GmmStats:
     """gmm-acc-stats-ali with the monophone model on its own alignments, over shards of ``shard_frames``."""
     data = gmm._load_training_data(root / "feats", root / "lang", None, shard_frames)
     tm, am = hmm.read_model(root / "mono" / "final.mdl")
-    spec = gmm._ShardPass(data, hmm.transition_tables(tm), alignments=load_vec_int_scp(root / "mono" / "ali.scp"),
-                          params=GmmParams.from_am(am))
-    _, stats = gmm._run_pass(spec, nj, "test")
+    model = gmm._PassModel(root / "passes").publish(tm, read_tree(root / "mono" / "tree"), am)
+    _, stats = gmm._run_pass(data, model, nj, "test", alignments=load_vec_int_scp(root / "mono" / "ali.scp"))
     assert stats is not None
     return stats
 
