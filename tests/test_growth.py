@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from asr_kd.pipeline.report.growth import fit_line, growth, read_at, read_run, write_growth
+from asr_kd.pipeline.report.growth import fit_line, growth, memory_model, read_at, read_run, write_growth
 from asr_kd.pipeline.workspace import Workspace
 from features.errors import InputError
 
@@ -47,6 +47,9 @@ def test_growth_extrapolates_training_stages_and_not_the_fixed_size_ones(tmp_pat
     # a GMM stage's shards stop its growth: the largest run's peak plus 8 bytes a frame of alignments
     assert g["stages"]["mono"]["peak_memory_mb"]["at"]["960"] == pytest.approx(1600 + 8 * 360_000 * 958 / 2**20)
     assert g["stages"]["features"]["peak_memory_mb"]["at"]["960"] == pytest.approx(500 + 10 * 960)  # the line
+    # streamed soft targets: one archive shard (1M frames) at a time
+    assert read_at("soft_targets", memory_model("soft_targets"), 400.0, 200.0, 2.0, [800.0], 960.0, 40_000_000,
+                   1_000_000) == pytest.approx(400 + 200 * 1e6 / 360_000)
     dec = g["stages"]["decode"]
     assert not dec["scales_with_train"] and dec["seconds"]["at"] == {"960": None, "2000": None}
     md = write_growth(runs, tmp_path / "out", "cmd") and (tmp_path / "out" / "GROWTH.md").read_text()

@@ -15,7 +15,8 @@ Memory is read off the line only where nothing bounds it. The GMM stages work a 
 full shards only the driver's alignments still grow (:data:`SHARDED_BYTES_PER_FRAME`): their memory at a target is
 the largest run's peak plus that. The DNN stages hold a split in memory up to one shuffle buffer of frames
 (``data.buffer_frames``) and stream beyond it with two buffers alive: their memory at a target is the line, or the
-line's cost of two buffers, whichever is smaller. No extrapolation is below the largest measured value.
+line's cost of two buffers, whichever is smaller. The soft targets of a streamed split are computed one archive
+shard (``data.shard_frames``) at a time and written as they come: the line, up to one shard. No extrapolation is below the largest measured value.
 
     python -m asr_kd.pipeline.report.growth --work-dir W1 --work-dir W2 --work-dir W3 --out DIR
 
@@ -52,9 +53,12 @@ FRAMES_PER_HOUR = 360_000
 SHARDED_BYTES_PER_FRAME = {"mono": 8, "tri": 8}
 """What still grows per training frame in a GMM stage that works a shard at a time: the driver's alignments, 4
 bytes a frame, 8 while a realignment replaces them."""
-BUFFERED = ("baseline", "ensemble", "soft_targets", "distill", "small_data", "students")
+BUFFERED = ("baseline", "ensemble", "distill", "small_data", "students")
 """DNN stages: a split in memory up to ``data.buffer_frames`` frames, two buffers of it when streamed."""
+PER_SHARD = ("soft_targets",)
+"""A DNN stage that works a streamed split one archive shard at a time."""
 DEFAULT_BUFFER_FRAMES = 40_000_000
+DEFAULT_SHARD_FRAMES = 1_000_000
 
 
 @dataclass
@@ -66,14 +70,15 @@ class Run:
     seconds: dict[str, float]
     peak_memory_mb: dict[str, float | None]
     buffer_frames: int = DEFAULT_BUFFER_FRAMES
+    shard_frames: int = DEFAULT_SHARD_FRAMES
 
 
-def _buffer_frames(ws: Workspace) -> int:
-    """``data.buffer_frames`` of the run's first DNN stage (its saved config), or the default."""
+def _data_setting(ws: Workspace, key: str, default: int) -> int:
+    """``data.<key>`` of the run's first DNN stage (its saved config), or the default."""
     config = ws.stage("baseline") / "config.yaml"
     if not config.exists():
-        return DEFAULT_BUFFER_FRAMES
-    return int(OmegaConf.load(config).get("data", {}).get("buffer_frames", DEFAULT_BUFFER_FRAMES))
+        return default
+    return int(OmegaConf.load(config).get("data", {}).get(key, default))
 
 
 def read_run(work_dir: Path) -> Run:
@@ -87,7 +92,9 @@ def read_run(work_dir: Path) -> Run:
     records = {name: read_summary(ws, name) for name in STAGES}
     done = {name: rec for name, rec in records.items() if rec}
     return Run(str(ws.root), float(hours), {n: float(r["seconds"]) for n, r in done.items()},
-               {n: r.get("peak_memory_mb") for n, r in done.items()}, _buffer_frames(ws))
+               {n: r.get("peak_memory_mb") for n, r in done.items()},
+               _data_setting(ws, "buffer_frames", DEFAULT_BUFFER_FRAMES),
+               _data_setting(ws, "shard_frames", DEFAULT_SHARD_FRAMES))
 
 
 def fit_line(xs: list[float], ys: list[float]) -> tuple[float, float]:
@@ -117,8 +124,8 @@ def growth(runs: list[Run], targets: tuple[float, ...] = TARGET_HOURS) -> dict:
                 continue
             intercept, slope = fit_line(hours, values)
             model = memory_model(name) if key == "peak_memory_mb" else "line"
-            at = {f"{t:g}": (read_at(name, model, intercept, slope, hours[-1], values, t, runs[-1].buffer_frames)
-                             if row["scales_with_train"] else None) for t in targets}
+            at = {f"{t:g}": (read_at(name, model, intercept, slope, hours[-1], values, t, runs[-1].buffer_frames,
+                                     runs[-1].shard_frames) if row["scales_with_train"] else None) for t in targets}
             row[key] = {"points": values, "intercept": intercept, "per_hour": slope, "model": model, "at": at}
         stages[name] = row
     return {"train_hours": hours, "runs": [asdict(r) for r in runs], "targets": list(targets), "stages": stages}
@@ -126,12 +133,15 @@ def growth(runs: list[Run], targets: tuple[float, ...] = TARGET_HOURS) -> dict:
 
 def memory_model(stage: str) -> str:
     """How a stage's peak memory grows: ``shards`` (GMM: a shard at a time, alignments grow), ``buffers`` (DNN:
-    in memory up to a buffer, two buffers beyond), or ``line``."""
-    return "shards" if stage in SHARDED_BYTES_PER_FRAME else "buffers" if stage in BUFFERED else "line"
+    in memory up to a buffer, two buffers beyond), ``archive shard`` (soft targets: one archive shard at a time once
+    streamed), or ``line``."""
+    if stage in SHARDED_BYTES_PER_FRAME:
+        return "shards"
+    return "buffers" if stage in BUFFERED else "archive shard" if stage in PER_SHARD else "line"
 
 
 def read_at(stage: str, model: str, intercept: float, slope: float, largest_hours: float, values: list[float],
-            target: float, buffer_frames: int) -> float:
+            target: float, buffer_frames: int, shard_frames: int = DEFAULT_SHARD_FRAMES) -> float:
     """Stage ``stage``'s seconds or MB at ``target`` hours by its ``model`` (see the module docstring), never below
     the largest measured value (a negative slope between noisy points is no prediction)."""
     line = intercept + slope * target
@@ -140,6 +150,8 @@ def read_at(stage: str, model: str, intercept: float, slope: float, largest_hour
         line = values[-1] + grown
     elif model == "buffers" and target * FRAMES_PER_HOUR > buffer_frames:
         line = min(line, intercept + 2 * slope * buffer_frames / FRAMES_PER_HOUR)
+    elif model == "archive shard" and target * FRAMES_PER_HOUR > buffer_frames:
+        line = min(line, intercept + slope * shard_frames / FRAMES_PER_HOUR)
     return max(line, max(values))
 
 
@@ -169,7 +181,7 @@ def growth_markdown(g: dict) -> list[str]:
 
 
 _READ_AS = {"line": "the line", "shards": "the largest run + 8 B per frame of alignments",
-            "buffers": "the line, up to two shuffle buffers"}
+            "buffers": "the line, up to two shuffle buffers", "archive shard": "the line, up to one archive shard"}
 
 
 def growth_chart(g: dict, out: Path) -> None:
