@@ -32,9 +32,9 @@ def test_fit_line_is_least_squares() -> None:
 
 def test_growth_extrapolates_training_stages_and_not_the_fixed_size_ones(tmp_path: Path) -> None:
     runs = [read_run(_run(tmp_path / f"w{h}", h, {"ensemble": 100 + 50 * h, "decode": 160.0, "mono": 20 * h,
-                                                   "features": 10 * h},
+                                                   "features": 10 * h, "graph": 30.0},
                           {"ensemble": 400 + 200 * h, "decode": 900.0, "mono": 1000 + 300 * h,
-                           "features": 500 + 10 * h})) for h in (2.0, 0.5, 1.0)]
+                           "features": 500 + 10 * h, "graph": 700.0})) for h in (2.0, 0.5, 1.0)]
     g = growth(runs)
     assert g["train_hours"] == [0.5, 1.0, 2.0]  # sorted by size
     ens = g["stages"]["ensemble"]
@@ -46,7 +46,8 @@ def test_growth_extrapolates_training_stages_and_not_the_fixed_size_ones(tmp_pat
                                                          "2000": 400 + 2 * 200 * buffer_hours})
     # a GMM stage's shards stop its growth: the largest run's peak plus 8 bytes a frame of alignments
     assert g["stages"]["mono"]["peak_memory_mb"]["at"]["960"] == pytest.approx(1600 + 8 * 360_000 * 958 / 2**20)
-    assert g["stages"]["features"]["peak_memory_mb"]["at"]["960"] == pytest.approx(500 + 10 * 960)  # the line
+    assert g["stages"]["features"]["peak_memory_mb"]["at"]["960"] == 520  # a batch at a time: the largest run
+    assert g["stages"]["graph"]["peak_memory_mb"]["at"]["960"] is None  # dev and test: not from these runs
     # streamed soft targets: one archive shard (1M frames) at a time
     assert read_at("soft_targets", memory_model("soft_targets"), 400.0, 200.0, 2.0, [800.0], 960.0, 40_000_000,
                    1_000_000) == pytest.approx(400 + 200 * 1e6 / 360_000)

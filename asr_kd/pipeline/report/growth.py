@@ -16,7 +16,9 @@ full shards only the driver's alignments still grow (:data:`SHARDED_BYTES_PER_FR
 the largest run's peak plus that. The DNN stages hold a split in memory up to one shuffle buffer of frames
 (``data.buffer_frames``) and stream beyond it with two buffers alive: their memory at a target is the line, or the
 line's cost of two buffers, whichever is smaller. The soft targets of a streamed split are computed one archive
-shard (``data.shard_frames``) at a time and written as they come: the line, up to one shard. No extrapolation is below the largest measured value.
+shard (``data.shard_frames``) at a time and written as they come: the line, up to one shard. Feature extraction
+holds a batch of utterances per process and writes as it goes: the largest measured peak. No extrapolation is
+below the largest measured value.
 
     python -m asr_kd.pipeline.report.growth --work-dir W1 --work-dir W2 --work-dir W3 --out DIR
 
@@ -57,6 +59,8 @@ BUFFERED = ("baseline", "ensemble", "distill", "small_data", "students")
 """DNN stages: a split in memory up to ``data.buffer_frames`` frames, two buffers of it when streamed."""
 PER_SHARD = ("soft_targets",)
 """A DNN stage that works a streamed split one archive shard at a time."""
+PER_BATCH = ("features",)
+"""Stages whose processes hold a batch of utterances at a time and write as they go: no growth with the corpus."""
 DEFAULT_BUFFER_FRAMES = 40_000_000
 DEFAULT_SHARD_FRAMES = 1_000_000
 
@@ -134,9 +138,11 @@ def growth(runs: list[Run], targets: tuple[float, ...] = TARGET_HOURS) -> dict:
 def memory_model(stage: str) -> str:
     """How a stage's peak memory grows: ``shards`` (GMM: a shard at a time, alignments grow), ``buffers`` (DNN:
     in memory up to a buffer, two buffers beyond), ``archive shard`` (soft targets: one archive shard at a time once
-    streamed), or ``line``."""
+    streamed), ``batch`` (features: a batch of utterances at a time), or ``line``."""
     if stage in SHARDED_BYTES_PER_FRAME:
         return "shards"
+    if stage in PER_BATCH:
+        return "batch"
     return "buffers" if stage in BUFFERED else "archive shard" if stage in PER_SHARD else "line"
 
 
@@ -145,6 +151,8 @@ def read_at(stage: str, model: str, intercept: float, slope: float, largest_hour
     """Stage ``stage``'s seconds or MB at ``target`` hours by its ``model`` (see the module docstring), never below
     the largest measured value (a negative slope between noisy points is no prediction)."""
     line = intercept + slope * target
+    if model == "batch":
+        return max(values)
     if model == "shards":
         grown = SHARDED_BYTES_PER_FRAME[stage] * FRAMES_PER_HOUR * (target - largest_hours) / 2**20
         line = values[-1] + grown
@@ -181,7 +189,8 @@ def growth_markdown(g: dict) -> list[str]:
 
 
 _READ_AS = {"line": "the line", "shards": "the largest run + 8 B per frame of alignments",
-            "buffers": "the line, up to two shuffle buffers", "archive shard": "the line, up to one archive shard"}
+            "buffers": "the line, up to two shuffle buffers", "archive shard": "the line, up to one archive shard",
+            "batch": "the largest measured peak (a batch of utterances at a time)"}
 
 
 def growth_chart(g: dict, out: Path) -> None:
