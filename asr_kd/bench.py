@@ -19,7 +19,9 @@
         answers: does a corpus several times the memory allowed train within it, and at the in-memory speed?
 
 All of them time the real code on synthetic data (random features, random targets: speed does not depend on the
-values) after a warm-up, so start-up (allocation, first-call overhead) is not counted.
+values) after a warm-up, so start-up (allocation, first-call overhead) is not counted. ``--out FILE`` also writes
+the result as JSON with the command, the date, the machine and the commit it ran from, as a stage records its own:
+the benchmark results that docs quote are such files, committed under ``recipes/synth/results/bench/``.
 """
 from __future__ import annotations
 
@@ -32,10 +34,12 @@ import os
 import platform
 import resource
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -52,7 +56,8 @@ from asr_kd.nn.model import DNN, PRESETS, ModelConfig
 from asr_kd.nn.numerics import resolve, step_frames_per_s
 from asr_kd.nn.stream import GB, DataConfig, StreamedFrames, vm_size
 from asr_kd.nn.train import LossFn, TrainConfig, train
-from features.atomic import atomic_dir
+from asr_kd.pipeline.runner import git_commit, machine_description
+from features.atomic import atomic_dir, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -448,7 +453,19 @@ def format_report(result: dict) -> str:
     return "\n".join(lines)
 
 
+def record(result: dict, out: Path, argv: list[str]) -> None:
+    """Write ``result`` to ``out`` with what reproduces it and what it ran on: the command, the date, the machine
+    (:func:`asr_kd.pipeline.runner.machine_description`) and the commit."""
+    meta = {"command": " ".join(["python -m asr_kd.bench", *argv]),
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "git_commit": git_commit(Path(__file__).resolve().parents[1], ignore=(out.parent,)),
+            "machine": machine_description()}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out, json.dumps({"meta": meta, "result": result}, indent=1) + "\n")
+
+
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="python -m asr_kd.bench", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="what", required=True)
     for name, steps in (("train", 50), ("ensemble", 20)):
@@ -479,28 +496,33 @@ def main(argv: list[str] | None = None) -> None:
     for field_ in dataclasses.fields(StreamBenchConfig):
         p.add_argument(f"--{field_.name.replace('_', '-')}", type=str if field_.name == "dir" else type(field_.default),
                        default=field_.default)
+    for p in sub.choices.values():
+        p.add_argument("--out", type=Path, default=None,
+                       help="also write the result as JSON with the command, date, machine and commit")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.what == "stream":
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-        print(json.dumps(bench_stream(StreamBenchConfig(**{f.name: getattr(args, f.name)
-                                                           for f in dataclasses.fields(StreamBenchConfig)})),
-                         indent=1))
-        return
-    if args.what == "distill":
-        print(format_report(bench_distill(DistillBenchConfig(
+        result = bench_stream(StreamBenchConfig(**{f.name: getattr(args, f.name)
+                                                   for f in dataclasses.fields(StreamBenchConfig)}))
+        print(json.dumps(result, indent=1))
+    elif args.what == "distill":
+        result = bench_distill(DistillBenchConfig(
             preset=args.preset, hidden_layers=args.hidden_layers, hidden_dim=args.hidden_dim,
             batch_size=args.batch_size, num_classes=args.classes, members=args.members,
-            temperature=args.temperature, device=args.device, threads=args.threads))))
-        return
-    if args.what == "train":
+            temperature=args.temperature, device=args.device, threads=args.threads))
+        print(format_report(result))
+    elif args.what == "train":
         result = bench_train(args.preset, args.batch_size, args.steps, args.classes, args.device, args.rounds,
                              args.hidden_layers, args.hidden_dim)
+        print(json.dumps(result))
     else:
         result = bench_ensemble(args.preset, args.members, args.batch_size, args.steps, args.classes, args.device,
                                 args.hidden_layers, args.hidden_dim)
-    print(json.dumps(result))
+        print(json.dumps(result))
+    if args.out is not None:
+        record(result, args.out, argv)
 
 
 if __name__ == "__main__":

@@ -353,3 +353,17 @@ def test_train_bench_reports_both_numerics():
     assert result["bf16_autocast"] in ((True, False) if native else (False,))  # the loop's measured choice
     if not result["bf16_autocast"]:
         assert result["bare_frames_per_s"] == result["bare_fp32_frames_per_s"]
+
+
+def test_a_benchmark_records_its_result_with_what_reproduces_it(tmp_path: Path) -> None:
+    """``--out`` writes the printed result with the command, date, machine and commit: a results file to commit."""
+    from asr_kd.bench import main
+
+    out = tmp_path / "bench" / "train.json"
+    argv = ["train", "--preset", "tiny", "--steps", "2", "--rounds", "1", "--batch-size", "64", "--classes", "5",
+            "--threads", "1", "--out", str(out)]
+    main(argv)
+    saved = json.loads(out.read_text())
+    assert saved["meta"]["command"] == "python -m asr_kd.bench " + " ".join(argv)
+    assert saved["meta"]["machine"]["cpus"] >= 1 and saved["meta"]["git_commit"] != "unknown"
+    assert saved["result"]["bench"] == "train" and saved["result"]["real_frames_per_s"] > 0

@@ -2,9 +2,10 @@
 
 Layers, bottom up: ``features`` (audio -> numbers) < ``decoding`` (the HMM/WFST side) < the ``asr_kd`` library,
 itself in layers (``corpus`` < ``nn``: the DNN and its training < ``distillation``: ensembles, soft targets,
-students, the 3% experiment < ``evaluation``: systems, statistics, comparisons, cost < ``bench``) <
-``asr_kd.conf`` (the config schema) < ``asr_kd.pipeline`` (stages, report) < the command lines. A module may
-import its own layer or lower ones only; the schema loads no stage.
+students, the 3% experiment < ``evaluation``: systems, statistics, comparisons, cost) < ``asr_kd.conf`` (the
+config schema) < ``asr_kd.pipeline`` (stages, report) < the command lines (the benchmarks among them: they measure
+the library and record their results as the pipeline records its own). A module may import its own layer or lower
+ones only; the schema loads no stage.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from asr_kd.pipeline.stages import STAGES
 
 REPO = Path(__file__).resolve().parent.parent
 PACKAGES = ("features", "decoding", "asr_kd")
-COMMAND_LINES = ("asr_kd.cli", "asr_kd.score_cli")  # asr_kd.nn.export is a library module with a thin main()
+COMMAND_LINES = ("asr_kd.cli", "asr_kd.score_cli", "asr_kd.bench")  # asr_kd.nn.export: a library module, thin main()
 
 
 def _modules() -> dict[str, Path]:
@@ -60,7 +61,6 @@ LAYERS = (  # bottom up; a module may import its own layer or a lower one
     ("asr_kd.nn", 2.1),
     ("asr_kd.distillation", 2.2),
     ("asr_kd.evaluation", 2.3),
-    ("asr_kd.bench", 2.4),
     ("asr_kd.conf", 3),
     ("asr_kd.pipeline", 4),
 )

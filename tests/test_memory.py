@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import subprocess
+import time
 import sys
 
 from asr_kd.pipeline.memory import PeakMemory, process_tree, pss_bytes, tree_bytes
@@ -29,3 +30,24 @@ def test_the_tree_holds_the_process_and_its_descendants() -> None:
         finally:
             child.kill()
     assert pss_bytes(child.pid) == 0  # an ended process holds nothing
+
+
+def test_a_slow_sample_makes_the_sampler_wait_longer(monkeypatch) -> None:
+    """A sample that takes 20 ms (a torch process's page tables) is followed by at least a second of sleep, so the
+    sampler takes a few percent of a core from the stage, not the third of it that a fixed interval would."""
+    from asr_kd.pipeline import memory
+
+    calls = []
+
+    def slow_tree_bytes(pid: int) -> int:
+        calls.append(time.perf_counter())
+        while time.perf_counter() - calls[-1] < 0.02:  # busy, as reading smaps is
+            pass
+        return 1
+
+    monkeypatch.setattr(memory, "tree_bytes", slow_tree_bytes)
+    with PeakMemory(interval_s=0.01) as peak:
+        time.sleep(2.5)
+    assert peak.bytes == 1
+    gaps = [b - a for a, b in zip(calls, calls[1:])]
+    assert 2 <= len(calls) <= 4 and all(g >= memory.IDLE_PER_BUSY * 0.02 for g in gaps), gaps
