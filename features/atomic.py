@@ -39,6 +39,13 @@ def atomic_write(path: str | Path, mode: str = "w", encoding: str | None = "utf-
         raise
 
 
+def _replace_dir(tmp: Path, path: Path) -> None:
+    """Put the finished directory ``tmp`` in the place of ``path`` (an older one there is removed first)."""
+    if path.exists():
+        shutil.rmtree(path)
+    os.replace(tmp, path)
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield a temporary sibling directory that replaces ``path`` when the block succeeds."""
@@ -48,9 +55,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     os.chmod(tmp, 0o777 & ~_umask())
     try:
         yield tmp
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
+        _replace_dir(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -66,9 +71,7 @@ def resumable_dir(path: str | Path, keep: bool) -> Iterator[Path]:
     os.chmod(tmp, 0o777 & ~_umask())
     try:
         yield tmp
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
+        _replace_dir(tmp, path)
     except BaseException:
         if not keep:
             shutil.rmtree(tmp, ignore_errors=True)
