@@ -88,7 +88,7 @@ class DecodeConfig:
 class DecodeResult:
     """Best word sequence per utterance, and what the search cost.
 
-    ``seconds`` is the summed per-utterance decoding time (CPU time of the workers), so ``real_time_factor``
+    ``seconds`` is the summed per-utterance decoding time (CPU time of the decoding thread), so ``real_time_factor``
     = seconds / audio seconds is per core; ``wall_seconds`` is the elapsed time of decoding (computing the
     log-likelihoods excluded; scales decoded together in one pass each get the pass's time). ``failed``:
     utterances with no surviving path (no hypothesis; scored as all deletions). ``partial``: utterances whose
@@ -143,7 +143,7 @@ class _DecodeUnit(Unit[tuple[str, list[_Decoded]]]):
         expanded = self.loglikes[:, self.tid2pdf]
         out = []
         for scale in self.scales:
-            t0 = time.process_time()
+            t0 = time.thread_time()  # this thread only: the decoder runs in it
             mat = np.ascontiguousarray(expanded * scale, dtype=np.float32)
             decoder.decode(kaldi_decoder.DecodableCtc(mat, offset=0))
             reached_final = decoder.reached_final()
@@ -153,7 +153,7 @@ class _DecodeUnit(Unit[tuple[str, list[_Decoded]]]):
                 got, _tids, word_ids, _weight = kaldifst.get_linear_symbol_sequence(best)
                 if got:
                     hyp = [words[w] for w in word_ids]
-            out.append((hyp, reached_final, mat.shape[0], time.process_time() - t0))
+            out.append((hyp, reached_final, mat.shape[0], time.thread_time() - t0))
         return self.utt, out
 
 
