@@ -91,6 +91,7 @@ class FrameBatch:
     idx: torch.Tensor  # [b] global frame indices into the training frames
     targets: torch.Tensor  # [b] hard targets, on the training device
     columns: dict[str, torch.Tensor]  # the batch's rows of the training frames' columns, on the training device
+    windows: torch.Tensor | None = None  # [b, D] the windows the model trained on (augmented where the loop augments)
 
 
 def _share(length: int, world: int, rank: int) -> tuple[int, int]:

@@ -37,6 +37,14 @@ Design decisions:
   T=2 student reached a clearly higher dev accuracy under plateau or a 30-epoch cosine schedule than under
   newbob, which stopped it after about 10 epochs). The plateau rule lowers the rate only when dev accuracy
   stalls, so a dev criterion, not an epoch count, still ends training.
+* ``min_epochs`` makes training patient: no dev criterion (newbob or plateau converged, early stopping) may end it
+  before that epoch, while the rate schedule goes on as it would (plateau keeps its rate at the last reduction
+  once all are spent; newbob keeps halving, so the option suits plateau or cosine). It is a floor rather than a
+  fixed epoch count because the dev criterion stays the judge of when to stop afterwards, and the best-dev weights
+  are still the ones kept. It is meant for a student on freshly augmented input taught by a teacher that sees the
+  same input (a "consistent" teacher, :mod:`asr_kd.distillation.distill`): Beyer et al. 2022 ("Knowledge
+  distillation: a good teacher is patient and consistent") found such students still improving after schedules
+  many times longer than usual, where students of fixed targets overfit them.
 * Optimizer updates are linear in the learning rate (SGD with momentum, Adam, AdamW), so per-member rates of
   stacked members are applied by running the optimizer at the largest member rate and scaling each member's
   parameter change by its share (exactly a per-member rate; a stopped member gets share 0 and stays frozen).
@@ -87,12 +95,20 @@ from features.atomic import atomic_write, write_text_atomic
 logger = logging.getLogger(__name__)
 
 LossFn = Callable[[torch.Tensor, FrameBatch], torch.Tensor]
-"""(logits [B, C], the batch: global frame indices, hard targets, rows of the training frames' columns) -> loss.
+"""(logits [B, C], the batch: global frame indices, hard targets, rows of the training frames' columns, the windows
+the model saw) -> loss.
 
 The loss must be the MEAN over the B frames of a per-frame loss: data-parallel training rescales it by the share of
 the global batch each rank holds. Logits may be bf16 under autocast; cast to float32 before a softmax. Per-frame data
 a loss needs (stored soft targets) travels as columns of the training frames (``with_columns``), so that a streamed
 split brings each batch's rows with its frames instead of the loss looking them up in a corpus-sized table.
+"""
+
+InputFn = Callable[[torch.Tensor, int], torch.Tensor]
+"""(a step's windows [M, b, D] in the training dtype, the global step number from 0) -> the windows the model
+trains on, same shape and dtype: input augmentation (:class:`asr_kd.nn.augment.FeatureAugment`). The loss sees what it
+returns (``FrameBatch.windows``), so that a teacher run inside the loss sees the student's input. It must depend on
+nothing but its arguments (a generator seeded by the step), for a resumed run to repeat it.
 """
 
 EpochCallback = Callable[[int, list[dict]], None]
@@ -123,6 +139,7 @@ class TrainConfig:
     newbob_metric: str = "acc"
     plateau_patience: int = 1
     plateau_reductions: int = 4
+    min_epochs: int = 0  # no dev criterion (newbob, plateau, early stopping) ends training before this epoch
     seed: int = 0
     bf16: bool | None = None  # bf16 autocast: true where native, false never, None where measured faster
                               # (asr_kd.nn.numerics)
@@ -141,6 +158,8 @@ class TrainConfig:
             raise ValueError("batch_size, epochs, patience and plateau_patience must be positive")
         if self.plateau_reductions < 0:
             raise ValueError(f"plateau_reductions must be >= 0, got {self.plateau_reductions}")
+        if not 0 <= self.min_epochs <= self.epochs:
+            raise ValueError(f"min_epochs must be in [0, epochs={self.epochs}], got {self.min_epochs}")
 
 
 _RUNTIME_FIELDS = {"num_threads", "progress", "eval_batch_size"}
@@ -249,6 +268,8 @@ class MemberState:
                 self.lr_factor *= cfg.newbob_factor
         if self.stopped is None and cfg.early_stopping and self.epochs_since_best >= cfg.patience:
             self.stopped = f"early stopping (no dev accuracy gain for {cfg.patience} epochs)"
+        if epoch < cfg.min_epochs:
+            self.stopped = None  # patient: a stop a dev criterion calls for waits until min_epochs
         if self.stopped is None and epoch >= cfg.epochs:
             self.stopped = "max epochs"
 
@@ -279,7 +300,7 @@ def compute_loss(trainee: Trainee, step: Step, device: torch.device, loss_fn: Lo
         ce = F.cross_entropy(z.flatten(0, 1), step.y.flatten(), reduction="none")
         return ce.view(M, b).mean(1), z
     return torch.stack([loss_fn(logits[m], FrameBatch(step.idx[m], step.y[m],
-                                                      {k: v[m] for k, v in step.columns.items()}))
+                                                      {k: v[m] for k, v in step.columns.items()}, step.x[m]))
                         for m in range(M)]), z
 
 
@@ -322,13 +343,14 @@ class EpochStats:
 def train_one_epoch(trainee: Trainee, optimizer: torch.optim.Optimizer, train_cfg: TrainConfig,
                     batches: Batches, seeds: Sequence[int], lr_factors: Sequence[float], epoch: int,
                     device: torch.device, loss_fn: LossFn | None = None, dist_ctx: DistContext = DistContext(),
-                    desc: str = "train") -> EpochStats:
+                    desc: str = "train", input_fn: InputFn | None = None) -> EpochStats:
     """One pass over the training frames for every member, each in its own shuffled order, at its own rate.
 
     ``lr_factors[m]`` is member m's newbob factor (0 freezes a stopped member). Optimizer updates are linear in the
     rate, so the optimizer runs at the largest member rate and each member's parameter change is scaled by its
     share. Under DDP each rank takes a contiguous 1/world share of every global batch and scales its loss so that
-    the all-reduced gradient is the gradient of the mean loss over the global batch.
+    the all-reduced gradient is the gradient of the mean loss over the global batch. ``input_fn`` (augmentation)
+    replaces each step's windows, given the global step number (which does not depend on where a run resumed).
     """
     M = trainee.num_members
     params = list(trainee.module.parameters())
@@ -349,9 +371,12 @@ def train_one_epoch(trainee: Trainee, optimizer: torch.optim.Optimizer, train_cf
     bar = tqdm(steps, total=steps_per_epoch, desc=f"{desc} epoch {epoch}", unit="batch", leave=False,
                disable=not (train_cfg.progress and dist_ctx.is_main))
     for k, step in enumerate(bar):
-        lr = base_lr(train_cfg, (epoch - 1) * steps_per_epoch + k, total_steps) * ref
+        global_step = (epoch - 1) * steps_per_epoch + k
+        lr = base_lr(train_cfg, global_step, total_steps) * ref
         for group in optimizer.param_groups:
             group["lr"] = lr
+        if input_fn is not None:
+            step = dataclasses.replace(step, x=input_fn(step.x, global_step))
         b = step.y.shape[1]
         loss_terms, z = compute_loss(trainee, step, device, loss_fn, train_cfg.bf16)
         optimizer.zero_grad(set_to_none=True)
@@ -432,8 +457,8 @@ def load_checkpoint(path: Path, trainee: Trainee, optimizer: torch.optim.Optimiz
     torch.set_rng_state(ckpt["rng"]["torch"])
     if device.type == "cuda" and "cuda" in ckpt["rng"]:
         torch.cuda.set_rng_state(ckpt["rng"]["cuda"], device)
-    changed = {k for k, v in dataclasses.asdict(train_cfg).items()
-               if k not in _RUNTIME_FIELDS and ckpt["train_cfg"].get(k) != v}
+    saved = {**dataclasses.asdict(TrainConfig()), **ckpt["train_cfg"]}  # a field newer than the checkpoint: default
+    changed = {k for k, v in dataclasses.asdict(train_cfg).items() if k not in _RUNTIME_FIELDS and saved[k] != v}
     if ckpt.get("data_order", ONE_BUFFER) != (order or ONE_BUFFER):
         changed.add("data buffers")
     if changed or list(ckpt["seeds"]) != list(seeds):
@@ -457,10 +482,12 @@ def fit(
     dist_ctx: DistContext = DistContext(),
     epoch_callback: EpochCallback | None = None,
     desc: str = "train",
+    input_fn: InputFn | None = None,
 ) -> tuple[list[MemberState], list[dict[str, torch.Tensor]]]:
     """Train every member of ``trainee`` until each has stopped; return their states and best (or final) weights.
 
-    Resumes from ``checkpoint_path`` when it exists. Member m draws its batch order from ``seeds[m]``.
+    Resumes from ``checkpoint_path`` when it exists. Member m draws its batch order from ``seeds[m]``; ``input_fn``
+    augments the training windows (dev is evaluated on clean windows).
     """
     M = trainee.num_members
     if len(seeds) != M:
@@ -480,7 +507,7 @@ def fit(
         active = [s.stopped is None for s in states]
         factors = [s.lr_factor if s.stopped is None else 0.0 for s in states]
         stats = train_one_epoch(trainee, optimizer, train_cfg, batches, seeds, factors, epoch, device, loss_fn,
-                                dist_ctx, desc)
+                                dist_ctx, desc, input_fn)
         dev_loss, dev_acc = compute_validation_loss(trainee, dev_set, train_cfg.eval_batch_size, device, dist_ctx)
         rows = []
         for m in range(M):
@@ -552,19 +579,21 @@ def train(
     epoch_callback: EpochCallback | None = None,
     device: str | torch.device = "auto",
     data_parallel: bool = True,
+    input_fn: InputFn | None = None,
 ) -> TrainResult:
     """Train one DNN on ``train_set`` frames, choosing epochs on ``dev_set``; resumes from out_dir/checkpoint.pt.
 
     Writes out_dir/checkpoint.pt (every epoch), out_dir/model.pt (best-dev weights with early stopping, final
     weights otherwise) and out_dir/metrics.json. Launched by torchrun it trains with DDP and rank 0 writes;
     ``data_parallel=False`` trains this rank's model alone instead (ranks that each train other models).
+    ``input_fn`` augments every training step's windows (:data:`InputFn`).
     """
     if train_cfg.num_threads:
         torch.set_num_threads(train_cfg.num_threads)
     device = select_device(str(device))
     ranks = dist_context(device) if data_parallel else DistContext()
     return train_one(model_cfg, train_cfg, train_set, dev_set, Path(out_dir), num_classes, device, ranks, loss_fn,
-                     epoch_callback)
+                     epoch_callback, input_fn)
 
 
 def train_one(
@@ -578,6 +607,7 @@ def train_one(
     dist_ctx: DistContext = DistContext(),
     loss_fn: LossFn | None = None,
     epoch_callback: EpochCallback | None = None,
+    input_fn: InputFn | None = None,
 ) -> TrainResult:
     """:func:`train` with the device and process group given (ensembles train members rank-locally)."""
     train_set, dev_set = on_device(train_set, device), on_device(dev_set, device)
@@ -586,7 +616,7 @@ def train_one(
     model = build_members(model_cfg, num_classes, [train_cfg.seed])[0].to(device)
     trainee = Trainee(model, dist_ctx)
     states, weights = fit(trainee, train_cfg, train_set, dev_set, [train_cfg.seed], out_dir / "checkpoint.pt",
-                          device, loss_fn, dist_ctx, epoch_callback, desc=out_dir.name)
+                          device, loss_fn, dist_ctx, epoch_callback, desc=out_dir.name, input_fn=input_fn)
     result = None
     if dist_ctx.is_main:
         result = write_member_outputs(out_dir, model_cfg, num_classes, states[0], weights[0], train_cfg,
