@@ -11,6 +11,12 @@ through its ``loss_fn`` hook, so checkpoints, resume, early stopping and metrics
 
 Top-k targets leave out the teacher's tail; by default that tail mass is kept as one extra "any other class"
 outcome (``DistillConfig.tail``), so a small k does not make the targets sharper than the teacher at high T.
+
+The student's input may be augmented afresh at every step (``DistillConfig.augment``: noise and masks,
+:mod:`asr_kd.nn.augment`). Stored targets then describe the clean frame, not what the student saw; a *consistent*
+teacher (``consistent``, online only) runs on the very windows the student got, augmentation included, so every
+step teaches the teacher's function at a new point near the data (Beyer et al. 2022, "Knowledge distillation: a good
+teacher is patient and consistent"). Such a student pairs with a patient schedule (``TrainConfig.min_epochs``).
 """
 from __future__ import annotations
 
@@ -32,6 +38,7 @@ from asr_kd.distillation.soft_targets import (
     teacher_log_probs,
     top_k_targets,
 )
+from asr_kd.nn.augment import FeatureAugment, FeatureAugmentConfig
 from asr_kd.nn.device import dist_context, launch_env, select_device
 from asr_kd.nn.batches import FrameBatch
 from asr_kd.nn.frames import Frames, FrameSet
@@ -71,6 +78,9 @@ class DistillConfig:
     can miss a quarter of it at T=5); renormalizing it away makes the targets sharper than the teacher and gives
     a lower dev accuracy than the bucket, which comes close to using all classes. At T=2 the two agree.
     combine: how an ensemble teacher's members are averaged in online mode (stored targets carry their own).
+    augment: how the student's input windows are perturbed at every step (off by default), in either mode.
+    consistent: the online teacher runs on the student's own (augmented) windows instead of the clean windows of the
+    batch's frames; it needs ``mode="online"``, and then works on a streamed training set too.
     """
 
     temperature: float = 2.0
@@ -81,6 +91,8 @@ class DistillConfig:
     mode: str = "stored"
     combine: str = "arith"
     temperatures_sweep: list[float] = field(default_factory=lambda: [1.0, 2.0, 5.0, 10.0])
+    augment: FeatureAugmentConfig = field(default_factory=FeatureAugmentConfig)
+    consistent: bool = False
 
     def __post_init__(self) -> None:
         if self.soft_weight_scale not in SOFT_WEIGHT_SCALES:
@@ -95,6 +107,9 @@ class DistillConfig:
             raise ValueError(f"hard_weight must be >= 0, got {self.hard_weight}")
         if self.top_k is not None and self.top_k < 1:
             raise ValueError(f"top_k must be >= 1 or None, got {self.top_k}")
+        if self.consistent and self.mode != "online":
+            raise ValueError("a consistent teacher runs on the student's input inside every step: it needs "
+                             f"mode='online', got mode={self.mode!r}")
 
     @property
     def soft_weight(self) -> float:
@@ -204,15 +219,24 @@ def make_stored_loss(cfg: DistillConfig) -> LossFn:
     return loss_fn
 
 
-def make_online_loss(teachers: Sequence[DNN], train_set: FrameSet, cfg: DistillConfig) -> LossFn:
-    """Loss whose soft targets come from running ``teachers`` on the batch's windows inside the step."""
+def make_online_loss(teachers: Sequence[DNN], train_set: FrameSet | None, cfg: DistillConfig) -> LossFn:
+    """Loss whose soft targets come from running ``teachers`` on the batch's windows inside the step: the clean
+    windows of the batch's frames, taken from ``train_set`` by index, or with ``cfg.consistent`` the windows the
+    student trained on (``FrameBatch.windows``, augmented or not; no ``train_set`` needed)."""
     if not teachers:
         raise ValueError("online distillation needs at least one teacher model")
+    if train_set is None and not cfg.consistent:
+        raise ValueError("an online teacher on clean windows takes them from the training set: pass it")
     teacher = StackedDNN.from_members(list(teachers)).eval().requires_grad_(False)
     device = next(teacher.parameters()).device
 
     def loss_fn(logits: torch.Tensor, batch: FrameBatch) -> torch.Tensor:
-        windows = train_set.windows(batch.idx.to(train_set.device)).to(device, torch.float32)
+        if cfg.consistent:
+            if batch.windows is None:
+                raise ValueError("a consistent teacher needs the student's windows: the batch carries none")
+            windows = batch.windows.to(device, torch.float32)
+        else:
+            windows = train_set.windows(batch.idx.to(train_set.device)).to(device, torch.float32)
         lp = teacher_log_probs(teacher, windows, cfg.temperature, cfg.combine)
         ind, prob, mass = (t.to(logits.device) for t in top_k_targets(lp, cfg.top_k))
         return distillation_loss(logits, ind, prob, batch.targets, cfg.temperature, cfg.hard_weight, cfg.soft_weight,
@@ -268,7 +292,8 @@ def distill(
     """Train a student (same shape as a member) on the distillation loss; it is evaluated at T=1 (argmax).
 
     ``soft`` (stored mode: in memory, or the directory they were saved to) must cover ``train_set`` frame for frame;
-    ``teachers`` are used in online mode.
+    ``teachers`` are used in online mode. With ``dcfg.augment`` every training step's windows are augmented (drawn
+    from the training seed and the step; each DDP rank draws its own).
     Writes ``distill.json`` (the objective) next to the baseline trainer's outputs.
     """
     out_dir = Path(out_dir)
@@ -280,18 +305,24 @@ def distill(
     else:
         if not teachers:
             raise ValueError("online-mode distillation needs teacher models")
-        if not isinstance(train_set, FrameSet):
+        if not dcfg.consistent and not isinstance(train_set, FrameSet):
             raise ValueError("online distillation runs the teacher on windows taken from the training set by frame "
-                             "index, which needs the set in memory (data.stream=false)")
-        loss_fn = make_online_loss(teachers, train_set, dcfg)
+                             "index, which needs the set in memory (data.stream=false; a consistent teacher, which "
+                             "runs on the student's own windows, does not)")
+        loss_fn = make_online_loss(teachers, train_set if isinstance(train_set, FrameSet) else None, dcfg)
         teacher_desc = describe_teacher(len(teachers), dcfg.combine)
+    augment = None
+    if dcfg.augment.enabled:
+        stream = launch_env().rank if data_parallel else 0
+        augment = FeatureAugment(dcfg.augment, model_cfg.left_context + 1 + model_cfg.right_context,
+                                 model_cfg.feat_dim, train_cfg.seed, stream)
     out_dir.mkdir(parents=True, exist_ok=True)
     objective = {**dcfg.to_dict(), "teacher": teacher_desc}
     write_text_atomic(out_dir / "distill.json", json.dumps(objective, indent=2) + "\n")
     logger.info("distilling (%s, T=%g, hard weight %g, k=%s) into %s", dcfg.mode, dcfg.temperature,
                 dcfg.hard_weight, dcfg.top_k, out_dir)
     return train(model_cfg, train_cfg, train_set, dev_set, out_dir, num_classes, loss_fn=loss_fn, device=device,
-                 data_parallel=data_parallel)
+                 data_parallel=data_parallel, input_fn=augment)
 
 
 def choose_temperature(dev_accuracy: Mapping[float, float]) -> float:
@@ -333,8 +364,9 @@ def temperature_sweep(
     temperatures = sorted(soft_targets)
     ranks = launch_env()
     for t in ranks.share(temperatures):
-        distill(model_cfg, train_cfg, dataclasses.replace(dcfg, temperature=float(t), mode="stored"), train_set,
-                dev_set, soft_targets[t], None, out_dir / f"T{t:g}", num_classes, device, data_parallel=False)
+        stored = dataclasses.replace(dcfg, temperature=float(t), mode="stored", consistent=False)
+        distill(model_cfg, train_cfg, stored, train_set, dev_set, soft_targets[t], None, out_dir / f"T{t:g}",
+                num_classes, device, data_parallel=False)
     dist_context(select_device(str(device))).barrier()
     results: dict[str, dict] = {}
     for t in temperatures:

@@ -200,7 +200,7 @@ def run_small_data(
         system, t = runs[model]
         st_cfg = SoftTargetConfig(temperature=t, top_k=scfg.top_k, combine=dcfg.combine)
         soft = compute_soft_targets(_as_models(teachers[soft_systems[system]], device), small, st_cfg)
-        objective = dataclasses.replace(dcfg, mode="stored", temperature=t, top_k=scfg.top_k,
+        objective = dataclasses.replace(dcfg, mode="stored", consistent=False, temperature=t, top_k=scfg.top_k,
                                         hard_weight=scfg.hard_weight)
         distill(model_cfg, soft_cfg, objective, small, dev_set, soft, None, out_dir / model, num_classes, device,
                 data_parallel=False)
