@@ -4,11 +4,14 @@ A research config lists them under ``students`` (name -> :class:`asr_kd.conf.sch
 on the full training set, on hard targets or distilled from the ensemble, with the experiment's model, training and
 distillation settings overridden by its spec: the temperature is the one the distill stage chose on dev unless the
 spec sets one, and the soft targets are the ones stored once for every student (a smaller top-k cuts them; a
-larger one, or all classes, is computed from the members in memory). A student is then a system like the others:
-its frame predictions are kept, it is decoded, costed and reported.
+larger one, or all classes, is computed from the members in memory). An online student (``distill.mode: online``,
+e.g. a consistent teacher on augmented input) is taught by the members themselves inside each step, combined as the
+ensemble combines them. A student is then a system like the others: its frame predictions are kept, it is decoded,
+costed and reported.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import statistics
@@ -77,8 +80,17 @@ def student_configs(cfg: DictConfig, name: str, temperature: float | None = None
     model_cfg = xp.to_object(OmegaConf.merge(cfg.model, spec.model))
     if spec.targets == "hard":
         return model_cfg, xp.to_object(OmegaConf.merge(cfg.train, spec.train)), None
-    return model_cfg, xp.student_train_config(cfg, spec.train), xp.to_object(OmegaConf.merge(
-        cfg.distill, {"temperature": temperature or cfg.distill.temperature}, spec.distill))
+    dcfg = xp.to_object(OmegaConf.merge(cfg.distill, {"temperature": temperature or cfg.distill.temperature},
+                                        spec.distill))
+    if dcfg.mode == "online" and "combine" not in spec.distill:  # the members combined as the stored targets combine
+        dcfg = dataclasses.replace(dcfg, combine=cfg.ensemble.combine)
+    return model_cfg, xp.student_train_config(cfg, spec.train), dcfg
+
+
+def teacher_kind(dcfg: DistillConfig) -> str:
+    """Where a soft student's targets come from, for the report: ``stored`` (computed once, on clean input),
+    ``online`` (in every step, on clean input) or ``consistent`` (in every step, on the student's own input)."""
+    return "consistent" if dcfg.consistent else dcfg.mode
 
 
 def train_students(cfg: DictConfig, ws: Workspace) -> dict:
@@ -104,11 +116,16 @@ def train_students(cfg: DictConfig, ws: Workspace) -> dict:
         row = {"targets": spec.targets, "budget": spec.budget, "size_sweep": spec.size_sweep,
                "hidden_layers": model_cfg.hidden_layers,
                "hidden_dim": model_cfg.hidden_dim, "params": num_parameters(model_cfg, classes),
-               "epochs_cap": train_cfg.epochs}
+               "epochs_cap": train_cfg.epochs, "min_epochs": train_cfg.min_epochs}
         if dcfg is not None:
-            row.update(temperature=dcfg.temperature, hard_weight=dcfg.hard_weight, top_k=dcfg.top_k)
+            row.update(temperature=dcfg.temperature, hard_weight=dcfg.hard_weight, top_k=dcfg.top_k,
+                       teacher=teacher_kind(dcfg), augment=dcfg.augment.describe() if dcfg.augment.enabled else None)
         if name in mine and spec.targets == "hard":
             train(model_cfg, train_cfg, train_set, dev_set, out, classes, device=device, data_parallel=False)
+        elif name in mine and dcfg.mode == "online":
+            teachers = [load_model(p, device) for p in xp.member_paths(ws)]
+            distill(model_cfg, train_cfg, dcfg, train_set, dev_set, None, teachers, out, classes, device,
+                    data_parallel=False)
         elif name in mine:
             soft = _soft_targets(cfg, ws, dcfg, cfg.soft_targets.top_k or classes, train_set, out, device)
             distill(model_cfg, train_cfg, dcfg, train_set, dev_set, soft, None, out, classes, device,

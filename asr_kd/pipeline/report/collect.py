@@ -52,7 +52,8 @@ def extra_students(stats: dict, specs: dict) -> dict:
     rows = {}
     for name, spec in specs.items():
         row = {k: spec.get(k) for k in ("targets", "budget", "size_sweep", "hidden_layers", "hidden_dim", "params",
-                                        "epochs_run", "temperature", "hard_weight", "top_k")}
+                                        "epochs_run", "min_epochs", "temperature", "hard_weight", "top_k", "teacher",
+                                        "augment")}
         for metric, key in (("frames", "frame_acc"), ("wer", "wer")):
             for group in ("dev", "test"):
                 row[f"{group}_{key}"] = system_cell(stats, metric, "students", group, name)

@@ -232,6 +232,27 @@ def _cost_md(r: dict) -> list[str]:
     return lines
 
 
+def _teaching_notes(students: dict) -> list[str]:
+    """What the "teacher / input" and "budget" cells mean, where some student departs from the stored targets on
+    clean input or from the plain dev-criterion budget."""
+    soft = {name: st for name, st in students.items() if st["targets"] == "soft"}
+    notes = []
+    if any((st.get("teacher") or "stored") != "stored" or st.get("augment") for st in soft.values()):
+        notes.append("Teacher: stored = the ensemble's targets computed once on the clean frames; online = computed "
+                     "inside every step on the clean frames; consistent = computed inside every step on the very "
+                     "input the student got, augmentation included.")
+    augments: dict[str, list[str]] = {}
+    for name, st in soft.items():
+        if st.get("augment"):
+            augments.setdefault(st["augment"], []).append(name)
+    for augment, names in augments.items():
+        notes.append(f"Augmented input ({', '.join(names)}): {augment}, drawn afresh for every window at every "
+                     "step.")
+    if any(st.get("min_epochs") for st in students.values()):
+        notes.append("Budget \">= n\": the dev criterion may not stop the student before epoch n (patient training).")
+    return ["", *notes] if notes else []
+
+
 def _students_md(r: dict) -> list[str]:
     if not r["students"]:
         return []
@@ -239,19 +260,23 @@ def _students_md(r: dict) -> list[str]:
     lines = ["## Extra students: ablations and sizes (95% intervals; share = of the ensemble's gain over the "
              "baseline, test frame accuracy)", "",
              "| student | targets | shape | params | MACs / frame | AM RTF 1 thread | T / hard weight / top-k "
-             "| budget (epochs) | dev frame acc | test frame acc | test WER | share kept |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| teacher / input | budget (epochs) | dev frame acc | test frame acc | test WER | share kept |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, st in r["students"].items():
         c = cost.get(name, {})
-        objective = (f"{st['temperature']:g} / {st['hard_weight']:g} / {st['top_k'] or 'all'}"
-                     if st["targets"] == "soft" else "-")
+        soft = st["targets"] == "soft"
+        objective = f"{st['temperature']:g} / {st['hard_weight']:g} / {st['top_k'] or 'all'}" if soft else "-"
+        teaching = f"{st.get('teacher') or 'stored'} / {'augmented' if st.get('augment') else 'clean'}" if soft \
+            else "-"
+        budget = st["budget"] + (f", >= {st['min_epochs']}" if st.get("min_epochs") else "")
         kept = st["kept_frame_acc"]
         lines.append(f"| {name} | {st['targets']} | {st['hidden_layers']}x{st['hidden_dim']} | {st['params']:,} | "
-                     f"{c.get('macs_per_frame', 0):,} | {fmt(c.get('cpu1_rtf'), 4)} | {objective} | "
-                     f"{st['budget']} ({st['epochs_run']}) | {fmt_interval(st['dev_frame_acc'])} | "
+                     f"{c.get('macs_per_frame', 0):,} | {fmt(c.get('cpu1_rtf'), 4)} | {objective} | {teaching} | "
+                     f"{budget} ({st['epochs_run']}) | {fmt_interval(st['dev_frame_acc'])} | "
                      f"{fmt_interval(st['test_frame_acc'])} | {fmt_interval(st['test_wer'])} | "
                      + (f"{percent(kept['estimate'])} [{percent(kept['low'])}, {percent(kept['high'])}]"
                         if kept else "-") + " |")
+    lines += _teaching_notes(r["students"])
     if r["distillation_gain"]:
         lines += ["", "Distillation gain per size (distilled - hard-target student of the same shape, test; every "
                       "such pair, named, since one shape may hold several of each):", "",
