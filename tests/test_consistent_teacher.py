@@ -10,7 +10,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from asr_kd.conf.schema import register
+from asr_kd.conf.schema import StudentConfig, register
 from asr_kd.distillation.distill import DistillConfig, distill, make_online_loss
 from asr_kd.nn.augment import FeatureAugment, FeatureAugmentConfig
 from asr_kd.nn.batches import FrameBatch
@@ -138,3 +138,34 @@ def test_the_students_table_names_each_students_teacher_input_and_floor() -> Non
     plain = "\n".join(markdown._students_md({"students": {"older_run": base}, "distillation_gain": [], "cost": {},
                                            "gain_kept": {}}))
     assert "Teacher:" not in plain and "Augmented input" not in plain and ">=" not in plain
+
+
+def test_the_students_stage_teaches_a_consistent_student_with_the_members(tmp_path: Path, monkeypatch) -> None:
+    """An online student of a research config is taught by the ensemble's members themselves, combined as the
+    ensemble combines them (no stored targets are read), and its row tells the report its teacher, input and floor."""
+    from asr_kd.pipeline import experiment as xp
+    from asr_kd.pipeline.students import train_students
+    from asr_kd.pipeline.workspace import Workspace
+
+    register()
+    shape = [f"model.{k}={v}" for k, v in dataclasses.asdict(MODEL).items()]
+    with initialize_config_dir(str(REPO / "recipes/synth/conf"), version_base="1.3"):
+        cfg = compose("ci", overrides=[f"work_dir={tmp_path}", "device=cpu", "train.bf16=false", "ensemble.combine=geo",
+                                       *shape])
+    cfg.students = {"cp": StudentConfig(distill={"mode": "online", "consistent": True,
+                                                 "augment": dataclasses.asdict(AUGMENT)},
+                                        train={"epochs": 3, "min_epochs": 2, "batch_size": 64})}
+    ws = Workspace(tmp_path)
+    sets = {"train": frames(20, 0), "dev": frames(5, 1)}
+    for m in range(2):
+        train(MODEL, dataclasses.replace(tc(1), seed=m), sets["train"], sets["dev"],
+              ws.dnn("ensemble") / f"member{m:02d}", CLASSES)
+    monkeypatch.setattr(xp, "frames", lambda cfg, ws, split, device: sets[split])
+    monkeypatch.setattr(xp, "num_pdfs", lambda ws: CLASSES)
+    monkeypatch.setattr(xp, "evaluate_system", lambda cfg, ws, system, splits=("dev", "test"): {})
+    row = train_students(cfg, ws)["cp"]
+    assert (row["teacher"], row["augment"], row["min_epochs"]) == ("consistent", AUGMENT.describe(), 2)
+    assert row["epochs_run"] >= 2
+    objective = json.loads((ws.student("cp") / "distill.json").read_text())
+    assert objective["consistent"] and objective["combine"] == "geo"
+    assert objective["teacher"].startswith("2-model")  # both members teach
