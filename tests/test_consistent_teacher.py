@@ -169,3 +169,27 @@ def test_the_students_stage_teaches_a_consistent_student_with_the_members(tmp_pa
     objective = json.loads((ws.student("cp") / "distill.json").read_text())
     assert objective["consistent"] and objective["combine"] == "geo"
     assert objective["teacher"].startswith("2-model")  # both members teach
+
+
+def test_a_consistent_teacher_trains_on_a_streamed_set_as_in_memory(tmp_path: Path) -> None:
+    """It runs on the student's own windows, so a training set streamed from disk serves it; in one buffer the
+    streamed set trains the in-memory set's student, bit for bit. An online teacher on clean windows needs the set
+    in memory."""
+    from test_stream import CLASSES as SPLIT_CLASSES, MODEL as SPLIT_MODEL, streamed, write_split
+
+    from asr_kd.nn.frames import load_frameset
+
+    split = write_split(tmp_path / "train", 30, seed=1, cmvn_identity=False)
+    in_memory = load_frameset(*split, left=SPLIT_MODEL.left_context, right=SPLIT_MODEL.right_context)
+    on_disk = streamed(tmp_path, split, buffer_frames=10_000)
+    torch.manual_seed(0)
+    teachers = [DNN(SPLIT_MODEL, SPLIT_CLASSES).eval() for _ in range(2)]
+    dcfg = DistillConfig(mode="online", consistent=True, augment=AUGMENT)
+    students = {}
+    for name, frame_set in (("memory", in_memory), ("streamed", on_disk)):
+        distill(SPLIT_MODEL, tc(2), dcfg, frame_set, in_memory, None, teachers, tmp_path / name, SPLIT_CLASSES)
+        students[name] = (tmp_path / name / "model.pt").read_bytes()
+    assert students["memory"] == students["streamed"]
+    with pytest.raises(ValueError, match="in memory"):
+        distill(SPLIT_MODEL, tc(2), dataclasses.replace(dcfg, consistent=False), on_disk, in_memory, None, teachers,
+                tmp_path / "clean", SPLIT_CLASSES)
