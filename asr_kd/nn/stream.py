@@ -492,17 +492,24 @@ class Batches(Protocol):
     def num_frames(self) -> int: ...
 
     @property
+    def epoch_frames(self) -> int: ...
+
+    @property
     def order(self) -> dict: ...
 
     def epoch(self, seeds: Sequence[int], epoch: int, batch_size: int, device: torch.device,
               dist_ctx: DistContext = DistContext()) -> Iterator[Step]: ...
 
 
-def training_batches(frames: FrameSet | StreamedFrames, dtype: torch.dtype, members: int) -> Batches:
-    """The epochs of ``frames`` for ``members`` members with windows in ``dtype``: in memory, or streamed."""
+def training_batches(frames: FrameSet | StreamedFrames, dtype: torch.dtype, members: int,
+                     epoch_frames: int | None = None) -> Batches:
+    """The epochs of ``frames`` for ``members`` members with windows in ``dtype``: in memory, or streamed. An epoch
+    is one pass, or ``epoch_frames`` frames of passes that run on (a set in memory only)."""
     if isinstance(frames, StreamedFrames):
+        if epoch_frames is not None and epoch_frames < frames.num_frames:
+            raise ValueError("epochs shorter than a pass (train.epoch_frames) need the training set in memory")
         return frames.batches(dtype, members)
-    return MemoryBatches(frames, dtype, frames.columns)
+    return MemoryBatches(frames, dtype, frames.columns, epoch_frames)
 
 
 class StreamBatches:
@@ -515,6 +522,11 @@ class StreamBatches:
 
     @property
     def num_frames(self) -> int:
+        return self.frames.num_frames
+
+    @property
+    def epoch_frames(self) -> int:
+        """An epoch is one pass."""
         return self.frames.num_frames
 
     @property
