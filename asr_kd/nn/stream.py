@@ -451,7 +451,8 @@ class StreamedFrames:
         per_frame = need / self.buffer_frames
         check_memory(self.cfg, need, f"streaming {self.num_frames} frames in buffers of up to {self.buffer_frames} "
                      f"frames (data.buffer_frames={self.cfg.buffer_frames}, two alive: one trained on, one being "
-                     f"read, {per_frame / 2:.0f} B per frame)", lambda allowed: f"lower data.buffer_frames to {int(allowed // per_frame)} or less")
+                     f"read, {per_frame / 2:.0f} B per frame)",
+                     lambda allowed: f"lower data.buffer_frames to {int(allowed // per_frame)} or less")
         return StreamBatches(self, dtype)
 
     def load_buffer(self, blocks: Sequence[Block], dtype: torch.dtype) -> Buffer:
