@@ -27,6 +27,8 @@ ROUNDED = 0.005 + EXACT
 REQUIRED = ("table1", "gain_kept", "comparisons", "small_data_table", "small_data", "small_data_recovered",
             "ensemble_members", "temperature_sweep", "best_temperature", "cost", "tree", "stage_seconds", "meta")
 MAIN = ("baseline", "ensemble", "distilled")
+UNLABELED_STUDENT = "distilled_unlabeled"
+"""The student distilled on train + untranscribed audio: its row is ``unlabeled.row``, beside Table 1's."""
 GROUPS = ("dev", "test", "test seen", "test unseen")
 METRIC_KEY = {"frames": "frame_acc", "wer": "wer"}
 CLAIM_METRIC = {"frame accuracy": "frames", "WER": "wer"}
@@ -71,6 +73,8 @@ def _key(metric: str, group: str) -> str:
 
 
 def _t1(r: dict, system: str, metric: str, group: str) -> float | None:
+    if system == UNLABELED_STUDENT:
+        return _get(r, "unlabeled", "row", _key(metric, group), "estimate")
     return _get(r["table1"], system, _key(metric, group), "estimate")
 
 
@@ -129,6 +133,8 @@ def _small_data(c: Consistency, r: dict) -> None:
             c.close(f"3% table baseline_full {col} vs Table 1", _get(table, "baseline_full", col, "estimate"),
                     _t1(r, "baseline", metric, group))
     for key, row in table.items():
+        if key not in systems:  # the 3% model with the untranscribed pool: stage transfer's, checked by its claims
+            continue
         c.equal(f"3% table {key} train vs the small_data summary", row["train"], systems[key]["train"])
         for split in ("dev", "test"):
             if split in systems[key]:
@@ -168,7 +174,7 @@ def _claims(c: Consistency, r: dict) -> None:
         diffs[(row["claim"], metric, group)] = row["diff"]["estimate"]
         _significant(c, what, row, row["diff"])
         c.true(f"{what}: P(B better) {row['prob_b_better']} is not a probability", 0.0 <= row["prob_b_better"] <= 1.0)
-        if a in MAIN and b in MAIN:
+        if {a, b} <= {*MAIN, UNLABELED_STUDENT}:
             c.close(what, row["diff"]["estimate"], _t1(r, b, metric, group) - _t1(r, a, metric, group))
             continue
         col = SMALL_TABLE[metric].get(group)
@@ -223,8 +229,39 @@ def _fidelity(c: Consistency, r: dict) -> None:
     for split, row in (r.get("fidelity") or {}).items():
         c.close(f"fidelity {split}: distilled - baseline", row["diff"]["estimate"],
                 row["distilled"]["estimate"] - row["baseline"]["estimate"])
-        for name in ("baseline", "distilled"):
-            _interval(c, f"fidelity {split} {name}", row[name])
+        for name in ("baseline", "distilled", UNLABELED_STUDENT):
+            _interval(c, f"fidelity {split} {name}", row.get(name))
+
+
+def _unlabeled(c: Consistency, r: dict) -> None:
+    """The untranscribed-pool student's share of the ensemble's gain from its row and Table 1's; each curve student's
+    dev and test share from its own estimates; the transfer set's size from its frames."""
+    u = r.get("unlabeled")
+    if not u:
+        return
+    pool = u["pool"]
+    c.close("unlabeled pool size", pool["size"],
+            round((pool["labeled_frames"] + pool["unlabeled_frames"]) / pool["labeled_frames"], 3))
+    for key, cell in u["row"].items():
+        _interval(c, f"unlabeled row {key}", cell)
+    for metric, groups in u["gain_kept"].items():
+        for group, row in groups.items():
+            what = f"unlabeled gain_kept {metric} {group}"
+            c.equal(f"{what} systems", (row["base"], row["better"], row["candidate"]),
+                    ("baseline", "ensemble", UNLABELED_STUDENT))
+            base, better, cand = (_t1(r, s, metric, group) for s in ("baseline", "ensemble", UNLABELED_STUDENT))
+            if row["share"] is None:
+                c.equal(f"{what}: undefined only without a gain", better - base, 0.0)
+                continue
+            c.close(what, row["share"]["estimate"], _share(cand, base, better))
+            _interval(c, what, row["share"], holds_estimate=False)
+    for name, point in (u.get("curve") or {}).items():
+        for split in ("dev", "test"):
+            share = point["kept"].get(split)
+            if share:
+                base, better = (_t1(r, s, "frames", split) for s in ("baseline", "ensemble"))
+                c.close(f"curve {name} {split} share", share["estimate"],
+                        _share(point[f"{split}_frame_acc"]["estimate"], base, better))
 
 
 def _dnn_biases(hidden_layers: int, hidden_dim: int, num_classes: int) -> int:
@@ -325,8 +362,8 @@ def check(results: dict, history: list[dict] | None = None) -> Consistency:
     if missing:
         c.problems.append(f"sections missing: {', '.join(missing)}")
         return c
-    for part in (_table1, _gain_kept, _small_data, _claims, _temperature, _ensemble, _fidelity, _students, _cost,
-                 _times):
+    for part in (_table1, _gain_kept, _small_data, _claims, _temperature, _ensemble, _fidelity, _unlabeled, _students,
+                 _cost, _times):
         part(c, results)
     if history is not None:
         _headline(c, results, history)

@@ -80,7 +80,8 @@ def test_report_has_every_row(ci_experiment: Path):
         assert row in md, row
     peaks = report["stage_peak_memory_mb"]  # measured by run.sh's process over each stage's process tree
     assert set(peaks) == set(report["stage_seconds"]) and all(peak > 100 for peak in peaks.values()), peaks
-    assert set(report["fidelity"]) == {"train", "dev", "test"} and "train (the transfer set)" in md
+    assert set(report["fidelity"]) == {"train", "transfer", "dev", "test"} and "train (the paper's transfer set)" in md
+    assert "train + untranscribed pool" in md and "| distilled_unlabeled |" in md
     run = report["run_seconds"]  # run.sh ran every stage: its wall clock, install included, is accounted for
     assert run["install"] >= 0 and run["stages"] == pytest.approx(sum(report["stage_seconds"].values()), abs=0.2)
     assert run["wall"] >= run["install"] + run["stages"] and "| **whole run, wall clock** |" in md
@@ -90,6 +91,44 @@ def test_report_has_every_row(ci_experiment: Path):
     assert results.startswith("# RESULTS") and "git commit" in results
     assert f"recipes/synth/run.sh --work-dir {ci_experiment} --config ci\n" in results  # the command, as typed
     assert (ci_experiment / "results" / "table1.png").exists()
+
+
+@pytest.mark.slow
+def test_the_untranscribed_pool_makes_a_second_distilled_row_and_a_3_percent_row(ci_experiment: Path):
+    """ci.yaml's corpus has twice its training audio again as untranscribed speech: stage transfer distils a student
+    on train + pool and a 3% model on its subset + pool; both are decoded and reported."""
+    work, ws = ci_experiment, Workspace(ci_experiment)
+    assert not (work / "data" / "unlabeled" / "text").exists()
+    assert not (work / "exp" / "tri1_ali" / "unlabeled").exists()  # no alignment: it has no transcript
+    transfer = json.loads((ws.stage("transfer") / "summary.json").read_text())["summary"]
+    pool = transfer["pool"]
+    train_frames = sum(int(n) for n in (work / "data" / "fbank" / "train" / "utt2num_frames").read_text().split()[1::2])
+    assert pool["labeled_frames"] <= train_frames  # the aligned ones, each once
+    assert pool["unlabeled_frames"] == sum(int(n) for n in (
+        work / "data" / "fbank" / "unlabeled" / "utt2num_frames").read_text().split()[1::2])
+    assert pool["size"] > 2.5  # twice train's hours of untranscribed speech beside it
+    best = json.loads((work / "exp" / "dnn" / "distill_sweep" / "sweep.json").read_text())["best_temperature"]
+    assert transfer["temperature"] == best
+    objective = json.loads((ws.transfer / "distilled_unlabeled" / "distill.json").read_text())
+    assert (objective["temperature"], objective["hard_weight"], objective["top_k"]) == (best, 0.5, 20)
+    small = json.loads((ws.transfer / "small_soft_unlabeled" / "distill.json").read_text())
+    assert (small["temperature"], small["hard_weight"]) == (transfer["small_data_temperature"], 0.0)
+    for system in ("distilled_unlabeled", "small_soft_unlabeled"):
+        for split in ("dev", "test"):
+            assert list((work / "exp" / "decode" / system / split).glob("errs-*.txt")), (system, split)
+    pool_preds = xp.predictions(ws, "ensemble", "unlabeled")
+    assert sum(len(p) for p in pool_preds.values()) == pool["unlabeled_frames"]
+    report = json.loads((work / "exp" / "report" / "report.json").read_text())
+    row = report["unlabeled"]["row"]
+    assert row["dev_frame_acc"]["estimate"] == pytest.approx(_frame_accuracy(ws, "distilled_unlabeled", "dev", None),
+                                                            abs=1e-9)
+    assert set(report["unlabeled"]["gain_kept"]["frames"]) >= {"dev", "test"}
+    assert "small_soft_unlabeled" in report["small_data_table"] and \
+        "small_soft_unlabeled" in report["small_data_recovered"]
+    md = (work / "exp" / "report" / "report.md").read_text()
+    assert "Distillation on untranscribed audio" in md and "distilled, transfer set = train + untranscribed pool" in md
+    assert {c["claim"] for c in report["comparisons"]} >= {"distilled with untranscribed pool vs ensemble",
+                                                           "3% soft with untranscribed pool vs 3% soft"}
 
 
 def _frame_accuracy(ws: Workspace, system: str, split: str, subset: str | None) -> float:

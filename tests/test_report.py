@@ -187,7 +187,7 @@ def test_markdown_shows_the_collected_numbers(workspace: Workspace) -> None:
     assert "| dev | 54.00 | 57.00 | 60.00 | 58.00 | 2 of 3 |" in md and "![ensemble size](ensemble_size.png)" in md
     assert (workspace.report / "ensemble_size.png").stat().st_size > 0
     # fidelity: columns train, dev, test; every utterance agrees equally on train, so its interval is a point
-    assert "| system | train (the transfer set) | dev | test |" in md
+    assert "| system | train (the paper's transfer set) | dev | test |" in md
     assert any(line.startswith("| baseline | 70.0 [70.0, 70.0] | 90.0 [") for line in md.splitlines())
     assert any(line.startswith("| distilled | 90.0 [90.0, 90.0] | 98.0 [") for line in md.splitlines())
     assert rows["distilled - baseline (points)"].startswith(

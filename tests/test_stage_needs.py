@@ -68,6 +68,15 @@ def test_needs_follow_the_config_and_the_systems_trained_so_far(tmp_path: Path) 
     for students in ("{s: {targets: soft}}", "{h: {targets: hard, budget: member}}"):
         assert members <= _needs("students", _with_students(tmp_path, students), ws), students
 
+    assert _needs("transfer", cfg, ws) == set()  # no untranscribed audio: nothing to distil on, nothing read
+    (ws.data("unlabeled")).mkdir(parents=True)
+    (ws.data("unlabeled") / "wav.scp").write_text("")
+    pool = _needs("transfer", cfg, ws)
+    assert members | {(ws.distill_sweep / "sweep.json", "distill"), (ws.fbank("unlabeled") / "feats.scp", "features"),
+                      (ws.small_data / "small_data.json", "small_data")} <= pool
+    assert (ws.small_data / "small_data.json", "small_data") not in _needs(
+        "transfer", _config(ci, tmp_path, "transfer.small_data=false"), ws)
+
     graph = (ws.graph / "HCLG.fst", "graph")
     assert graph not in _needs("decode", cfg, ws)  # nothing to decode yet: the graph is not read
     ws.dnn("baseline").mkdir(parents=True)

@@ -22,6 +22,7 @@ from asr_kd.distillation.small_data import SmallDataConfig
 from asr_kd.distillation.ensemble import EnsembleConfig
 from asr_kd.nn.model import PRESETS, ModelConfig
 from asr_kd.distillation.soft_targets import SoftTargetConfig
+from asr_kd.distillation.transfer import TransferConfig
 from asr_kd.nn.stream import DataConfig
 from asr_kd.nn.train import TrainConfig
 from decoding.decode import DecodeConfig
@@ -43,8 +44,8 @@ class DecodeStageConfig:
     acoustic_scales: list[float] = field(default_factory=lambda: [0.05, 0.08, 0.1, 0.15])
     extend_edges: int = 3
     systems: list[str] = field(
-        default_factory=lambda: ["baseline", "ensemble", "distilled", "small_hard", "small_soft",
-                                 "small_soft_baseline"])
+        default_factory=lambda: ["baseline", "ensemble", "distilled", "distilled_unlabeled", "small_hard",
+                                 "small_soft", "small_soft_baseline", "small_soft_unlabeled"])
 
 
 @dataclass
@@ -126,6 +127,9 @@ class ExperimentConfig:
     # the way hard targets do, so they may earn another schedule, chosen on dev (see asr_kd.nn.train, "plateau").
     student_train: dict[str, Any] = field(default_factory=lambda: {})
     small_data: SmallDataConfig = field(default_factory=SmallDataConfig)
+    # Distillation on untranscribed audio (the corpus's data/unlabeled: corpus.unlabeled_hours of the built-in
+    # corpus, corpus.unlabeled_dir of your own, corpus.unlabeled_parts of LibriSpeech) beside the training set.
+    transfer: TransferConfig = field(default_factory=TransferConfig)
     students: dict[str, StudentConfig] = field(default_factory=lambda: {})  # research configs (the class has a
     # field named "dict", hence no default_factory=dict): ablations, size sweeps
     decode: DecodeStageConfig = field(default_factory=DecodeStageConfig)

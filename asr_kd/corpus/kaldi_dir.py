@@ -26,6 +26,10 @@ from features.tables import c_sorted, read_table, write_table
 
 logger = logging.getLogger(__name__)
 
+UNLABELED = "unlabeled"
+"""The corpus split of untranscribed speech, a transfer set for distillation (``data/unlabeled``: ``wav.scp``,
+``utt2spk``, ``utt2dur``, never ``text``)."""
+
 REQUIRED_FILES = ("wav.scp", "text", "utt2spk")
 
 
@@ -142,7 +146,8 @@ def validate_data_dir(data_dir: Path, lexicon_words: set[str] | None = None, che
     agrees with utt2spk; utt2dur, if present, is numeric and covers the same utterances; and, with
     ``check_audio``, every wav.scp entry exists and is readable audio. Words missing from ``lexicon_words``
     are counted in the report. With ``require_text=False`` a dir without ``text`` is valid (recordings to
-    decode, not to train or score on); a ``text`` that is present is checked as always.
+    decode, or a transfer set to distil on) is valid, and so is one without ``utt2spk`` (each utterance its own
+speaker); a ``text`` that is present is checked as always.
     """
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
@@ -152,7 +157,9 @@ def validate_data_dir(data_dir: Path, lexicon_words: set[str] | None = None, che
     wav = _read(data_dir, "wav.scp")
     has_text = require_text or (data_dir / "text").exists()
     text = _read(data_dir, "text", allow_empty_value=True) if has_text else []
-    utt2spk = _read(data_dir, "utt2spk")
+    # Untranscribed audio may come as wav.scp alone: then every utterance is its own speaker (per-utterance CMVN).
+    utt2spk = _read(data_dir, "utt2spk") if require_text or (data_dir / "utt2spk").exists() else \
+        [(utt, utt) for utt, _ in wav]
     if has_text:
         _check_same_ids("wav.scp", wav, "text", text, data_dir)
     _check_same_ids("wav.scp", wav, "utt2spk", utt2spk, data_dir)
@@ -278,7 +285,8 @@ def import_kaldi_dir(src: Path, dst: Path, sample_rate: int = 16000, require_tex
     where = {utt: (src / "wav.scp", lineno) for lineno, utt in enumerate(wav, start=1)}
     with atomic_dir(dst) as staging:
         text = dict(read_table(src / "text")) if (src / "text").exists() else None
-        converted = write_clean_dir(staging, dst, wav, text, dict(read_table(src / "utt2spk")), sample_rate, where)
+        utt2spk = dict(read_table(src / "utt2spk")) if (src / "utt2spk").exists() else {u: u for u in wav}
+        converted = write_clean_dir(staging, dst, wav, text, utt2spk, sample_rate, where)
         (staging / IMPORT_MARKER).write_text(f"imported from {src}\n")
     report = validate_data_dir(dst, check_audio=False, require_text=require_text)
     report.converted = converted
@@ -289,11 +297,14 @@ def import_kaldi_dir(src: Path, dst: Path, sample_rate: int = 16000, require_tex
 # The "kaldi" corpus: a user's own data dirs
 @dataclass
 class KaldiDirConfig:
-    """Your own corpus as Kaldi data dirs ``source_dir/{train,dev,test}`` (wav.scp, text, utt2spk)."""
+    """Your own corpus as Kaldi data dirs ``source_dir/{train,dev,test}`` (wav.scp, text, utt2spk), and optionally
+    untranscribed audio to distil on: ``unlabeled_dir``, a data dir with ``wav.scp`` (``utt2spk`` if you have
+    speakers, ``text`` ignored), imported as ``data/unlabeled``."""
 
     source_dir: str | None = None
     sample_rate: int = 16000
     splits: tuple[str, ...] = ("train", "dev", "test")
+    unlabeled_dir: str | None = None
 
 
 def prepare_kaldi(out_dir: Path, cfg: KaldiDirConfig, nj: int = 1) -> CorpusSummary:
@@ -308,7 +319,23 @@ def prepare_kaldi(out_dir: Path, cfg: KaldiDirConfig, nj: int = 1) -> CorpusSumm
     source = Path(cfg.source_dir)
     for split in cfg.splits:
         validate_data_dir(source / split, check_audio=True)
+    if cfg.unlabeled_dir:
+        validate_data_dir(Path(cfg.unlabeled_dir), check_audio=True, require_text=False)
     reports = {split: import_kaldi_dir(source / split, Path(out_dir) / split, cfg.sample_rate) for split in cfg.splits}
+    if cfg.unlabeled_dir:
+        reports[UNLABELED] = import_unlabeled_dir(Path(cfg.unlabeled_dir), Path(out_dir) / UNLABELED, cfg.sample_rate)
     return CorpusSummary("kaldi", {s: r.split_summary() for s, r in reports.items()},
                          details={"source_dir": str(source.resolve()),
                                   "converted": {s: r.converted for s, r in reports.items()}})
+
+
+def import_unlabeled_dir(src: Path, dst: Path, sample_rate: int = 16000) -> ValidationReport:
+    """Import ``src`` as untranscribed audio: :func:`import_kaldi_dir` without its ``text``, which a transfer set
+    must not carry (a transcript there would be a label the student never sees, and a confusing one to leave)."""
+    report = import_kaldi_dir(src, dst, sample_rate, require_text=False)
+    text = Path(dst) / "text"
+    if text.exists():
+        logger.info("%s: transcripts of an unlabeled set ignored and removed from the import", src)
+        text.unlink()
+        report.num_words = 0
+    return report

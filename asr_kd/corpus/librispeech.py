@@ -21,6 +21,7 @@ from features.errors import InputError
 
 from .kaldi_dir import (
     IMPORT_MARKER,
+    UNLABELED,
     ValidationReport,
     refuse_foreign_dir,
     validate_data_dir,
@@ -107,6 +108,9 @@ class LibriSpeechConfig:
     parts: dict[str, str] = field(
         default_factory=lambda: {"train": "train-clean-100", "dev": "dev-clean", "test": "test-clean"})
     sample_rate: int = 16000
+    # Parts used as untranscribed audio (their transcripts are never read into the data dir), joined into
+    # data/unlabeled: a transfer set for distillation, e.g. [train-clean-360, train-other-500].
+    unlabeled_parts: list[str] = field(default_factory=list)
 
 
 def prepare_librispeech(out_dir: Path, cfg: LibriSpeechConfig, nj: int = 1) -> CorpusSummary:
@@ -118,7 +122,43 @@ def prepare_librispeech(out_dir: Path, cfg: LibriSpeechConfig, nj: int = 1) -> C
     if not cfg.source_dir:
         raise InputError("corpus=librispeech needs corpus.source_dir=<folder holding train-clean-100/ ...>")
     split_of = {part: split for split, part in cfg.parts.items()}
+    clash = sorted(set(cfg.unlabeled_parts) & set(split_of))
+    if clash:
+        raise InputError(f"part {clash[0]!r} is both a split of corpus.parts and unlabeled: a transfer set must not "
+                         "hold the utterances it is compared on")
     reports = import_librispeech_parts(Path(cfg.source_dir), Path(out_dir), split_of, cfg.sample_rate)
-    return CorpusSummary("librispeech", {split_of[part]: r.split_summary() for part, r in reports.items()},
+    splits = {split_of[part]: r.split_summary() for part, r in reports.items()}
+    converted = {split_of[part]: r.converted for part, r in reports.items()}
+    if cfg.unlabeled_parts:
+        report = import_unlabeled_parts(Path(cfg.source_dir), Path(out_dir) / UNLABELED, cfg.unlabeled_parts,
+                                        cfg.sample_rate)
+        splits[UNLABELED], converted[UNLABELED] = report.split_summary(), report.converted
+    return CorpusSummary("librispeech", splits,
                          details={"source_dir": str(Path(cfg.source_dir).resolve()), "parts": dict(cfg.parts),
-                                  "converted": {split_of[part]: r.converted for part, r in reports.items()}})
+                                  "unlabeled_parts": list(cfg.unlabeled_parts), "converted": converted})
+
+
+def import_unlabeled_parts(src_dir: Path, dst: Path, parts: Sequence[str], sample_rate: int = 16000
+                           ) -> ValidationReport:
+    """Several LibriSpeech parts as ONE data dir of untranscribed audio (wav.scp, utt2spk, utt2dur; no ``text``):
+    the transcripts list the utterances and nothing else is taken from them. Written atomically, like a split."""
+    src_dir, dst = Path(src_dir).resolve(), Path(dst).resolve()
+    wav: dict[str, str] = {}
+    utt2spk: dict[str, str] = {}
+    where: dict[str, tuple[Path, int]] = {}
+    for part in parts:
+        part_dir = src_dir / part
+        if not part_dir.is_dir():
+            raise InputError(f"part {part!r} not found", part_dir)
+        part_wav, _, part_spk, part_where = _read_part(part_dir)
+        wav.update(part_wav)
+        utt2spk.update(part_spk)
+        where.update(part_where)
+    refuse_foreign_dir(dst)
+    with atomic_dir(dst) as staging:
+        converted = write_clean_dir(staging, dst, wav, None, utt2spk, sample_rate, where)
+        (staging / IMPORT_MARKER).write_text(f"imported without transcripts from {', '.join(parts)} of {src_dir}\n")
+    report = validate_data_dir(dst, check_audio=False, require_text=False)
+    report.converted = converted
+    logger.info("%s (%d files resampled)", report.summary(), converted)
+    return report

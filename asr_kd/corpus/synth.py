@@ -8,6 +8,9 @@ What makes it informative rather than trivial:
 * an UNSEEN voice that appears only in test, where generalization (and so the ensemble/distillation gap) is
   real; test also has the same sentences spoken by seen voices, so seen/unseen differ only in the voice;
 * sentences disjoint between train, dev and test; LM extra text that never contains a dev/test sentence;
+* optionally an UNLABELED pool (``unlabeled_hours``): more speech by the train voices, of sentences no other split
+  (and no babble noise) uses, written as a data dir without ``text``: the transfer set a distilled student can
+  learn from that no transcript covers, as every real user has;
 * optional augmentation (speed, pitch, reverb, telephone band, noise/babble at 5-25 dB) drawn per utterance
   from the seed, making difficulty a dial;
 * the synthesizer's own phone and word timings (``phones.ctm``/``words.ctm``, scaled by the speed factor),
@@ -26,7 +29,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,7 +44,7 @@ from features.executor import Unit, cached, executor_for, load_pickle, publish
 from features.tables import c_sorted, write_table
 
 from .augment import AugmentConfig, apply_augmentation, draw_augmentation, utterance_rng
-from .kaldi_dir import write_data_dir
+from .kaldi_dir import UNLABELED, write_data_dir
 from .sentences import Sentence
 from .text_sources import lm_sentences, spoken_pool
 from .voices import (
@@ -94,6 +97,9 @@ class SynthConfig:
     max_words: int = 30
     chunk_size: int = 40  # utterances per synthesis job (one festival process / flite voice per job)
     babble_bank_utts: int = 12  # clean utterances (of sentences no split uses) mixed into babble noise
+    # Hours of untranscribed speech by the train voices (sentences no other split uses): data/unlabeled, a
+    # transfer set for distillation. 0: none. The other splits are the same bytes with or without it.
+    unlabeled_hours: float = 0.0
 
     def resolved(self) -> tuple[float, int, int]:
         if self.size not in PRESETS:
@@ -112,7 +118,7 @@ class _Utt:
     split: str
     speaker: str
     sentence: Sentence
-    subset: str  # "seen" | "unseen"
+    subset: str  # "seen" | "unseen"; "pool" for the unlabeled split
 
 
 def estimated_seconds(sentence: Sentence) -> float:
@@ -169,7 +175,31 @@ def plan_corpus(cfg: SynthConfig, sentences: Sequence[Sentence]) -> tuple[list[_
         total += estimated_seconds(sentences[sid])
         k += 1
     unused = [sentences[int(s)] for s in pool if int(s) not in used]
+    utts.extend(_unlabeled_pool(cfg, sentences, [int(s) for s in pool if int(s) not in used], seen, utt))
     return utts, unused
+
+
+def _unlabeled_pool(cfg: SynthConfig, sentences: Sequence[Sentence], free: list[int], seen: list[Voice],
+                    utt: Callable[..., _Utt]) -> list[_Utt]:
+    """``cfg.unlabeled_hours`` of utterances of sentences no split uses, by the train voices in turn.
+
+    The first ``babble_bank_utts`` free sentences are left to the babble noise, so the pool never changes what
+    the other splits hear; the voices rotate as train's do. A pool that needs more sentences than are free is an
+    error, not a pool that repeats the training text.
+    """
+    if cfg.unlabeled_hours <= 0:
+        return []
+    target, total, out = cfg.unlabeled_hours * 3600.0, 0.0, []
+    candidates = free[cfg.babble_bank_utts:]
+    for k, sid in enumerate(candidates):
+        if total >= target:
+            break
+        out.append(utt(UNLABELED, seen[k % len(seen)], sid, "pool"))
+        total += estimated_seconds(sentences[sid])
+    if total < target:
+        raise ValueError(f"unlabeled_hours={cfg.unlabeled_hours} needs more than the {len(candidates)} sentences "
+                         "that no other split uses")
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -290,7 +320,7 @@ def prepare_synth(out_dir: Path, cfg: SynthConfig, nj: int = 1) -> CorpusSummary
         if manifest.get("config") == json.loads(json.dumps(_config_json(cfg))):
             logger.info("corpus in %s is already built with this config", out_dir)
             return CorpusSummary.from_dict(manifest["summary"])
-    elif any((out_dir / s).exists() for s in SPLITS):
+    elif any((out_dir / s).exists() for s in (*SPLITS, UNLABELED)):
         raise InputError("holds data dirs that prepare_synth did not build (no manifest.json); "
                          "choose another output directory", out_dir)
     t0 = time.time()
@@ -298,9 +328,10 @@ def prepare_synth(out_dir: Path, cfg: SynthConfig, nj: int = 1) -> CorpusSummary
     utts, unused = plan_corpus(cfg, sentences)
     seen, _ = _voices(cfg)
     bank = _babble_bank(cfg, unused, seen) if cfg.augment else []
-    held_out = [u.sentence.words for u in utts if u.split != "train"]
+    held_out = [u.sentence.words for u in utts if u.split in ("dev", "test")]
     lm_extra = lm_sentences(cfg.lm_sources, held_out, cfg.min_words, cfg.max_words)
-    for split in SPLITS:
+    splits_built = [*SPLITS, *([UNLABELED] if any(u.split == UNLABELED for u in utts) else [])]
+    for split in splits_built:
         (out_dir / "wav" / split).mkdir(parents=True, exist_ok=True)
 
     jobs: list[tuple[str, list[_Utt]]] = []
@@ -325,26 +356,28 @@ def prepare_synth(out_dir: Path, cfg: SynthConfig, nj: int = 1) -> CorpusSummary
         shutil.rmtree(bank_file.parent, ignore_errors=True)
 
     splits, details = {}, {"timings": {}, "sentences": {}}
-    for split in SPLITS:
+    for split in splits_built:
         mine = [u for u in utts if u.split == split]
         d = out_dir / split
+        labeled = split != UNLABELED
         write_data_dir(
             d,
             wav_scp={u.utt_id: results[u.utt_id]["wav"] for u in mine},
-            text={u.utt_id: u.sentence.transcript for u in mine},
+            text={u.utt_id: u.sentence.transcript for u in mine} if labeled else None,
             utt2spk={u.utt_id: u.speaker for u in mine},
             utt2dur={u.utt_id: results[u.utt_id]["dur"] for u in mine},
         )
         ids = c_sorted(u.utt_id for u in mine)
-        write_text_atomic(d / "phones.ctm", "".join(_ctm_lines(i, results[i]["phones"]) for i in ids))
-        write_text_atomic(d / "words.ctm", "".join(_ctm_lines(i, results[i]["words"]) for i in ids))
+        if labeled:  # the untranscribed pool keeps no trace of its words
+            write_text_atomic(d / "phones.ctm", "".join(_ctm_lines(i, results[i]["phones"]) for i in ids))
+            write_text_atomic(d / "words.ctm", "".join(_ctm_lines(i, results[i]["words"]) for i in ids))
         write_table(d / "utt2aug", {u.utt_id: results[u.utt_id]["aug"] for u in mine})
         if split == "test":
             write_table(d / "utt2subset", {u.utt_id: u.subset for u in mine})
         splits[split] = SplitSummary(
             utts=len(mine), speakers=len({u.speaker for u in mine}),
             hours=round(sum(results[u.utt_id]["dur"] for u in mine) / 3600.0, 4),
-            words=sum(len(u.sentence.words) for u in mine))
+            words=sum(len(u.sentence.words) for u in mine) if labeled else 0)
         details["sentences"][split] = len({u.sentence.transcript for u in mine})
         details["timings"][split] = {
             "utts_with_phone_timings": sum(bool(results[u.utt_id]["phones"]) for u in mine),
@@ -358,7 +391,7 @@ def prepare_synth(out_dir: Path, cfg: SynthConfig, nj: int = 1) -> CorpusSummary
 
     # Only what this build wrote (a rebuild with another config may leave older wavs beside them).
     written = [Path(r["wav"]) for r in results.values()] + [lm_extra_path]
-    written += [p for split in SPLITS for p in (out_dir / split).iterdir() if not p.name.startswith(".")]
+    written += [p for split in splits_built for p in (out_dir / split).iterdir() if not p.name.startswith(".")]
     checksums = {str(p.relative_to(out_dir)): _sha256(p, out_dir) for p in sorted(written)}
     manifest = {"config": _config_json(cfg), "summary": summary.to_dict(), "sha256": checksums}
     write_text_atomic(manifest_path, json.dumps(manifest, indent=1, sort_keys=True) + "\n")

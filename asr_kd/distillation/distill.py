@@ -41,7 +41,7 @@ from asr_kd.distillation.soft_targets import (
 from asr_kd.nn.augment import FeatureAugment, FeatureAugmentConfig
 from asr_kd.nn.device import dist_context, launch_env, select_device
 from asr_kd.nn.batches import FrameBatch
-from asr_kd.nn.frames import Frames, FrameSet
+from asr_kd.nn.frames import NO_TARGET, Frames, FrameSet
 from asr_kd.nn.inference import frame_accuracy, load_model
 from asr_kd.nn.model import DNN, ModelConfig, StackedDNN
 from asr_kd.nn.stream import StreamedFrames
@@ -166,6 +166,7 @@ def distillation_loss(
     hard_weight: float,
     soft_weight: float | None = None,
     mass_kept: torch.Tensor | None = None,
+    labeled_only: bool = False,
 ) -> torch.Tensor:
     """Batch-mean distillation loss from sparse soft targets.
 
@@ -177,6 +178,11 @@ def distillation_loss(
     With ``mass_kept`` [B] (the teacher mass the k classes held) the soft term is the cross-entropy over k+1
     outcomes, the k classes (weights mass_kept x soft_probs) and "the rest" (weight 1 - mass_kept, student
     probability 1 - sum of its top-k probabilities): the "bucket" tail of :class:`DistillConfig`.
+
+    ``labeled_only``: the batch may hold frames without a label (:data:`~asr_kd.nn.frames.NO_TARGET`, a transfer
+    set's untranscribed audio). The hard term is then the mean over the batch's labeled frames (none: 0), so that
+    ``hard_weight`` weighs a labeled frame as it does on a set with labels only, and an unlabeled frame's target is
+    never used: its hard-term gradient is exactly zero. The soft term covers every frame.
     """
     z = student_logits.float()
     probs = soft_probs.float()
@@ -187,7 +193,12 @@ def distillation_loss(
         soft_ce = _SparseSoftCrossEntropy.apply(z / temperature, soft_idx, m[:, None] * probs, 1.0 - m)
     w_soft = temperature ** 2 if soft_weight is None else soft_weight
     loss = w_soft * soft_ce
-    if hard_weight > 0:
+    if hard_weight > 0 and labeled_only:
+        labeled = hard_targets != NO_TARGET
+        per_frame = F.cross_entropy(z, torch.where(labeled, hard_targets, 0), reduction="none")
+        hard = torch.where(labeled, per_frame, 0.0).sum() / labeled.sum().clamp(min=1)
+        loss = loss + hard_weight * hard
+    elif hard_weight > 0:
         loss = loss + hard_weight * F.cross_entropy(z, hard_targets)
     return loss
 
@@ -202,19 +213,20 @@ def _truncate(ind: torch.Tensor, prob: torch.Tensor, mass: torch.Tensor, k: int 
     return ind[:, :k], prob / total, mass * total[:, 0]
 
 
-def make_stored_loss(cfg: DistillConfig) -> LossFn:
+def make_stored_loss(cfg: DistillConfig, labeled_only: bool = False) -> LossFn:
     """Loss over stored soft targets, which every batch carries as columns of the training frames (the rows of
     :meth:`SoftTargets.columns`, in memory or streamed from disk beside the frames).
 
     ``cfg.top_k`` caps the stored k (a smaller k cuts and renormalizes the stored rows; None uses all stored).
     On a GPU attach ``soft.to(device)``'s columns to a set in memory: a CPU-side gather would make every step wait
-    for the host (streamed columns come in the device's buffers anyway).
+    for the host (streamed columns come in the device's buffers anyway). ``labeled_only``: the frames include
+    unlabeled ones, which the hard term leaves out (:func:`distillation_loss`).
     """
 
     def loss_fn(logits: torch.Tensor, batch: FrameBatch) -> torch.Tensor:
         ind, prob, mass = _truncate(*soft_rows(batch.columns, logits.device), cfg.top_k)
         return distillation_loss(logits, ind, prob, batch.targets, cfg.temperature, cfg.hard_weight, cfg.soft_weight,
-                                 mass if cfg.tail == "bucket" else None)
+                                 mass if cfg.tail == "bucket" else None, labeled_only)
 
     return loss_fn
 
@@ -301,7 +313,7 @@ def distill(
         if soft is None:
             raise ValueError("stored-mode distillation needs soft targets")
         train_set, teacher_desc = with_soft_targets(train_set, soft, dcfg, num_classes)
-        loss_fn = make_stored_loss(dcfg)
+        loss_fn = make_stored_loss(dcfg, labeled_only=train_set.target_range[0] == NO_TARGET)
     else:
         if not teachers:
             raise ValueError("online-mode distillation needs teacher models")

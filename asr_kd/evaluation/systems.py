@@ -99,3 +99,16 @@ def split_by_utterance(matrix: np.ndarray, frame_set: Frames) -> dict[str, np.nd
     """Cut a frame-ordered [N, C] matrix back into per-utterance [T, C] pieces (for the decoder)."""
     bounds = np.cumsum([0, *np.asarray(frame_set.utt_lengths.cpu()).tolist()])
     return {u: matrix[bounds[i]:bounds[i + 1]] for i, u in enumerate(frame_set.utt_ids)}
+
+
+def agreement(reference: Mapping[str, np.ndarray], predictions: Mapping[str, np.ndarray]) -> float:
+    """Share of frames (%) where ``predictions`` pick the pdf ``reference`` picks (a teacher's arg-max), over the
+    utterances of ``predictions`` (each must be in ``reference``, frame for frame)."""
+    hits = frames = 0
+    for utt, pred in predictions.items():
+        ref = reference[utt]
+        if ref.shape != pred.shape:
+            raise ValueError(f"utterance {utt}: {pred.shape[0]} predicted frames, {ref.shape[0]} reference frames")
+        hits += int((ref == pred).sum())
+        frames += int(pred.shape[0])
+    return 100.0 * hits / max(1, frames)

@@ -195,14 +195,21 @@ class MemoryBatches:
 
     The padded windows are built once, in the training dtype, on the set's device; with ``columns`` (e.g. stored
     soft targets, [N, ...] in frame order, on any device) every step carries the batch's rows of each.
+
+    ``epoch_frames`` (fewer than the set's frames) makes an epoch that many frames instead of one pass: the passes
+    run on, each shuffled by (seed, pass), and epoch e takes frames ``[(e-1) F, e F)`` of them. A transfer set
+    several times the training set's size is then checked on dev, and scheduled, as often per frame seen as the
+    training set alone, and the order still depends only on (seed, epoch).
     """
 
-    def __init__(self, frame_set: FrameSet, dtype: torch.dtype, columns: dict[str, torch.Tensor] | None = None
-                 ) -> None:
+    def __init__(self, frame_set: FrameSet, dtype: torch.dtype, columns: dict[str, torch.Tensor] | None = None,
+                 epoch_frames: int | None = None) -> None:
         self.frame_set = frame_set
         windows = PaddedWindows.build(frame_set.feats, frame_set.utt_lengths, frame_set.left, frame_set.right,
                                       dtype=dtype)
         self.buffer = Buffer(windows, frame_set.targets, None, dict(columns or {}))
+        self.passes = epoch_frames is None or epoch_frames >= frame_set.num_frames
+        self.epoch_frames = frame_set.num_frames if self.passes else int(epoch_frames)
 
     @property
     def num_frames(self) -> int:
@@ -210,10 +217,28 @@ class MemoryBatches:
 
     @property
     def order(self) -> dict:
-        """What the batch order depends on besides seeds and epochs: one buffer of the whole split."""
-        return ONE_BUFFER
+        """What the batch order depends on besides seeds and epochs: one buffer of the whole split (and the epoch's
+        frames, when an epoch is not one pass)."""
+        return ONE_BUFFER if self.passes else {**ONE_BUFFER, "epoch_frames": self.epoch_frames}
 
     def epoch(self, seeds: Sequence[int], epoch: int, batch_size: int, device: torch.device,
               dist_ctx: DistContext = DistContext()) -> Iterator[Step]:
-        gens = [torch.Generator(device=self.frame_set.device).manual_seed(epoch_seed(s, epoch)) for s in seeds]
-        return epoch_steps([self.buffer], gens, batch_size, device, dist_ctx)
+        dev = self.frame_set.device
+        if self.passes:
+            gens = [torch.Generator(device=dev).manual_seed(epoch_seed(s, epoch)) for s in seeds]
+            return epoch_steps([self.buffer], gens, batch_size, device, dist_ctx)
+        n, start, stop = self.num_frames, (epoch - 1) * self.epoch_frames, epoch * self.epoch_frames
+        rows = []
+        for p in range(start // n, (stop - 1) // n + 1):  # the passes this epoch's frames lie in
+            perms = torch.stack([torch.randperm(n, generator=torch.Generator(device=dev).manual_seed(
+                epoch_seed(s, p + 1)), device=dev) for s in seeds])
+            rows.append(perms[:, max(start - p * n, 0):min(stop - p * n, n)])
+        return ordered_steps(self.buffer, torch.cat(rows, 1), batch_size, device, dist_ctx)
+
+
+def ordered_steps(buffer: Buffer, rows: torch.Tensor, batch_size: int, device: torch.device,
+                  dist_ctx: DistContext = DistContext()) -> Iterator[Step]:
+    """The steps over ``buffer``'s rows in the order ``rows`` [M, n] gives each member (the last may be short)."""
+    for pos in range(0, rows.shape[1], batch_size):
+        part = rows[:, pos:pos + batch_size]
+        yield _step([_Segment(buffer, part)], part.shape[1], device, dist_ctx)

@@ -120,6 +120,26 @@ class FrameSet:
         return FrameSet(self.feats, self.targets, self.utt_ids, self.utt_lengths, self.windows, self.left,
                         self.right, dict(columns))
 
+    @classmethod
+    def concat(cls, sets: list[FrameSet]) -> FrameSet:
+        """The sets' frames one after the other (a transfer set: the training frames, then unlabeled ones). Frame i
+        of set k becomes frame (frames of the sets before k) + i, so per-frame data computed on each set (soft
+        targets) joins in the same order. An utterance id may appear in one set only."""
+        first = sets[0]
+        if any((s.left, s.right) != (first.left, first.right) for s in sets):
+            raise ValueError("frame sets with different context windows cannot be joined")
+        ids = [u for s in sets for u in s.utt_ids]
+        if len(set(ids)) != len(ids):
+            dup = next(u for i, u in enumerate(ids) if u in ids[:i])
+            raise ValueError(f"utterance {dup} is in more than one of the sets joined")
+        return cls.from_tensors(torch.cat([s.feats for s in sets]), torch.cat([s.targets for s in sets]), ids,
+                                torch.cat([s.utt_lengths for s in sets]), left=first.left, right=first.right)
+
+    @property
+    def labeled(self) -> torch.Tensor:
+        """[N] bool: the frames that have a target (:data:`NO_TARGET` marks those that have none)."""
+        return self.targets != NO_TARGET
+
     @property
     def target_range(self) -> tuple[int, int]:
         """The smallest and largest target (0, -1 for an empty set)."""
@@ -234,6 +254,19 @@ def load_frameset(
     x = torch.from_numpy(np.concatenate([feats[u] for u in kept]).astype(np.float32, copy=False)).to(device)
     y = torch.from_numpy(np.concatenate([alis[u] for u in kept]).astype(np.int64, copy=False)).to(device)
     return FrameSet.from_tensors(x, y, kept, lengths, left=left, right=right)
+
+
+def load_unlabeled_frameset(feats_dir: Path, device: str | torch.device = "cpu", left: int = 20, right: int = 5
+                            ) -> FrameSet:
+    """The fbank features of untranscribed audio (per-speaker CMVN, as for a labeled split) as a :class:`FrameSet`
+    whose every target is :data:`NO_TARGET`: frames a teacher labels with soft targets and no hard label exists for."""
+    feats = load_feats(Path(feats_dir), cmvn="speaker", norm_vars=True)
+    if not feats:
+        raise InputError("no utterances in this unlabeled feature dir", Path(feats_dir) / "feats.scp")
+    utts = list(feats)
+    x = torch.from_numpy(np.concatenate([feats[u] for u in utts]).astype(np.float32, copy=False)).to(device)
+    y = torch.full((x.shape[0],), NO_TARGET, dtype=torch.int64, device=device)
+    return FrameSet.from_tensors(x, y, utts, [feats[u].shape[0] for u in utts], left=left, right=right)
 
 
 def _read_failed(path: Path) -> set[str]:

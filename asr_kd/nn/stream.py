@@ -450,8 +450,9 @@ class StreamedFrames:
         need = 2 * self.buffer_bytes(dtype, members)
         per_frame = need / self.buffer_frames
         check_memory(self.cfg, need, f"streaming {self.num_frames} frames in buffers of up to {self.buffer_frames} "
-                     f"frames (data.buffer_frames={self.cfg.buffer_frames}, two alive: one trained on, one being read, {per_frame / 2:.0f} B per "
-                     f"frame)", lambda allowed: f"lower data.buffer_frames to {int(allowed // per_frame)} or less")
+                     f"frames (data.buffer_frames={self.cfg.buffer_frames}, two alive: one trained on, one being "
+                     f"read, {per_frame / 2:.0f} B per frame)",
+                     lambda allowed: f"lower data.buffer_frames to {int(allowed // per_frame)} or less")
         return StreamBatches(self, dtype)
 
     def load_buffer(self, blocks: Sequence[Block], dtype: torch.dtype) -> Buffer:
@@ -492,17 +493,24 @@ class Batches(Protocol):
     def num_frames(self) -> int: ...
 
     @property
+    def epoch_frames(self) -> int: ...
+
+    @property
     def order(self) -> dict: ...
 
     def epoch(self, seeds: Sequence[int], epoch: int, batch_size: int, device: torch.device,
               dist_ctx: DistContext = DistContext()) -> Iterator[Step]: ...
 
 
-def training_batches(frames: FrameSet | StreamedFrames, dtype: torch.dtype, members: int) -> Batches:
-    """The epochs of ``frames`` for ``members`` members with windows in ``dtype``: in memory, or streamed."""
+def training_batches(frames: FrameSet | StreamedFrames, dtype: torch.dtype, members: int,
+                     epoch_frames: int | None = None) -> Batches:
+    """The epochs of ``frames`` for ``members`` members with windows in ``dtype``: in memory, or streamed. An epoch
+    is one pass, or ``epoch_frames`` frames of passes that run on (a set in memory only)."""
     if isinstance(frames, StreamedFrames):
+        if epoch_frames is not None and epoch_frames < frames.num_frames:
+            raise ValueError("epochs shorter than a pass (train.epoch_frames) need the training set in memory")
         return frames.batches(dtype, members)
-    return MemoryBatches(frames, dtype, frames.columns)
+    return MemoryBatches(frames, dtype, frames.columns, epoch_frames)
 
 
 class StreamBatches:
@@ -515,6 +523,11 @@ class StreamBatches:
 
     @property
     def num_frames(self) -> int:
+        return self.frames.num_frames
+
+    @property
+    def epoch_frames(self) -> int:
+        """An epoch is one pass."""
         return self.frames.num_frames
 
     @property

@@ -85,7 +85,7 @@ from tqdm import tqdm
 
 from asr_kd.nn.batches import ONE_BUFFER, FrameBatch, Step, window_dtype
 from asr_kd.nn.device import DistContext, autocast, dist_context, select_device, synchronize
-from asr_kd.nn.frames import Frames, iter_windows
+from asr_kd.nn.frames import NO_TARGET, Frames, iter_windows
 from asr_kd.nn.inference import save_model
 from asr_kd.nn.model import DNN, ModelConfig, StackedDNN
 from asr_kd.nn.numerics import resolve
@@ -146,6 +146,10 @@ class TrainConfig:
     num_threads: int | None = None
     eval_batch_size: int = 4096
     progress: bool = True
+    # Frames per epoch (None: one pass). Fewer than the training set's: the dev check, the schedule and the
+    # checkpoint come every that many frames, passes running on in their own shuffled orders (a transfer set many
+    # times the size of the training set is validated as often per frame as the training set alone).
+    epoch_frames: int | None = None
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -154,6 +158,8 @@ class TrainConfig:
             raise ValueError(f"lr_schedule must be one of {SCHEDULES}, got {self.lr_schedule!r}")
         if self.newbob_metric not in ("loss", "acc"):
             raise ValueError(f"newbob_metric must be 'loss' or 'acc', got {self.newbob_metric!r}")
+        if self.epoch_frames is not None and self.epoch_frames < 1:
+            raise ValueError(f"epoch_frames must be >= 1 or None, got {self.epoch_frames}")
         if self.batch_size < 1 or self.epochs < 1 or self.patience < 1 or self.plateau_patience < 1:
             raise ValueError("batch_size, epochs, patience and plateau_patience must be positive")
         if self.plateau_reductions < 0:
@@ -355,7 +361,7 @@ def train_one_epoch(trainee: Trainee, optimizer: torch.optim.Optimizer, train_cf
     M = trainee.num_members
     params = list(trainee.module.parameters())
     bsz = train_cfg.batch_size
-    steps_per_epoch = math.ceil(batches.num_frames / bsz)
+    steps_per_epoch = math.ceil(batches.epoch_frames / bsz)
     total_steps = steps_per_epoch * train_cfg.epochs
     factors = torch.tensor([float(f) for f in lr_factors])
     ref = float(factors.max())
@@ -363,7 +369,8 @@ def train_one_epoch(trainee: Trainee, optimizer: torch.optim.Optimizer, train_cf
     scale_members = bool((factors / ref != 1.0).any())
     loss_sum = torch.zeros(M, dtype=torch.float64, device=device)
     correct = torch.zeros(M, dtype=torch.int64, device=device)
-    frames = 0
+    labeled = torch.zeros(M, dtype=torch.int64, device=device)  # frames with a hard target (a transfer set's
+    frames = 0                                                    # unlabeled frames count in the loss only)
     trainee.module.train()
     synchronize(device)
     t0 = time.perf_counter()
@@ -396,13 +403,14 @@ def train_one_epoch(trainee: Trainee, optimizer: torch.optim.Optimizer, train_cf
             loss_sum += loss_terms.detach().double() * b
             # max's indices are argmax's (the first maximal class), in a third of argmax's time on a CPU
             correct += (z.detach().max(-1).indices == step.y).sum(1)
+            labeled += (step.y != NO_TARGET).sum(1)
             frames += b
     bar.close()
-    sums = torch.stack([loss_sum, correct.double(), torch.full_like(loss_sum, frames)])  # loss, correct, frames
+    sums = torch.stack([loss_sum, correct.double(), torch.full_like(loss_sum, frames), labeled.double()])
     dist_ctx.all_reduce_sum(sums)
     synchronize(device)
     sums = sums.cpu()
-    return EpochStats(sums[0] / sums[2], sums[1] / sums[2], sums[2], time.perf_counter() - t0)
+    return EpochStats(sums[0] / sums[2], sums[1] / sums[3].clamp(min=1), sums[2], time.perf_counter() - t0)
 
 
 # ----------------------------------------------------------------------------------------------------- checkpoints
@@ -495,13 +503,13 @@ def fit(
     if train_cfg.bf16 is None:
         raise ValueError("train_cfg.bf16 is undecided: pass the config through asr_kd.nn.train.with_numerics first")
     optimizer = _make_optimizer(train_cfg, list(trainee.module.parameters()), device)
-    batches = training_batches(train_set, window_dtype(device, train_cfg.bf16), M)
+    batches = training_batches(train_set, window_dtype(device, train_cfg.bf16), M, train_cfg.epoch_frames)
     if checkpoint_path.exists():
         progress = load_checkpoint(checkpoint_path, trainee, optimizer, seeds, train_cfg, device, desc, batches.order)
     else:
         progress = Progress(0, [MemberState() for _ in range(M)], [None] * M)
     states, best = progress.states, progress.best
-    steps_per_epoch = math.ceil(batches.num_frames / train_cfg.batch_size)
+    steps_per_epoch = math.ceil(batches.epoch_frames / train_cfg.batch_size)
     while not all(s.stopped for s in states):
         epoch = progress.epoch + 1
         active = [s.stopped is None for s in states]
@@ -611,7 +619,7 @@ def train_one(
 ) -> TrainResult:
     """:func:`train` with the device and process group given (ensembles train members rank-locally)."""
     train_set, dev_set = on_device(train_set, device), on_device(dev_set, device)
-    check_targets(train_set, dev_set, num_classes)
+    check_targets(train_set, dev_set, num_classes, unlabeled_ok=loss_fn is not None)
     train_cfg = with_numerics(train_cfg, model_cfg, num_classes, device, out_dir.name, dist_ctx)
     model = build_members(model_cfg, num_classes, [train_cfg.seed])[0].to(device)
     trainee = Trainee(model, dist_ctx)
@@ -652,8 +660,11 @@ def on_device(frames: Frames, device: torch.device) -> Frames:
     return frames.to(device)
 
 
-def check_targets(train_set: Frames, dev_set: Frames, num_classes: int) -> None:
+def check_targets(train_set: Frames, dev_set: Frames, num_classes: int, unlabeled_ok: bool = False) -> None:
+    """Every target is a class of the model. ``unlabeled_ok``: training frames may also be :data:`NO_TARGET` (a
+    transfer set's untranscribed frames, which only a distillation loss can learn from); dev frames never."""
     for name, s in (("train", train_set), ("dev", dev_set)):
         low, high = s.target_range
-        if s.num_frames and (low < 0 or high >= num_classes):
+        lowest = NO_TARGET if unlabeled_ok and name == "train" else 0
+        if s.num_frames and (low < lowest or high >= num_classes):
             raise ValueError(f"{name} targets outside [0, {num_classes})")

@@ -33,9 +33,14 @@ from features.atomic import write_text_atomic
 from features.kaldi_io import load_vec_int_scp, read_vector, write_vec_int_ark_scp
 from features.tables import read_dict, read_text
 
-DNN_SYSTEMS = ("baseline", "ensemble", "distilled", "small_hard", "small_soft", "small_soft_baseline")
-"""Every DNN system the recipe may train, in report order (the last only when the 3% experiment compares
-teachers)."""
+UNLABELED_STUDENT = "distilled_unlabeled"
+"""The student distilled on the training set plus the untranscribed pool (stage transfer)."""
+SMALL_UNLABELED = "small_soft_unlabeled"
+"""The 3% soft-target model with the untranscribed pool beside its subset (stage transfer)."""
+DNN_SYSTEMS = ("baseline", "ensemble", "distilled", UNLABELED_STUDENT, "small_hard", "small_soft",
+               "small_soft_baseline", SMALL_UNLABELED)
+"""Every DNN system the recipe may train, in report order (small_soft_baseline only when the 3% experiment
+compares teachers; the unlabeled-pool systems only when the corpus has untranscribed audio)."""
 
 
 def to_object(node: DictConfig) -> Any:
@@ -134,6 +139,7 @@ def system_paths(ws: Workspace, students: list[str] | tuple[str, ...] = ()) -> d
     """The model files of every DNN system and of the named extra students (missing ones have no files yet)."""
     single = {"baseline": ws.dnn("baseline"), "distilled": ws.dnn("distilled"),
               **{name: ws.small_data / name for name in ("small_hard", "small_soft", "small_soft_baseline")},
+              **{name: ws.transfer / name for name in (UNLABELED_STUDENT, SMALL_UNLABELED)},
               **{name: ws.student(name) for name in students}}
     paths = {name: [d / "model.pt"] if (d / "model.pt").exists() else [] for name, d in single.items()}
     paths["ensemble"] = member_paths(ws)

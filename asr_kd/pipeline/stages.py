@@ -10,22 +10,40 @@ so that a stage started too early says which stage to run first.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 
+from asr_kd.corpus.kaldi_dir import UNLABELED
 from asr_kd.corpus.registry import corpus_for
 from asr_kd.distillation.distill import temperature_sweep
 from asr_kd.distillation.ensemble import evaluate_ensemble, member_dir, train_ensemble
 from asr_kd.distillation.small_data import run_small_data
-from asr_kd.distillation.soft_targets import SoftTargets, compute_soft_targets_at, compute_soft_targets_to, concat_saved
+from asr_kd.distillation.soft_targets import (
+    SoftTargetConfig,
+    SoftTargets,
+    compute_soft_targets,
+    compute_soft_targets_at,
+    compute_soft_targets_to,
+    concat_saved,
+)
+from asr_kd.distillation.transfer import (
+    TransferConfig,
+    describe_pool,
+    distill_on_transfer_set,
+    draw_pool,
+    pool_frames,
+)
 from asr_kd.evaluation.cost import dnn_cost, gmm_cost
-from asr_kd.evaluation.systems import System
-from asr_kd.nn.device import dist_context
+from asr_kd.evaluation.systems import System, agreement
+from asr_kd.nn.device import dist_context, launch_env
+from asr_kd.nn.frames import Frames, FrameSet, load_unlabeled_frameset
 from asr_kd.nn.inference import load_model
 from asr_kd.nn.stream import StreamedFrames
 from asr_kd.nn.train import train
@@ -41,6 +59,7 @@ from decoding.graph import make_hclg
 from decoding.lang import prepare_dict, prepare_lang
 from decoding.lm import lm_vocabulary, make_lang_test, perplexity, train_lm
 from features.atomic import write_text_atomic
+from features.errors import InputError
 from features.extract import make_feats
 from features.tables import read_dict, read_text, write_text
 
@@ -55,11 +74,15 @@ def stage_corpus(cfg: DictConfig, ws: Workspace) -> dict:
 
 
 def stage_features(cfg: DictConfig, ws: Workspace) -> dict:
-    """40-d log-mel fbank (the DNN input) and 13-d MFCC (the GMM input), per-speaker CMVN stats."""
+    """40-d log-mel fbank (the DNN input) and 13-d MFCC (the GMM input), per-speaker CMVN stats; fbank of the
+    untranscribed audio, when the corpus has some."""
     summary = {}
     for kind, node, out in (("fbank", cfg.fbank, ws.fbank), ("mfcc", cfg.mfcc, ws.mfcc)):
         for split in SPLITS:
             summary[f"{kind}/{split}"] = make_feats(ws.data(split), out(split), xp.to_object(node), cfg.nj)
+    if (ws.data(UNLABELED) / "wav.scp").exists():  # untranscribed audio: the DNN input only (nothing to align)
+        summary[f"fbank/{UNLABELED}"] = make_feats(ws.data(UNLABELED), ws.fbank(UNLABELED), xp.to_object(cfg.fbank),
+                                                   cfg.nj)
     return summary
 
 
@@ -161,49 +184,56 @@ def stage_ensemble(cfg: DictConfig, ws: Workspace) -> dict:
     return {"members": members, "ensemble": acc}
 
 
-def stage_soft_targets(cfg: DictConfig, ws: Workspace) -> dict:
-    """The ensemble's temperature-softened posteriors on the training frames, top-k, stored once (at T=1 its top
-    class is also kept as the ensemble's training-frame predictions).
+def _ensemble_targets(cfg: DictConfig, ws: Workspace, frames: Frames, teacher: str,
+                      temperatures: list[float]) -> dict[float, dict] | None:
+    """The ensemble's top-k soft targets on ``frames`` at each temperature, saved as ``ws.soft_targets(teacher, T)``;
+    their ``meta.json`` on the main rank (None on the others).
 
     Under torchrun each rank computes a contiguous share of the utterances; rank 0 joins the shares in order. A
-    streamed training split is read and its targets written a batch at a time.
+    streamed split is read and its targets written a batch at a time.
     """
     device = xp.device_of(cfg)
     ranks = dist_context(device)
-    train_set = xp.frames(cfg, ws, "train", device)
-    lo, hi = (r * len(train_set.utt_ids) // ranks.world for r in (ranks.rank, ranks.rank + 1))
+    lo, hi = (r * len(frames.utt_ids) // ranks.world for r in (ranks.rank, ranks.rank + 1))
     teachers = [load_model(p, device=device) for p in xp.member_paths(ws)]
-    temperatures = [float(t) for t in cfg.distill.temperatures_sweep]
-    shares = {t: ws.soft_targets_share("ensemble", t, ranks.rank) for t in temperatures}
-    streamed = isinstance(train_set, StreamedFrames)
+    shares = {t: ws.soft_targets_share(teacher, t, ranks.rank) for t in temperatures}
+    streamed = isinstance(frames, StreamedFrames)
     if streamed:
-        compute_soft_targets_to(teachers, train_set.utt_range(lo, hi), xp.to_object(cfg.soft_targets), shares)
+        compute_soft_targets_to(teachers, frames.utt_range(lo, hi), xp.to_object(cfg.soft_targets), shares)
     else:
-        sweep = compute_soft_targets_at(teachers, train_set.subset(train_set.utt_ids[lo:hi]),
+        sweep = compute_soft_targets_at(teachers, frames.subset(frames.utt_ids[lo:hi]),
                                         xp.to_object(cfg.soft_targets), temperatures)
         for temperature, soft in sweep.items():
             soft.save(shares[temperature])
     ranks.barrier()
     if not ranks.is_main:
-        return {}
-    summary = {}
+        return None
+    metas = {}
     for temperature in temperatures:
-        parts = [ws.soft_targets_share("ensemble", temperature, r) for r in range(ranks.world)]
-        out = ws.soft_targets("ensemble", temperature)
+        parts = [ws.soft_targets_share(teacher, temperature, r) for r in range(ranks.world)]
+        out = ws.soft_targets(teacher, temperature)
         if streamed:
-            meta = concat_saved(parts, out)
-            summary[f"T={temperature:g}"] = {"bytes_per_frame": meta["bytes_per_frame"],
-                                             "mean_mass_kept": meta["mean_mass_kept"]}
+            metas[temperature] = concat_saved(parts, out)
         else:
-            soft = SoftTargets.concat([SoftTargets.load(p, mmap=False) for p in parts])
-            soft.save(out)
-            summary[f"T={temperature:g}"] = {"bytes_per_frame": soft.bytes_per_frame,
-                                             "mean_mass_kept": float(soft.mass_kept.float().mean())}
+            SoftTargets.concat([SoftTargets.load(p, mmap=False) for p in parts]).save(out)
+            metas[temperature] = SoftTargets.read_meta(out)
         for p in parts:
             shutil.rmtree(p)
-        if temperature == 1.0:  # the ensemble's own arg-max on its training frames (the report's fidelity row)
-            xp.write_predictions(ws, "ensemble", "train", xp.stored_top_class(out, train_set))
-    return summary
+    return metas
+
+
+def stage_soft_targets(cfg: DictConfig, ws: Workspace) -> dict:
+    """The ensemble's temperature-softened posteriors on the training frames, top-k, stored once (at T=1 its top
+    class is also kept as the ensemble's training-frame predictions)."""
+    train_set = xp.frames(cfg, ws, "train", xp.device_of(cfg))
+    temperatures = [float(t) for t in cfg.distill.temperatures_sweep]
+    metas = _ensemble_targets(cfg, ws, train_set, "ensemble", temperatures)
+    if metas is None:
+        return {}
+    if 1.0 in metas:  # the ensemble's own arg-max on its training frames (the report's fidelity row)
+        xp.write_predictions(ws, "ensemble", "train", xp.stored_top_class(ws.soft_targets("ensemble", 1.0), train_set))
+    return {f"T={t:g}": {"bytes_per_frame": m["bytes_per_frame"], "mean_mass_kept": m["mean_mass_kept"]}
+            for t, m in metas.items()}
 
 
 def stage_distill(cfg: DictConfig, ws: Workspace) -> dict:
@@ -246,6 +276,126 @@ def stage_small_data(cfg: DictConfig, ws: Workspace) -> dict:
         if name != "baseline_full":
             xp.evaluate_system(cfg, ws, System(name, [ws.small_data / name / "model.pt"]))
     return summary
+
+
+def _unlabeled_pool(cfg: DictConfig, ws: Workspace, device: torch.device) -> FrameSet:
+    """The untranscribed audio's frames (fbank + per-speaker CMVN), no targets."""
+    return load_unlabeled_frameset(ws.fbank(UNLABELED), device, cfg.model.left_context, cfg.model.right_context)
+
+
+def stage_transfer(cfg: DictConfig, ws: Workspace) -> dict:
+    """Distillation on a transfer set with untranscribed audio: train + the unlabeled pool, and the 3% model with it.
+
+    The ensemble labels the pool (stored top-k targets at the sweep's temperature, at the 3% soft model's, and at
+    T=1 for its arg-max); ``distilled_unlabeled`` learns from the training set plus the pool, ``small_soft_unlabeled``
+    from the 3% subset plus the pool, each with its own arm's objective, schedule and temperature; the research
+    curve's students (``transfer.sizes`` x ``transfer.widths``) likewise. Models are spread over torchrun ranks.
+    Without a ``data/unlabeled`` (a corpus with no untranscribed audio) there is nothing to do.
+    """
+    if not (ws.fbank(UNLABELED) / "feats.scp").exists():
+        log.info("transfer: no untranscribed audio (%s): nothing to do", ws.data(UNLABELED))
+        return {"skipped": f"no untranscribed audio in {ws.data(UNLABELED)}"}
+    device = xp.device_of(cfg)
+    tcfg: TransferConfig = xp.to_object(cfg.transfer)
+    train_set = xp.frames(cfg, ws, "train", device)
+    if isinstance(train_set, StreamedFrames):
+        raise InputError("a transfer set with untranscribed audio is held in memory, and the training split is "
+                         "streamed here: give the run the memory (data.memory_gb) or a smaller pool (transfer.pool)",
+                         ws.fbank("train"))
+    dev_set = xp.frames(cfg, ws, "dev", device)
+    best = float(json.loads((ws.distill_sweep / "sweep.json").read_text())["best_temperature"])
+    small = json.loads((ws.small_data / "small_data.json").read_text()) if tcfg.small_data else None
+    small_t = float(small["systems"]["small_soft"]["temperature"]) if small else None
+    temperatures = sorted({1.0, best, *([small_t] if small_t else [])})
+    full_pool = _unlabeled_pool(cfg, ws, device)
+    wanted = None if tcfg.pool is None else pool_frames(train_set.num_frames, 1.0 + tcfg.pool)
+    sizes = {name: size for name, (size, _) in tcfg.curve().items()}
+    biggest = max([pool_frames(train_set.num_frames, s) for s in sizes.values()] +
+                  [full_pool.num_frames if wanted is None else wanted])
+    pool = draw_pool(full_pool, biggest, tcfg.seed)
+    _ensemble_targets(cfg, ws, pool, "ensemble_unlabeled", temperatures)  # a minute next to the students' hours
+    dist_context(device).barrier()
+    pool_soft = {t: SoftTargets.load(ws.soft_targets("ensemble_unlabeled", t)) for t in temperatures}
+    model_cfg, num_classes = xp.to_object(cfg.model), xp.num_pdfs(ws)
+    student_cfg = xp.with_run_numerics(cfg, ws, xp.student_train_config(cfg))
+    if tcfg.train_sized_epochs:
+        student_cfg = dataclasses.replace(student_cfg, epoch_frames=train_set.num_frames)
+    dcfg = dataclasses.replace(xp.to_object(cfg.distill), temperature=best)
+    train_soft = SoftTargets.load(ws.soft_targets("ensemble", best))
+
+    def arm(draw: FrameSet, temperature: float = best) -> tuple[FrameSet, SoftTargets]:
+        """A draw of the pool and its frames' soft targets (stored for the whole pool) at ``temperature``."""
+        return draw, _soft_rows(pool_soft[temperature], pool.frame_indices(draw.utt_ids))
+
+    models: dict[str, Callable[[], None]] = {}
+    main_pool = draw_pool(pool, wanted, tcfg.seed)
+    models[xp.UNLABELED_STUDENT] = lambda: distill_on_transfer_set(
+        model_cfg, student_cfg, dcfg, train_set, train_soft, *arm(main_pool), dev_set,
+        ws.transfer / xp.UNLABELED_STUDENT, num_classes, device)
+    if small:
+        subset = (ws.small_data / "small_data_subset.txt").read_text().split()
+        labeled = train_set.subset(subset)
+        scfg = xp.to_object(cfg.small_data)
+        k = cfg.soft_targets.top_k
+        small_obj = dataclasses.replace(xp.to_object(cfg.distill), temperature=small_t, hard_weight=scfg.hard_weight,
+                                        top_k=k)
+
+        def small_model() -> None:
+            labeled_soft = compute_soft_targets([load_model(p, device=device) for p in xp.member_paths(ws)], labeled,
+                                                SoftTargetConfig(temperature=small_t, top_k=k,
+                                                                 combine=cfg.ensemble.combine))
+            distill_on_transfer_set(model_cfg, student_cfg, small_obj, labeled, labeled_soft,
+                                    *arm(main_pool, small_t), dev_set, ws.transfer / xp.SMALL_UNLABELED, num_classes,
+                                    device)
+
+        models[xp.SMALL_UNLABELED] = small_model
+    for name, (size, width) in tcfg.curve().items():
+        if (size, width) == (1.0, 1.0):  # the training set alone at a member's width: the sweep's student at T=best
+            models[name] = lambda name=name: shutil.copytree(ws.distill_sweep / f"T{best:g}", ws.transfer / name,
+                                                             dirs_exist_ok=True)
+            continue
+        shape = dataclasses.replace(model_cfg, hidden_dim=round(model_cfg.hidden_dim * width))
+        draw = draw_pool(pool, pool_frames(train_set.num_frames, size), tcfg.seed)
+        models[name] = lambda shape=shape, draw=draw, name=name: distill_on_transfer_set(
+            shape, student_cfg, dcfg, train_set, train_soft, *arm(draw), dev_set, ws.transfer / name, num_classes,
+            device)
+    ranks = dist_context(device)
+    for name in launch_env().share(list(models)):
+        models[name]()
+    ranks.barrier()
+    if not ranks.is_main:
+        return {}
+    ensemble_pool = dict(xp.stored_top_class(ws.soft_targets("ensemble_unlabeled", 1.0), pool))
+    xp.write_predictions(ws, "ensemble", UNLABELED, ((u, ensemble_pool[u]) for u in main_pool.utt_ids))
+    summary: dict = {"temperature": best, "small_data_temperature": small_t,
+                     "pool": describe_pool(train_set.num_frames, main_pool), "models": {}}
+    reference = {"train": xp.predictions(ws, "ensemble", "train"), "dev": xp.predictions(ws, "ensemble", "dev")}
+    for name in models:
+        path = ws.transfer / name / "model.pt"
+        row = xp.evaluate_system(cfg, ws, System(name, [path]), splits=(
+            ("train", "dev", "test") if name != xp.SMALL_UNLABELED else ("dev", "test")))
+        row["epochs_run"] = len(json.loads((path.parent / "metrics.json").read_text())["epochs"])
+        if name in tcfg.curve():  # agreement with the ensemble on its own transfer set and on dev
+            size, width = tcfg.curve()[name]
+            draw = draw_pool(pool, pool_frames(train_set.num_frames, size), tcfg.seed)
+            on_draw = {u: p for u, p, _ in System(name, [path]).iter_predictions(draw, device)}
+            row.update(size=size, width=width, hidden_dim=round(model_cfg.hidden_dim * width),
+                       unlabeled_frames=draw.num_frames, agreement={
+                           "transfer": agreement({**reference["train"], **{u: ensemble_pool[u] for u in on_draw}},
+                                                 {**xp.predictions(ws, name, "train"), **on_draw}),
+                           "dev": agreement(reference["dev"], xp.predictions(ws, name, "dev"))})
+        summary["models"][name] = row
+    for name in ("baseline", "distilled", xp.UNLABELED_STUDENT):  # the report's agreement on the transfer set
+        files = xp.system_paths(ws, [])[name] if name != xp.UNLABELED_STUDENT else [ws.transfer / name / "model.pt"]
+        xp.write_predictions(ws, name, UNLABELED, ((u, p) for u, p, _ in System(name, files).iter_predictions(
+            main_pool, device)))
+    return summary
+
+
+def _soft_rows(soft: SoftTargets, rows: torch.Tensor) -> SoftTargets:
+    """Soft targets of frames ``rows`` of ``soft``."""
+    return SoftTargets(soft.indices[rows], soft.probs[rows], soft.mass_kept[rows], soft.temperature, soft.num_classes,
+                       soft.teacher)
 
 
 def stage_students(cfg: DictConfig, ws: Workspace) -> dict:
@@ -295,6 +445,7 @@ RANK_PARALLEL: dict[str, Callable[[DictConfig], int]] = {
     "soft_targets": lambda cfg: cfg.procs,  # frames: always as many shares as ranks
     "distill": lambda cfg: len(cfg.distill.temperatures_sweep),
     "small_data": lambda cfg: len(xp.to_object(cfg.small_data).models()),  # hard + each teacher at each T
+    "transfer": lambda cfg: 1 + bool(cfg.transfer.small_data) + len(xp.to_object(cfg.transfer).curve()),
     "students": lambda cfg: len(cfg.students),
 }
 """Stages whose work splits into independent shares (models, or frames for the soft targets), and how many shares a
@@ -312,6 +463,7 @@ STAGES: dict[str, Callable[[DictConfig, Workspace], dict]] = {
     "soft_targets": stage_soft_targets,
     "distill": stage_distill,
     "small_data": stage_small_data,
+    "transfer": stage_transfer,
     "students": stage_students,
     "decode": stage_decode,
     "cost": stage_cost,
@@ -361,6 +513,16 @@ def _small_data_needs(cfg: DictConfig, ws: Workspace) -> list[tuple[Path, str]]:
             (ws.dnn("baseline") / "model.pt", "baseline"), *(_members(cfg, ws) if "ensemble" in teachers else [])]
 
 
+def _transfer_needs(cfg: DictConfig, ws: Workspace) -> list[tuple[Path, str]]:
+    """Nothing without untranscribed audio. With it: the members (they label the pool), the stored training-set
+    targets and the temperature the sweep chose, and the 3% subset and temperature when its arm is on."""
+    if not (ws.data(UNLABELED) / "wav.scp").exists():
+        return []
+    small = [(ws.small_data / "small_data.json", "small_data")] if cfg.transfer.small_data else []
+    return [*_frames(ws), _classes(ws), (ws.fbank(UNLABELED) / "feats.scp", "features"), *_members(cfg, ws),
+            *_soft_targets(cfg, ws), (ws.distill_sweep / "sweep.json", "distill"), *small]
+
+
 def _students_needs(cfg: DictConfig, ws: Workspace) -> list[tuple[Path, str]]:
     """Nothing without extra students. A soft student is taught by the ensemble's members (the stored soft targets
     it reads instead, when they hold enough classes, were computed from them); a member's budget is their epochs."""
@@ -392,6 +554,7 @@ NEEDS: dict[str, Callable[[DictConfig, Workspace], list[tuple[Path, str]]]] = {
     "soft_targets": lambda cfg, ws: [*_frames(ws, ("train",)), *_members(cfg, ws)],
     "distill": lambda cfg, ws: [*_frames(ws), _classes(ws), *_soft_targets(cfg, ws)],
     "small_data": _small_data_needs,
+    "transfer": _transfer_needs,
     "students": _students_needs,
     "decode": _decode_needs,
     "cost": lambda cfg, ws: [*_frames(ws, ("dev",)), *_mfcc(ws, ("dev",)), (ws.model, "tri")],
@@ -411,6 +574,7 @@ TRAINS: dict[str, Callable[[Workspace], list[Path]]] = {
     "ensemble": lambda ws: [ws.dnn("ensemble")],
     "distill": lambda ws: [ws.distill_sweep, ws.dnn("distilled")],
     "small_data": lambda ws: [ws.small_data],
+    "transfer": lambda ws: [ws.transfer],
     "students": lambda ws: [ws.students],
 }
 """Where each training stage keeps its models and their checkpoints. An interrupted stage resumes from them (a

@@ -129,6 +129,11 @@ class Workspace:
         """The 3% experiment: ``small_hard/``, ``small_soft/``, the subset list and ``small_data.json``."""
         return self.dnn_root / "small_data"
 
+    @property
+    def transfer(self) -> Path:
+        """Students distilled on transfer sets with untranscribed audio, one directory each (stage transfer)."""
+        return self.dnn_root / "transfer"
+
     def soft_targets_share(self, teacher: str, temperature: float, rank: int) -> Path:
         """One torchrun rank's share of :meth:`soft_targets` before rank 0 joins them (removed afterwards)."""
         return self.soft_targets(teacher, temperature).with_name(f"{teacher}_T{temperature:g}.rank{rank}")

@@ -16,8 +16,9 @@ run_stage 7 ensemble      # N DNNs from different random inits, averaged
 run_stage 8 soft_targets  # the ensemble's posteriors at each temperature, top-k, stored once
 run_stage 9 distill       # one student per temperature; the best on dev is "distilled"
 run_stage 10 small_data   # 3% of the data: hard targets vs soft targets from a full-data teacher
-run_stage 11 students     # extra students a config lists under students: (research: ablations, sizes); none by default
-run_stage 12 decode       # hybrid decoding of every system, acoustic scale tuned on dev
-run_stage 13 cost         # what each system costs: params, MACs/frame, file size, one-thread time, decoding RTF
-run_stage 14 report       # the paper's tables with intervals, charts: Markdown + JSON + PNG, RESULTS.md
+run_stage 11 transfer     # distillation on a transfer set with untranscribed audio (train + data/unlabeled); none without it
+run_stage 12 students     # extra students a config lists under students: (research: ablations, sizes); none by default
+run_stage 13 decode       # hybrid decoding of every system, acoustic scale tuned on dev
+run_stage 14 cost         # what each system costs: params, MACs/frame, file size, one-thread time, decoding RTF
+run_stage 15 report       # the paper's tables with intervals, charts: Markdown + JSON + PNG, RESULTS.md
 finish

@@ -136,6 +136,31 @@ def cost_accuracy(r: dict, out: Path) -> None:
     _save(fig, out)
 
 
+def transfer_curve(r: dict, out: Path) -> None:
+    """The research curve: share of the ensemble's dev frame-accuracy gain kept (95% intervals) and agreement with
+    the ensemble (transfer set and dev) against the transfer set's size, one line per student width."""
+    curve = r["unlabeled"]["curve"].values()
+    fig, (kept_ax, agree_ax) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for width in sorted({c["width"] for c in curve}):
+        points = sorted((c for c in curve if c["width"] == width), key=lambda c: c["size"])
+        label = f"width {points[0]['hidden_dim']} ({width:g}x)"
+        shares = [(c["size"], {k: 100 * v for k, v in c["kept"]["dev"].items()}) for c in points if c["kept"]["dev"]]
+        if shares:
+            _errorbar(kept_ax, shares, "o-", label)
+        sizes = [c["size"] for c in points]
+        line = agree_ax.plot(sizes, [c["agreement"]["transfer"] for c in points], "o-", label=f"{label}, transfer set")
+        agree_ax.plot(sizes, [c["agreement"]["dev"] for c in points], "s--", color=line[0].get_color(),
+                      label=f"{label}, dev")
+    kept_ax.set_ylabel("share of the ensemble's gain kept, dev (%)")
+    agree_ax.set_ylabel("agreement with the ensemble's arg-max (%)")
+    for ax in (kept_ax, agree_ax):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("transfer set (x the training audio)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    _save(fig, out)
+
+
 def _errorbar(ax: plt.Axes, pts: list[tuple[float, dict]], style: str, label: str) -> None:
     xs = [x for x, _ in pts]
     ys = [c["estimate"] for _, c in pts]

@@ -9,6 +9,8 @@ from datetime import datetime
 from asr_kd.pipeline.report.statistics import (
     MAIN_SYSTEMS,
     SMALL_SOFT,
+    SMALL_UNLABELED,
+    UNLABELED_STUDENT,
     claims,
     comparisons,
     fidelity,
@@ -80,6 +82,26 @@ def extra_students(stats: dict, specs: dict) -> dict:
     return {"students": rows, "distillation_gain": gains}
 
 
+def unlabeled_arm(stats: dict, transfer: dict) -> dict | None:
+    """The student distilled on the training set plus untranscribed audio: its Table 1 row, its share of the
+    ensemble's gain, what its transfer set held, and the research curve (None without untranscribed audio)."""
+    if not lookup(transfer, "models", UNLABELED_STUDENT):
+        return None
+    row = {}
+    for metric, key in (("frames", "frame_acc"), ("wer", "wer")):
+        for group in ("dev", "test", "test seen", "test unseen"):
+            row[f"{group.replace(' ', '_')}_{key}"] = system_cell(stats, metric, "main", group, UNLABELED_STUDENT)
+    curve = {name: {k: m.get(k) for k in ("size", "width", "hidden_dim", "unlabeled_frames", "agreement",
+                                           "epochs_run")}
+             | {f"{split}_frame_acc": system_cell(stats, "frames", "curve", split, name) for split in ("dev", "test")}
+             | {"kept": {split: lookup(shares_of(stats, "curve", name), "frames", split, "share")
+                         for split in ("dev", "test")}}
+             for name, m in transfer["models"].items() if "size" in m}
+    return {"row": row, "gain_kept": shares_of(stats, "main", UNLABELED_STUDENT), "pool": transfer["pool"],
+            "temperature": transfer["temperature"],
+            "epochs_run": lookup(transfer, "models", UNLABELED_STUDENT, "epochs_run"), "curve": curve}
+
+
 def ensemble_size(members: dict | None, table1: dict) -> dict:
     """Per split: the ensemble-size curve and how many members the distilled model is worth on it."""
     out = {}
@@ -121,7 +143,8 @@ def collect(ws: Workspace, stages: list[str], num_samples: int = 1000, seed: int
     summaries = {name: read_summary(ws, name) for name in stages if name != "report"}  # not its last run's
     s = {name: (rec or {}).get("summary") for name, rec in summaries.items()}
     student_specs = s.get("students") or {}
-    stats = comparisons(ws, num_samples, seed, list(student_specs))
+    curve = [name for name, m in (lookup(s.get("transfer"), "models") or {}).items() if "size" in m]
+    stats = comparisons(ws, num_samples, seed, list(student_specs), curve)
     table1 = {}
     for system in MAIN_SYSTEMS:
         cell = {}
@@ -130,8 +153,13 @@ def collect(ws: Workspace, stages: list[str], num_samples: int = 1000, seed: int
                 cell[f"{group.replace(' ', '_')}_{key}"] = system_cell(stats, metric, "main", group, system)
         table1[system] = cell
     small_systems = lookup(s.get("small_data"), "systems") or {}
+    transfer = s.get("transfer") or {}
+    if lookup(transfer, "models", SMALL_UNLABELED):  # the 3% subset plus the untranscribed pool
+        small_systems = {**small_systems, SMALL_UNLABELED: {"teacher": "ensemble",
+                                                            "temperature": transfer["small_data_temperature"]}}
     small = {}
-    for key, system in (("baseline_full", "baseline"), ("small_hard", "small_hard"), *((s, s) for s in SMALL_SOFT)):
+    for key, system in (("baseline_full", "baseline"), ("small_hard", "small_hard"),
+                        *((s, s) for s in (*SMALL_SOFT, SMALL_UNLABELED))):
         if key not in small_systems:
             continue
         small[key] = {"train": lookup(small_systems, key, "train"), "teacher": lookup(small_systems, key, "teacher"),
@@ -144,7 +172,9 @@ def collect(ws: Workspace, stages: list[str], num_samples: int = 1000, seed: int
         "table1": table1,
         "comparisons": claims(stats),
         "gain_kept": shares_of(stats, "main", "distilled"),
-        "small_data_recovered": {s: shares_of(stats, "small", s) for s in SMALL_SOFT if s in small},
+        "unlabeled": unlabeled_arm(stats, transfer),
+        "small_data_recovered": {s: shares_of(stats, "small", s) for s in (*SMALL_SOFT, SMALL_UNLABELED)
+                                 if s in small},
         "small_data_table": small,
         "small_data": s.get("small_data"),
         "gmm": lookup(s.get("graph"), "gmm"),

@@ -7,7 +7,19 @@ from typing import Any
 from asr_kd.evaluation.compare import percent
 from asr_kd.pipeline.report.collect import CONVERGENCE_POINTS, FALL_POINTS, NO_WHOLE_RUN
 from asr_kd.pipeline.report.paper import PAPER_SHARE_KEPT, PAPER_SMALL, PAPER_SMALL_GAP, PAPER_TABLE1
-from asr_kd.pipeline.report.statistics import FIDELITY, SMALL_SOFT, lookup, share_verdict
+from asr_kd.pipeline.report.statistics import (
+    FIDELITY,
+    SMALL_SOFT,
+    SMALL_UNLABELED,
+    TRANSFER,
+    UNLABELED_STUDENT,
+    lookup,
+    share_verdict,
+)
+
+UNLABELED_TARGET, UNLABELED_LOW = 0.85, 0.75
+"""What the untranscribed-pool student is held to: keep at least 85% of the ensemble's frame-accuracy gain on dev and
+test, with the 95% interval's lower end at or above 75%."""
 
 
 def fmt(value: Any, digits: int = 1) -> str:
@@ -30,19 +42,76 @@ def _table1_md(r: dict) -> list[str]:
              "|---|---|---|---|---|---|---|---|"]
     names = {"baseline": "baseline single model", "ensemble": f"{_n_members(r)}x ensemble",
              "distilled": "distilled single model"}
-    for key, label in names.items():
-        row = r["table1"][key]
+    rows = {key: (label, r["table1"][key], f"{PAPER_TABLE1[key][0]} / {PAPER_TABLE1[key][1]}")
+            for key, label in names.items()}
+    if r.get("unlabeled"):
+        rows[UNLABELED_STUDENT] = (_pool_label(r["unlabeled"]), r["unlabeled"]["row"], "- (not in the paper)")
+    for label, row, paper in rows.values():
         lines.append(f"| {label} | {fmt_interval(row['dev_frame_acc'])} | {fmt_interval(row['test_frame_acc'])} | "
                      f"{fmt(lookup(row, 'test_seen_frame_acc', 'estimate'))} / "
                      f"{fmt(lookup(row, 'test_unseen_frame_acc', 'estimate'))} | {fmt_interval(row['dev_wer'])} | "
                      f"{fmt_interval(row['test_wer'])} | {fmt(lookup(row, 'test_seen_wer', 'estimate'))} / "
-                     f"{fmt(lookup(row, 'test_unseen_wer', 'estimate'))} | "
-                     f"{PAPER_TABLE1[key][0]} / {PAPER_TABLE1[key][1]} |")
+                     f"{fmt(lookup(row, 'test_unseen_wer', 'estimate'))} | {paper} |")
     if r["gmm"]:
         lines += ["", f"GMM-HMM (tri1) baseline: dev WER {fmt(r['gmm']['dev']['all'])}%, "
                       f"test WER {fmt(r['gmm']['test']['all'])}% "
                       f"(seen / unseen voice {fmt(r['gmm']['test'].get('seen'))} / "
                       f"{fmt(r['gmm']['test'].get('unseen'))}%)."]
+    return lines
+
+
+def _pool_label(unlabeled: dict) -> str:
+    """The untranscribed-pool student's row label: its transfer set's size as a multiple of the training frames."""
+    return f"distilled, transfer set = train + untranscribed pool ({unlabeled['pool']['size']:.1f}x train)"
+
+
+def _transfer_md(r: dict) -> list[str]:
+    """The untranscribed-pool arm: what its transfer set held, the share of the ensemble's gain it keeps against the
+    target it is held to, and the research curve over transfer-set size and width."""
+    u = r.get("unlabeled")
+    if not u:
+        return []
+    pool = u["pool"]
+    lines = ["## Distillation on untranscribed audio (the paper's section 2: a transfer set without transcripts)", "",
+             f"Transfer set: the {pool['labeled_frames']:,} training frames (soft and hard targets) plus "
+             f"{pool['unlabeled_frames']:,} frames of {pool['unlabeled_utts']} untranscribed utterances (soft targets "
+             f"only), {pool['size']:.1f}x the training frames; the ensemble's soft targets at T={u['temperature']:g} "
+             f"(the temperature the sweep chose on dev), the paper arm's objective and schedule "
+             f"({u['epochs_run']} epochs).", ""]
+    lines += _share_md("Share of the ensemble's gain kept by the student with the untranscribed pool:", u["gain_kept"],
+                       f"target: {percent(UNLABELED_TARGET)}, lower end >= {percent(UNLABELED_LOW)}")
+    parts = []
+    for split in ("dev", "test"):
+        share = lookup(u, "gain_kept", "frames", split, "share")
+        if share:
+            met = share["estimate"] >= UNLABELED_TARGET and share["low"] >= UNLABELED_LOW
+            parts.append(f"on {split} {_share_iv(share)}: {'met' if met else '**missed**'}")
+    if parts:
+        lines += ["", f"Target (at least {percent(UNLABELED_TARGET)} of the frame-accuracy gain kept, the interval's "
+                      f"lower end at or above {percent(UNLABELED_LOW)}): " + "; ".join(parts) + "."]
+    wer = next((c for c in r["comparisons"] if c["b"] == UNLABELED_STUDENT and c["a"] == "ensemble"
+                and c["metric"] == "WER" and c["group"] == "test"), None)
+    if wer:
+        d = wer["diff"]
+        verdict = "worse than the ensemble's beyond the interval" if d["low"] > 0 else \
+            "not worse than the ensemble's beyond the interval"
+        lines += ["", f"Test WER minus the ensemble's: {fmt_interval(d, 2, signed=True)} points: {verdict}."]
+    curve = u.get("curve") or {}
+    if curve:
+        lines += ["", "Transfer-set size against capacity (the research curve): each student distilled at the same "
+                      "temperature on the training set plus a nested draw of the pool; share kept of the ensemble's "
+                      "frame-accuracy gain and agreement with the ensemble's arg-max on the student's own transfer set "
+                      "and on dev. Too little data shows as a gap between the two agreements that more audio closes; "
+                      "too little capacity as a share that the wider student raises at every size.", "",
+                  "| transfer set (x train) | hidden width | dev frame acc | share kept, dev | share kept, test "
+                  "| agreement, transfer set | agreement, dev | epochs |", "|---|---|---|---|---|---|---|---|"]
+        for c in sorted(curve.values(), key=lambda c: (c["width"], c["size"])):
+            kept = [_share_iv(c["kept"][sp]) if c["kept"].get(sp) else "-" for sp in ("dev", "test")]
+            lines.append(f"| {c['size']:g} | {c['hidden_dim']} ({c['width']:g}x) | "
+                         f"{fmt_interval(c['dev_frame_acc'])} | {kept[0]} | {kept[1]} | "
+                         f"{fmt(lookup(c, 'agreement', 'transfer'))} | {fmt(lookup(c, 'agreement', 'dev'))} | "
+                         f"{c['epochs_run']} |")
+        lines += ["", "![transfer-set size against capacity](transfer_curve.png)"]
     return lines
 
 
@@ -107,11 +176,12 @@ def _fidelity_md(r: dict) -> list[str]:
     if not fid:
         return []
     splits = list(fid)
-    named = {"train": "train (the transfer set)"}
+    systems = [s for s in (*FIDELITY, UNLABELED_STUDENT) if s in fid[splits[0]]]
+    named = {"train": "train (the paper's transfer set)", TRANSFER: "train + untranscribed pool"}
     lines = ["", "How closely a single model copies the ensemble: the share of frames (%) where its arg-max pdf is the "
              "ensemble's, 95% intervals.", "",
              "| system | " + " | ".join(named.get(sp, sp) for sp in splits) + " |", "|---" * (len(splits) + 1) + "|"]
-    lines += [f"| {s} | " + " | ".join(fmt_interval(fid[sp][s]) for sp in splits) + " |" for s in FIDELITY]
+    lines += [f"| {s} | " + " | ".join(fmt_interval(fid[sp].get(s)) for sp in splits) + " |" for s in systems]
     lines.append(f"| {FIDELITY[1]} - {FIDELITY[0]} (points) | "
                  + " | ".join(fmt_interval(fid[sp]["diff"], signed=True) for sp in splits) + " |")
     if "train" in fid and "dev" in fid:
@@ -122,6 +192,11 @@ def _fidelity_md(r: dict) -> list[str]:
         train, dev = fid["train"]["distilled"]["estimate"], fid["dev"]["distilled"]["estimate"]
         lines += ["", f"The distilled model agrees with the ensemble on {train:.1f}% of its transfer set's frames and "
                   f"on {dev:.1f}% of dev frames: {gap('distilled')} (the baseline: {gap('baseline')})."]
+        if TRANSFER in fid and UNLABELED_STUDENT in fid["dev"]:
+            own, dev_u = fid[TRANSFER][UNLABELED_STUDENT]["estimate"], fid["dev"][UNLABELED_STUDENT]["estimate"]
+            lines[-1] += (f" The student with the untranscribed pool agrees on {own:.1f}% of its own transfer set's "
+                          f"frames and on {dev_u:.1f}% of dev frames ({abs(own - dev_u):.1f} points "
+                          f"{'fewer' if own >= dev_u else 'more'} on new speech).")
     return lines
 
 
@@ -177,17 +252,22 @@ def _small_md(r: dict) -> list[str]:
              "| system and training set | train frame acc | dev frame acc | test frame acc | test WER "
              "| paper: train / test |", "|---|---|---|---|---|---|"]
     for key, row in r["small_data_table"].items():
-        label = {"baseline_full": "baseline, 100%", "small_hard": f"baseline, {pct} (hard targets{hard_es})"}.get(
+        pool = lookup(r, "unlabeled", "pool")
+        label = {"baseline_full": "baseline, 100%", "small_hard": f"baseline, {pct} (hard targets{hard_es})",
+                 SMALL_UNLABELED: f"soft targets of the full-data ensemble, {pct} + the untranscribed pool "
+                                  f"({fmt(lookup(pool, 'unlabeled_frames'), 0)} frames), "
+                                  f"T={fmt(row.get('temperature'), 0)}, the students' schedule"}.get(
             key, f"soft targets of the full-data {row['teacher']}, {pct}"
                  + (f", T={row['temperature']:g}" if row.get("temperature") else "") + soft_es)
-        paper = PAPER_SMALL["small_soft" if key in SMALL_SOFT else key]
+        paper = PAPER_SMALL.get("small_soft" if key in SMALL_SOFT else key, ("-", "-"))
         lines.append(f"| {label} | {fmt(row['train'])} | {fmt_interval(row['dev'])} | {fmt_interval(row['test'])} | "
                      f"{fmt_interval(row['test_wer'])} | {paper[0]} / {paper[1]} |")
     for key, shares in r["small_data_recovered"].items():
-        teacher = r["small_data_table"][key]["teacher"]
+        teacher = r["small_data_table"][key]["teacher"] + ("'s, with the untranscribed pool," if key == SMALL_UNLABELED
+                                                           else "'s")
         lines += [""] + _share_md(f"Share of the gap between the 3% hard-target model and the full-data baseline "
-                                  f"that the {teacher}'s soft targets close:", shares,
-                                  PAPER_SMALL_GAP)
+                                  f"that the {teacher} soft targets close:", shares,
+                                  PAPER_SMALL_GAP if key != SMALL_UNLABELED else "not in the paper")
     curves = [c for c in r["convergence"] if c["model"].startswith("small_data/") and c["best_dev_acc"] is not None]
     if curves:
         lines += ["", f"Dev frame accuracy over training (a model *falls* when its last epoch ends more than "
@@ -435,6 +515,15 @@ def at_a_glance(r: dict) -> list[str]:
              (("frames", "dev"), ("frames", "test"), ("wer", "test"))]
     lines.append("| share of the ensemble's gain kept by the distilled model | " + " | ".join(cells)
                  + f" | more than {percent(PAPER_SHARE_KEPT)} |")
+    u = r.get("unlabeled")
+    if u:
+        row = u["row"]
+        lines.append(f"| {_pool_label(u)} | {fmt_interval(row['dev_frame_acc'])} | "
+                     f"{fmt_interval(row['test_frame_acc'])} | {fmt_interval(row['test_wer'])} | - |")
+        cells = [_share_cell(lookup(u["gain_kept"], metric, split)) for metric, split in
+                 (("frames", "dev"), ("frames", "test"), ("wer", "test"))]
+        lines.append("| share of the ensemble's gain kept with the untranscribed pool | " + " | ".join(cells)
+                     + " | - |")
     soft = small.get("small_soft") or {}
     for key, label in (("small_hard", "3% of the data, hard targets"),
                        ("small_soft", "3% of the data, soft targets of the ensemble"
@@ -459,7 +548,8 @@ def body(r: dict) -> list[str]:
     return (intro + at_a_glance(r) + [""] + _table1_md(r) + ["", "![table 1](table1.png)", ""]
             + _share_md("## Share of the ensemble's frame-accuracy (and WER) gain kept by the distilled model",
                         r["gain_kept"], f"paper: more than {percent(PAPER_SHARE_KEPT)}")
-            + _paper_claim_md(r["gain_kept"]) + _ensemble_size_md(r) + _fidelity_md(r) + [""]
+            + _paper_claim_md(r["gain_kept"]) + _ensemble_size_md(r) + _fidelity_md(r) + [""] + _transfer_md(r)
+            + [""]
             + _claims_md(r) + [""] + _small_md(r) + [""] + _students_md(r) + [""] + _cost_md(r) + [""]
             + _convergence_md(r) + [""] + _setup_md(r) + [""] + _details_md(r))
 

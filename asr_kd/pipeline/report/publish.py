@@ -77,6 +77,8 @@ def write_report(cfg: DictConfig, ws: Workspace, stages: list[str]) -> dict:
         charts.ensemble_size(r, out / "ensemble_size.png")
     if r["students"]:
         charts.cost_accuracy(r, out / "cost_accuracy.png")
+    if lookup(r, "unlabeled", "curve"):
+        charts.transfer_curve(r, out / "transfer_curve.png")
     results_dir = Path(cfg.results_dir) if cfg.get("results_dir") else ws.results
     finished = [str((read_summary(ws, name) or {}).get("finished")) for name in stages if name != "report"]
     meta = {

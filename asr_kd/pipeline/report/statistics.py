@@ -6,20 +6,27 @@ from typing import Any
 from asr_kd.evaluation.compare import compare_frame_accuracy, compare_wer, percent
 from asr_kd.pipeline import experiment as xp
 from asr_kd.pipeline.workspace import Workspace
+from asr_kd.corpus.kaldi_dir import UNLABELED
 from features.kaldi_io import load_vec_int_scp
 from features.tables import read_text
 
 MAIN_SYSTEMS = ("baseline", "ensemble", "distilled")
 SMALL_SOFT = ("small_soft", "small_soft_baseline")  # 3% soft-target models: the main teacher's, the other one's
 KEPT = ("baseline", "ensemble", "distilled")  # share of the ensemble's gain over the baseline the student keeps
+UNLABELED_STUDENT, SMALL_UNLABELED = xp.UNLABELED_STUDENT, xp.SMALL_UNLABELED  # the untranscribed-pool arms
 CLAIMS = (  # (claim, system A, system B): the report says whether B - A is real
     ("ensemble vs baseline", "baseline", "ensemble"),
     ("distilled vs baseline", "baseline", "distilled"),
     ("distilled vs ensemble", "ensemble", "distilled"),
+    ("distilled with untranscribed pool vs distilled", "distilled", UNLABELED_STUDENT),
+    ("distilled with untranscribed pool vs ensemble", "ensemble", UNLABELED_STUDENT),
     ("3% soft vs 3% hard", "small_hard", "small_soft"),
     ("3% soft vs full baseline", "baseline", "small_soft"),
+    ("3% soft with untranscribed pool vs 3% soft", "small_soft", SMALL_UNLABELED),
 )
 FIDELITY = ("baseline", "distilled")  # single models whose frame arg-max the report sets against the ensemble's
+TRANSFER = "transfer"
+"""The fidelity table's column of the untranscribed-pool student's transfer set: train plus the pool."""
 
 
 def lookup(d: Any, *keys: str) -> Any:
@@ -36,21 +43,25 @@ def _have(ws: Workspace, systems: tuple[str, ...], split: str, kind: str) -> boo
     return all((path(s, split) / name).exists() for s in systems)
 
 
-def comparisons(ws: Workspace, num_samples: int, seed: int, students: list[str] | tuple[str, ...] = ()) -> dict:
+def comparisons(ws: Workspace, num_samples: int, seed: int, students: list[str] | tuple[str, ...] = (),
+                curve: list[str] | tuple[str, ...] = ()) -> dict:
     """Frame-accuracy and WER comparisons on dev and test of the main systems, of the 3% systems, and of the extra
-    students beside the baseline and the ensemble (with each student's share of the ensemble's gain).
+    students and the transfer curve's students beside the baseline and the ensemble (with each one's share of the
+    ensemble's gain).
 
-    ``{"frames"|"wer": {"main"|"small"|"students": {split: compare_* result}}}``; a comparison whose files are
+    ``{"frames"|"wer": {"main"|"small"|"students"|"curve": {split: compare_* result}}}``; a comparison whose files are
     missing (a stage not run yet) is left out.
     """
     out: dict = {"frames": {}, "wer": {}}
     soft = [s for s in SMALL_SOFT if (ws.eval(s, "test") / "pred.scp").exists()] or [SMALL_SOFT[0]]
+    soft += [SMALL_UNLABELED] if (ws.eval(SMALL_UNLABELED, "test") / "pred.scp").exists() else []
+    pool = [UNLABELED_STUDENT] if (ws.eval(UNLABELED_STUDENT, "test") / "pred.scp").exists() else []
     # The full-data baseline last (the 3% models' target); the share is of the gap to it the soft targets close.
-    families = [("main", MAIN_SYSTEMS, [KEPT]),
+    families = [("main", (*MAIN_SYSTEMS, *pool), [KEPT, *(("baseline", "ensemble", s) for s in pool)]),
                 ("small", ("small_hard", *soft, "baseline"), [("small_hard", "baseline", s) for s in soft])]
-    if students:
-        families.append(("students", ("baseline", "ensemble", *students),
-                         [("baseline", "ensemble", s) for s in students]))
+    for family, extra in (("students", students), ("curve", curve)):  # research: extra students, transfer curve
+        if extra:
+            families.append((family, ("baseline", "ensemble", *extra), [("baseline", "ensemble", s) for s in extra]))
     for family, systems, shares in families:
         for split in ("dev", "test"):
             subsets = xp.utt2subset(ws, split) or None
@@ -68,23 +79,30 @@ def comparisons(ws: Workspace, num_samples: int, seed: int, students: list[str] 
 
 
 def fidelity(ws: Workspace, num_samples: int, seed: int) -> dict:
-    """How often each of :data:`FIDELITY` predicts the ensemble's arg-max pdf, per split, with the paired interval
-    of distilled minus baseline: how closely the student copies its teacher, on the training frames it was
-    distilled on (the transfer set) and on new speech. A student whose agreement falls from its transfer set to dev
-    by far more than the baseline's does has learnt the teacher's outputs there more than the teacher's function.
+    """How often each single model (:data:`FIDELITY`, and the untranscribed-pool student when there is one) predicts
+    the ensemble's arg-max pdf, per split, with the paired interval of distilled minus baseline: how closely a student
+    copies its teacher, on the frames it was distilled on and on new speech. A student whose agreement falls from its
+    transfer set to dev by far more than the baseline's does has learnt the teacher's outputs there more than the
+    teacher's function.
 
-    ``{split: {system: Interval dict, "diff": Interval dict}}``; a split lacking a system's predictions (train
-    needs the ensemble's stored T=1 targets) is left out.
+    Columns: train (the paper's transfer set), :data:`TRANSFER` (train plus the untranscribed pool: the pool student's
+    transfer set), dev, test. ``{column: {system: Interval dict, "diff": Interval dict}}``; a column lacking
+    predictions (train needs the ensemble's stored T=1 targets) is left out.
     """
+    pool = (UNLABELED_STUDENT,) if (ws.eval(UNLABELED_STUDENT, "dev") / "pred.scp").exists() else ()
+    systems = (*FIDELITY, *pool)
     out = {}
-    for split in ("train", "dev", "test"):
-        if not _have(ws, ("ensemble", *FIDELITY), split, "frames"):
+    for column in ("train", TRANSFER, "dev", "test"):
+        splits = ("train", UNLABELED) if column == TRANSFER else (column,)
+        if (column == TRANSFER and not pool) or not all(_have(ws, ("ensemble", *systems), split, "frames")
+                                                        for split in splits):
             continue
-        result = compare_frame_accuracy(xp.predictions(ws, "ensemble", split),
-                                        {s: xp.predictions(ws, s, split) for s in FIDELITY},
-                                        num_samples=num_samples, seed=seed)
+        reference = {u: p for split in splits for u, p in xp.predictions(ws, "ensemble", split).items()}
+        preds = {s: {u: p for split in splits for u, p in xp.predictions(ws, s, split).items()} for s in systems}
+        result = compare_frame_accuracy(reference, preds, num_samples=num_samples, seed=seed)
         group = result["groups"]["all"]
-        out[split] = {**{s: group["systems"][s]["interval"] for s in FIDELITY}, "diff": group["pairs"][0]["diff"]}
+        diff = next(p["diff"] for p in group["pairs"] if (p["name_a"], p["name_b"]) == FIDELITY)
+        out[column] = {**{s: group["systems"][s]["interval"] for s in systems}, "diff": diff}
     return out
 
 
@@ -104,7 +122,7 @@ def system_cell(stats: dict, metric: str, family: str, group: str, system: str) 
 def claims(stats: dict) -> list[dict]:
     rows = []
     for claim, a, b in CLAIMS:
-        family = "main" if {a, b} <= set(MAIN_SYSTEMS) else "small"
+        family = "main" if {a, b} <= {*MAIN_SYSTEMS, UNLABELED_STUDENT} else "small"
         for metric in ("frames", "wer"):
             for group_name, group in groups_of(stats, metric, family).items():
                 pair = next((p for p in group["pairs"] if {p["name_a"], p["name_b"]} == {a, b}), None)
