@@ -193,3 +193,29 @@ def test_a_consistent_teacher_trains_on_a_streamed_set_as_in_memory(tmp_path: Pa
     with pytest.raises(ValueError, match="in memory"):
         distill(SPLIT_MODEL, tc(2), dataclasses.replace(dcfg, consistent=False), on_disk, in_memory, None, teachers,
                 tmp_path / "clean", SPLIT_CLASSES)
+
+
+def test_a_consistent_teacher_teaches_untranscribed_frames_too(tmp_path: Path) -> None:
+    """On a transfer set (frames without a label among the labeled ones) the hard term reads the labeled frames only
+    and the teacher covers every frame, as with stored targets."""
+    from asr_kd.nn.frames import NO_TARGET
+
+    labeled = frames(10, 0)
+    targets = labeled.targets.clone()
+    targets[200:] = NO_TARGET  # the last 5 utterances untranscribed
+    transfer = FrameSet.from_tensors(labeled.feats, targets, labeled.utt_ids, [40] * 10, left=MODEL.left_context,
+                                     right=MODEL.right_context)
+    torch.manual_seed(0)
+    teacher = DNN(MODEL, CLASSES).eval()
+    dcfg = DistillConfig(mode="online", consistent=True, augment=AUGMENT, hard_weight=0.5)
+    result = distill(MODEL, tc(2), dcfg, transfer, frames(4, 1), None, [teacher], tmp_path / "s", CLASSES)
+    assert result.epochs_run == 2
+    loss = make_online_loss([teacher], None, dcfg, labeled_only=True)
+    idx = torch.arange(190, 210)
+    z = torch.randn(20, CLASSES)
+    windows = transfer.windows(idx)
+    both = loss(z, FrameBatch(idx, targets[idx], {}, windows))
+    soft_only = make_online_loss([teacher], None, dataclasses.replace(dcfg, hard_weight=0.0))(
+        z, FrameBatch(idx, targets[idx], {}, windows))
+    hard = torch.nn.functional.cross_entropy(z[:10], targets[190:200])  # the 10 labeled frames of the 20
+    assert float(both) == pytest.approx(float(soft_only + 0.5 * hard), rel=1e-6)

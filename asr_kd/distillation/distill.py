@@ -231,10 +231,12 @@ def make_stored_loss(cfg: DistillConfig, labeled_only: bool = False) -> LossFn:
     return loss_fn
 
 
-def make_online_loss(teachers: Sequence[DNN], train_set: FrameSet | None, cfg: DistillConfig) -> LossFn:
+def make_online_loss(teachers: Sequence[DNN], train_set: FrameSet | None, cfg: DistillConfig,
+                     labeled_only: bool = False) -> LossFn:
     """Loss whose soft targets come from running ``teachers`` on the batch's windows inside the step: the clean
     windows of the batch's frames, taken from ``train_set`` by index, or with ``cfg.consistent`` the windows the
-    student trained on (``FrameBatch.windows``, augmented or not; no ``train_set`` needed)."""
+    student trained on (``FrameBatch.windows``, augmented or not; no ``train_set`` needed). ``labeled_only``: the
+    frames include unlabeled ones, which the hard term leaves out (:func:`distillation_loss`)."""
     if not teachers:
         raise ValueError("online distillation needs at least one teacher model")
     if train_set is None and not cfg.consistent:
@@ -252,7 +254,7 @@ def make_online_loss(teachers: Sequence[DNN], train_set: FrameSet | None, cfg: D
         lp = teacher_log_probs(teacher, windows, cfg.temperature, cfg.combine)
         ind, prob, mass = (t.to(logits.device) for t in top_k_targets(lp, cfg.top_k))
         return distillation_loss(logits, ind, prob, batch.targets, cfg.temperature, cfg.hard_weight, cfg.soft_weight,
-                                 mass if cfg.tail == "bucket" else None)
+                                 mass if cfg.tail == "bucket" else None, labeled_only)
 
     return loss_fn
 
@@ -321,7 +323,8 @@ def distill(
             raise ValueError("online distillation runs the teacher on windows taken from the training set by frame "
                              "index, which needs the set in memory (data.stream=false; a consistent teacher, which "
                              "runs on the student's own windows, does not)")
-        loss_fn = make_online_loss(teachers, train_set if isinstance(train_set, FrameSet) else None, dcfg)
+        loss_fn = make_online_loss(teachers, train_set if isinstance(train_set, FrameSet) else None, dcfg,
+                                   labeled_only=train_set.target_range[0] == NO_TARGET)
         teacher_desc = describe_teacher(len(teachers), dcfg.combine)
     augment = None
     if dcfg.augment.enabled:
