@@ -97,4 +97,5 @@ def test_every_need_is_written_by_the_stage_it_names(ci_experiment: Path) -> Non
             done = (ws.stage(need.stage) / ".done").stat().st_mtime_ns
             assert need.path.exists() and started <= need.path.stat().st_mtime_ns <= done, (name, need)
             checked.add(need.stage)
-    assert checked == {"corpus", "features", "lang", "mono", "tri", "graph", "baseline", "ensemble", "soft_targets"}
+    assert checked == {"corpus", "features", "lang", "mono", "tri", "graph", "baseline", "ensemble", "soft_targets",
+                       "distill", "small_data"}  # the last two: what the transfer stage reads
