@@ -300,6 +300,18 @@ RANK_PARALLEL: dict[str, Callable[[DictConfig], int]] = {
 """Stages whose work splits into independent shares (models, or frames for the soft targets), and how many shares a
 config gives them: spread over ``procs`` torchrun ranks when there are at least two (see :mod:`asr_kd.cli`)."""
 
+MODELS: dict[str, Callable[[DictConfig, Workspace], list[Path]]] = {
+    "ensemble": lambda cfg, ws: [member_dir(ws.dnn("ensemble"), m) for m in range(cfg.ensemble.num_members)],
+    "distill": lambda cfg, ws: [ws.distill_sweep / f"T{t:g}"
+                                for t in sorted({float(t) for t in cfg.distill.temperatures_sweep})],
+    "small_data": lambda cfg, ws: [ws.small_data / model for model in xp.to_object(cfg.small_data).models()],
+    "students": lambda cfg, ws: [ws.student(name) for name in cfg.students],
+}
+"""The directories of the independent models each stage of :data:`RANK_PARALLEL` trains (all but the soft targets,
+whose shares are frames), in the order its shares deal them out: share ``i`` of ``N`` trains ``models[i::N]``. With
+``jobs.backend=submitit`` share ``i`` of ``len(models)`` is one job, which trains model ``i``
+(:mod:`asr_kd.pipeline.jobs`)."""
+
 STAGES: dict[str, Callable[[DictConfig, Workspace], dict]] = {
     "corpus": stage_corpus,
     "features": stage_features,
