@@ -144,7 +144,7 @@ def run_share_jobs(train: Callable[[], None], shares: Sequence[int], count: int,
     wait for all of them, submitting a job that ended without a result again (``cfg.max_retries``); raise
     :class:`JobFailed` naming every job that failed, with its log. Jobs still running when this process is
     interrupted are cancelled, so that a run started again does not train a model twice at once."""
-    from submitit.core.utils import UncompletedJobError
+    from submitit.core.utils import FailedJobError
     from submitit.helpers import as_completed
 
     ex = executor(cfg, folder, name)
@@ -160,7 +160,7 @@ def run_share_jobs(train: Callable[[], None], shares: Sequence[int], count: int,
                 share, error = share_of[id(job)], job.exception()
                 if error is None:
                     logger.info("%s: job %s (%s) finished", name, job.job_id, labels[share])
-                elif isinstance(error, UncompletedJobError) and attempt < cfg.max_retries:
+                elif not isinstance(error, FailedJobError) and attempt < cfg.max_retries:  # no result: died
                     logger.warning("%s: job %s (%s) ended without a result (%s); submitting it again; its log: %s",
                                    name, job.job_id, labels[share], job.state, job.paths.stderr)
                     again.append(share)
