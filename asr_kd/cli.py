@@ -16,6 +16,10 @@ torchrun, or the config gives the stage fewer than two shares: no extra students
 run this process's config object (pickled, structured types and all), not one composed again from the conf files:
 a run's stages all see the config it started with, even if a conf file changes while it runs.
 
+With ``jobs.backend=submitit`` those stages (but the soft targets, whose shares are frames) train each model as a
+batch job of its own instead, on Slurm (``jobs.cluster=slurm``) or as processes here (``local``), and then run here
+in one process, which finds the models trained and evaluates them (:mod:`asr_kd.pipeline.jobs`).
+
 The CPU stages' units (synthesis, features, GMM passes and alignment, decoding) run where ``executor`` says:
 ``nj`` processes here (``executor.backend=local``, the default) or a Dask cluster's workers
 (``executor.backend=dask``), reached and checked once, before the first stage
@@ -25,6 +29,7 @@ Bad input (a missing file, a malformed line, an OOV...) ends with one line on st
 <what>``, and exit status 2; ``debug=true`` shows the traceback instead. The stage's log keeps it either way. A
 stage started before the stages whose outputs it reads (:data:`asr_kd.pipeline.stages.NEEDS`) ends the same way,
 before it writes anything: ``error: stage <name> needs <file>, which stage <N> (<name>) makes: run it first ...``.
+Batch jobs that failed end the run with one line too, naming each job, its model and its log, and exit status 1.
 """
 from __future__ import annotations
 
@@ -43,7 +48,9 @@ import hydra  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from asr_kd.conf.schema import register  # noqa: E402
+from asr_kd.nn.jobs import JobFailed  # noqa: E402
 from asr_kd.pipeline.decode_data import decode_data_dir  # noqa: E402
+from asr_kd.pipeline.jobs import train_as_jobs  # noqa: E402
 from asr_kd.pipeline.memory import PeakMemory  # noqa: E402
 from asr_kd.pipeline.runner import Need, check_needs, record_peak_memory, run_stage  # noqa: E402
 from asr_kd.pipeline.stages import RANK_PARALLEL, STAGES, stage_needs, stage_trains  # noqa: E402
@@ -52,6 +59,7 @@ from features.errors import InputError  # noqa: E402
 from features.executor import use_executor  # noqa: E402
 
 INPUT_ERROR_STATUS = 2
+JOB_FAILED_STATUS = 1
 RANK_CONFIG_ENV = "ASR_KD_RANK_CONFIG"  # set for the ranks: the pickled config of the process that started them
 
 register()
@@ -120,6 +128,7 @@ def _run(cfg: DictConfig) -> None:
         return
     ws = Workspace(Path(cfg.work_dir).resolve())
     names = [] if cfg.stage == "decode_data" else stage_names(cfg.stage)  # a typo fails before anything starts
+    OmegaConf.to_object(cfg.jobs)  # and so does a bad jobs.* value
     if "WORLD_SIZE" in os.environ:  # a torchrun rank trains its share; the process that started it holds the executor
         _run_stages(cfg, ws, names)
         return
@@ -136,8 +145,9 @@ def _run_stages(cfg: DictConfig, ws: Workspace, names: list[str]) -> None:
     for name in names:
         needs = stage_needs(name, cfg, ws)  # as it comes: decode's depend on what the stages before it trained
         with PeakMemory() as peak:  # this process and every worker and rank it starts for the stage
-            ran = _spread_over_ranks(cfg, name, needs) or \
-                run_stage(name, STAGES[name], cfg, ws, force=cfg.force, needs=needs,
+            as_jobs = train_as_jobs(cfg, name, needs)  # then the models are there: the stage evaluates them
+            ran = (not as_jobs and _spread_over_ranks(cfg, name, needs)) or \
+                run_stage(name, STAGES[name], cfg, ws, force=cfg.force and not as_jobs, needs=needs,
                           trains=stage_trains(name, ws)) is not None
         if ran and "WORLD_SIZE" not in os.environ:  # a rank sees only itself: the process that started it measures
             record_peak_memory(ws, name, peak.bytes)
@@ -146,11 +156,11 @@ def _run_stages(cfg: DictConfig, ws: Workspace, names: list[str]) -> None:
 def _run_reporting_input_errors(cfg: DictConfig) -> None:
     try:
         _run(cfg)
-    except InputError as e:
+    except (InputError, JobFailed) as e:
         if cfg.debug:
             raise
         print(f"error: {e}", file=sys.stderr)
-        sys.exit(INPUT_ERROR_STATUS)
+        sys.exit(INPUT_ERROR_STATUS if isinstance(e, InputError) else JOB_FAILED_STATUS)
 
 
 @hydra.main(version_base="1.3", config_path=None, config_name="asr_kd")

@@ -20,6 +20,7 @@ from asr_kd.corpus.registry import CORPORA
 from asr_kd.distillation.distill import DistillConfig
 from asr_kd.distillation.small_data import SmallDataConfig
 from asr_kd.distillation.ensemble import EnsembleConfig
+from asr_kd.nn.jobs import JobsConfig
 from asr_kd.nn.model import PRESETS, ModelConfig
 from asr_kd.distillation.soft_targets import SoftTargetConfig
 from asr_kd.distillation.transfer import TransferConfig
@@ -103,8 +104,13 @@ class ExperimentConfig:
     # torchrun ranks for the stages whose work splits into independent shares (members, temperatures, students, the
     # 3% models, the soft targets' frames): each rank does its share alone. On a CPU, 2 single-thread processes
     # train ~1.5x faster than one 2-thread process; on GPUs, one rank per GPU. Part of what a result is a function
-    # of: a rank computes with 1 thread, and float sums in another thread count round differently.
+    # of: a rank computes with 1 thread, and float sums in another thread count round differently. With
+    # jobs.backend=submitit the independent models go out as batch jobs instead, one per model (jobs.* below).
     procs: int = 1
+    # Where the stages of independent models train them: jobs.backend=ranks, procs torchrun ranks (the default); or
+    # jobs.backend=submitit, one batch job per model on Slurm (jobs.partition=gpu jobs.gpus_per_job=1 ...), or on
+    # this machine with jobs.cluster=local. A job computes as a rank does: never changes a result (docs/cluster.md).
+    jobs: JobsConfig = field(default_factory=JobsConfig)
     device: str = "auto"  # auto | cpu | cuda: where the DNNs compute (asr_kd.nn.device.select_device)
     corpus: Any = MISSING  # a config group: one option per registered corpus
     fbank: FeatureConfig = field(default_factory=lambda: FeatureConfig(kind="fbank"))

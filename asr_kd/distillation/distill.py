@@ -45,7 +45,7 @@ from asr_kd.nn.frames import NO_TARGET, Frames, FrameSet
 from asr_kd.nn.inference import frame_accuracy, load_model
 from asr_kd.nn.model import DNN, ModelConfig, StackedDNN
 from asr_kd.nn.stream import StreamedFrames
-from asr_kd.nn.train import LossFn, TrainConfig, TrainResult, train
+from asr_kd.nn.train import LossFn, TrainConfig, TrainResult, train, trained
 from features.atomic import write_text_atomic
 
 logger = logging.getLogger(__name__)
@@ -367,11 +367,12 @@ def temperature_sweep(
     """Distil one student per temperature of ``soft_targets`` (stored targets at that T); choose T on dev.
 
     Students go to ``out_dir/T<T>`` and resume from their checkpoints, so an interrupted sweep continues where it
-    stopped. Under torchrun the temperatures are spread over the ranks (each trains its own students alone, one
-    after another), and once all are trained every rank reads the same results. ``best_temperature`` is
-    :func:`choose_temperature` of the dev frame accuracies (the test set never chooses). Rank 0 writes
-    ``out_dir/sweep.json``: per temperature the dev frame accuracy (%), epochs run, the student dir and the teacher
-    mass the top-k held.
+    stopped (a finished student is kept). Under torchrun the temperatures are spread over the ranks (each trains its
+    own students alone, one after another), and once all are trained every rank reads the same results; a batch job
+    (:mod:`asr_kd.nn.jobs`) trains its share and returns ``{}``, and the process that submitted the jobs reads them.
+    ``best_temperature`` is :func:`choose_temperature` of the dev frame accuracies (the test set never chooses).
+    Rank 0 writes ``out_dir/sweep.json``: per temperature the dev frame accuracy (%), epochs run, the student dir and
+    the teacher mass the top-k held.
     """
     out_dir = Path(out_dir)
     if not soft_targets:
@@ -379,10 +380,14 @@ def temperature_sweep(
     temperatures = sorted(soft_targets)
     ranks = launch_env()
     for t in ranks.share(temperatures):
+        if trained(out_dir / f"T{t:g}"):
+            continue
         stored = dataclasses.replace(dcfg, temperature=float(t), mode="stored", consistent=False)
         distill(model_cfg, train_cfg, stored, train_set, dev_set, soft_targets[t], None, out_dir / f"T{t:g}",
                 num_classes, device, data_parallel=False)
     dist_context(select_device(str(device))).barrier()
+    if ranks.alone:
+        return {}
     results: dict[str, dict] = {}
     for t in temperatures:
         student = out_dir / f"T{t:g}"

@@ -19,7 +19,8 @@ Two ways to train them, chosen by :class:`EnsembleConfig` ``mode``:
   ``frames_per_s`` in a stacked member's metrics.json counts that member's frames only, in the time all
   stacked members shared.
 
-A member whose model.pt exists is finished and skipped, so an interrupted ensemble resumes member by member.
+A finished member (its model.pt and metrics.json written: :func:`asr_kd.nn.train.trained`) is skipped, so an
+interrupted ensemble resumes member by member.
 
 Several GPUs: launch the same script on every GPU; each rank trains the members ``m`` with ``m % world == rank``
 (:func:`members_for_rank`) on ``cuda:LOCAL_RANK``, with no communication between ranks::
@@ -51,6 +52,7 @@ from asr_kd.nn.train import (
     fit,
     on_device,
     train_one,
+    trained,
     with_numerics,
     write_member_outputs,
 )
@@ -118,8 +120,7 @@ def train_ensemble(
     env = launch_env()
     rank, world = env.rank, env.world
     device = select_device(str(device))
-    mine = [m for m in members_for_rank(ens_cfg.num_members, rank, world)
-            if not (member_dir(out_dir, m) / "model.pt").exists()]
+    mine = [m for m in members_for_rank(ens_cfg.num_members, rank, world) if not trained(member_dir(out_dir, m))]
     mode = _resolve_mode(ens_cfg, train_cfg, device)
     logger.info("ensemble: rank %d/%d trains members %s (%s) on %s", rank, world, mine, mode, device)
     train_set, dev_set = on_device(train_set, device), on_device(dev_set, device)

@@ -30,7 +30,7 @@ from asr_kd.nn.device import dist_context, launch_env, select_device
 from asr_kd.nn.frames import Frames
 from asr_kd.nn.inference import frame_accuracy, load_model
 from asr_kd.nn.model import DNN, ModelConfig
-from asr_kd.nn.train import TrainConfig, train
+from asr_kd.nn.train import TrainConfig, train, trained
 from features.atomic import atomic_write, write_text_atomic
 
 logger = logging.getLogger(__name__)
@@ -166,9 +166,10 @@ def run_small_data(
     temperature of equal ones, :func:`~asr_kd.distillation.distill.choose_temperature`) is copied to
     ``out_dir/<system>/model.pt`` (test never chooses). Frame accuracy (%) on the data each model trained on
     ("train"), dev and test (``systems``; soft systems with their chosen ``temperature`` and the dev accuracy of
-    every temperature) is written with the settings to ``out_dir/small_data.json`` and returned. Under torchrun the
-    models are spread over the ranks (each trains its own alone); once all are trained every rank reads the same
-    results and rank 0 writes them.
+    every temperature) is written with the settings to ``out_dir/small_data.json`` and returned. A finished model is
+    kept. Under torchrun the models are spread over the ranks (each trains its own alone); once all are trained every
+    rank reads the same results and rank 0 writes them. A batch job (:mod:`asr_kd.nn.jobs`) trains its share and
+    returns ``{}``; the process that submitted the jobs reads them.
     """
     out_dir = Path(out_dir)
     train_set, dev_set = sets["train"], sets["dev"]
@@ -193,6 +194,8 @@ def run_small_data(
     soft_systems = scfg.soft_systems()
     runs = scfg.soft_runs()
     for model in ranks.share(scfg.models()):
+        if trained(out_dir / model):
+            continue
         if model == "small_hard":
             train(model_cfg, dataclasses.replace(small_cfg, early_stopping=scfg.hard_early_stopping), small, dev_set,
                   out_dir / model, num_classes, device=device, data_parallel=False)
@@ -205,6 +208,8 @@ def run_small_data(
         distill(model_cfg, soft_cfg, objective, small, dev_set, soft, None, out_dir / model, num_classes, device,
                 data_parallel=False)
     dist_context(select_device(str(device))).barrier()
+    if ranks.alone:
+        return {}
 
     def accuracies(model: DNN, own_train: Frames) -> dict[str, float]:
         return {name: round(100.0 * frame_accuracy(model, fs), 2)

@@ -9,6 +9,10 @@ Every stage, trainer and benchmark asks :func:`select_device` and :func:`dist_co
   allocator and any ``tensor.cuda()`` without an index land on this rank's GPU and not all on ``cuda:0``.
 * Under torchrun (``WORLD_SIZE`` > 1) :func:`dist_context` joins the process group once per process: NCCL
   when this rank computes on a GPU, gloo otherwise, with :data:`RANK_WAIT` as the collectives' timeout.
+* A batch job that trains one share of independent models (:mod:`asr_kd.nn.jobs`, ``ASR_KD_JOB_SHARE=i/N``) is
+  share ``i`` of ``N`` *alone*: it deals itself the share a rank ``i`` of ``N`` would train, but it joins no process
+  group and meets no other process, and it is not the one that writes shared outputs: the process that submitted
+  the jobs reads every share once all jobs have finished.
 """
 from __future__ import annotations
 
@@ -23,6 +27,9 @@ import torch.distributed as dist
 
 T = TypeVar("T")
 
+JOB_SHARE_ENV = "ASR_KD_JOB_SHARE"
+"""Set to ``i/N`` in a batch job that trains share ``i`` of ``N`` of a stage's independent models alone."""
+
 RANK_WAIT = timedelta(hours=24)
 """How long a rank waits at a barrier for the others. Ranks train different models (members, temperatures,
 students) and meet at the stage's end, so one may wait for the others' whole share: with the research config
@@ -32,34 +39,42 @@ A rank that dies is caught by torchrun, which stops the job, not by this timeout
 
 @dataclass(frozen=True)
 class DistContext:
-    """This process's place in a torchrun job (rank 0 of 1 when not launched by torchrun)."""
+    """This process's place in a torchrun job (rank 0 of 1 when not launched by torchrun), or the share of a batch
+    job that trains independent models ``alone`` (no process group, no one to meet)."""
 
     rank: int = 0
     world: int = 1
     local_rank: int = 0
+    alone: bool = False
 
     @property
     def is_main(self) -> bool:
-        """Rank 0 writes the shared outputs (model files, summaries, reports)."""
-        return self.rank == 0
+        """Rank 0 writes the shared outputs (model files, summaries, reports); a batch job writes only its own
+        models, and the process that submitted it writes the rest."""
+        return self.rank == 0 and not self.alone
 
     def share(self, items: Iterable[T]) -> list[T]:
         """This rank's round-robin share of independent jobs (models to train): every job on exactly one rank."""
         return list(items)[self.rank::self.world]
 
     def barrier(self) -> None:
-        if self.world > 1:
+        if self.world > 1 and not self.alone:
             dist.barrier()
 
     def all_reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
-        """Sum ``t`` over ranks in place (a no-op in a single process); returns ``t``."""
-        if self.world > 1:
+        """Sum ``t`` over ranks in place (a no-op in a single process and in a batch job); returns ``t``."""
+        if self.world > 1 and not self.alone:
             dist.all_reduce(t, op=dist.ReduceOp.SUM)
         return t
 
 
 def launch_env() -> DistContext:
-    """Rank, world size and local rank as torchrun sets them (0, 1, 0 without torchrun); joins nothing."""
+    """Rank, world size and local rank as torchrun sets them (0, 1, 0 without torchrun), or a batch job's share
+    (:data:`JOB_SHARE_ENV`: on its own GPU, ``cuda:0`` of those the job sees); joins nothing."""
+    share = os.environ.get(JOB_SHARE_ENV)
+    if share:
+        index, count = (int(n) for n in share.split("/"))
+        return DistContext(index, count, 0, alone=True)
     return DistContext(int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")),
                        int(os.environ.get("LOCAL_RANK", "0")))
 
@@ -78,9 +93,10 @@ def select_device(name: str = "auto") -> torch.device:
 
 
 def dist_context(device: torch.device) -> DistContext:
-    """Join the torchrun process group (NCCL for a GPU rank, gloo for a CPU rank) once; a no-op without torchrun."""
+    """Join the torchrun process group (NCCL for a GPU rank, gloo for a CPU rank) once; a no-op without torchrun
+    and in a batch job."""
     env = launch_env()
-    if env.world <= 1:
+    if env.world <= 1 or env.alone:
         return env
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", timeout=RANK_WAIT)

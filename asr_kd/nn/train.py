@@ -576,6 +576,13 @@ def write_member_outputs(out_dir: Path, model_cfg: ModelConfig, num_classes: int
                        state.history)
 
 
+def trained(out_dir: Path) -> bool:
+    """Whether ``out_dir`` holds a finished model: :func:`write_member_outputs` writes its model.pt, then its
+    metrics.json, once training has ended. Whoever deals out independent models keeps a finished one rather than
+    training it again (a stage run again after an interruption or a failed job, a batch job's share)."""
+    return (Path(out_dir) / "model.pt").exists() and (Path(out_dir) / "metrics.json").exists()
+
+
 def train(
     model_cfg: ModelConfig,
     train_cfg: TrainConfig,

@@ -46,7 +46,7 @@ from asr_kd.nn.device import dist_context, launch_env
 from asr_kd.nn.frames import Frames, FrameSet, load_unlabeled_frameset
 from asr_kd.nn.inference import load_model
 from asr_kd.nn.stream import StreamedFrames
-from asr_kd.nn.train import train
+from asr_kd.nn.train import train, trained
 from asr_kd.pipeline import experiment as xp
 from asr_kd.pipeline.report import write_report
 from asr_kd.pipeline.runner import Need
@@ -361,7 +361,8 @@ def stage_transfer(cfg: DictConfig, ws: Workspace) -> dict:
             device)
     ranks = dist_context(device)
     for name in launch_env().share(list(models)):
-        models[name]()
+        if not trained(ws.transfer / name):  # a finished model is kept (an interrupted stage resumes the others)
+            models[name]()
     ranks.barrier()
     if not ranks.is_main:
         return {}
@@ -450,6 +451,19 @@ RANK_PARALLEL: dict[str, Callable[[DictConfig], int]] = {
 }
 """Stages whose work splits into independent shares (models, or frames for the soft targets), and how many shares a
 config gives them: spread over ``procs`` torchrun ranks when there are at least two (see :mod:`asr_kd.cli`)."""
+
+MODELS: dict[str, Callable[[DictConfig, Workspace], list[Path]]] = {
+    "ensemble": lambda cfg, ws: [member_dir(ws.dnn("ensemble"), m) for m in range(cfg.ensemble.num_members)],
+    "distill": lambda cfg, ws: [ws.distill_sweep / f"T{t:g}"
+                                for t in sorted({float(t) for t in cfg.distill.temperatures_sweep})],
+    "small_data": lambda cfg, ws: [ws.small_data / model for model in xp.to_object(cfg.small_data).models()],
+    "students": lambda cfg, ws: [ws.student(name) for name in cfg.students],
+}
+"""The directories of the independent models each stage of :data:`RANK_PARALLEL` trains (all but the soft targets,
+whose shares are frames, and the transfer stage, whose models share the pool's targets its ranks compute first),
+in the order its shares deal them out: share ``i`` of ``N`` trains ``models[i::N]``. With
+``jobs.backend=submitit`` share ``i`` of ``len(models)`` is one job, which trains model ``i``
+(:mod:`asr_kd.pipeline.jobs`)."""
 
 STAGES: dict[str, Callable[[DictConfig, Workspace], dict]] = {
     "corpus": stage_corpus,

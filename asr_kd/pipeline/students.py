@@ -32,7 +32,7 @@ from asr_kd.nn.frames import Frames
 from asr_kd.nn.inference import load_model
 from asr_kd.nn.model import ModelConfig, num_parameters
 from asr_kd.nn.stream import StreamedFrames
-from asr_kd.nn.train import TrainConfig, train
+from asr_kd.nn.train import TrainConfig, train, trained
 from asr_kd.pipeline import experiment as xp
 from asr_kd.pipeline.runner import read_summary
 from asr_kd.pipeline.workspace import Workspace
@@ -96,13 +96,14 @@ def teacher_kind(dcfg: DistillConfig) -> str:
 def train_students(cfg: DictConfig, ws: Workspace) -> dict:
     """Train, evaluate (frame predictions) and describe every student of ``cfg.students``; resumable per student.
 
-    Under torchrun the students are spread over the ranks (each trains its own alone); rank 0 evaluates them all.
+    Under torchrun the students are spread over the ranks (each trains its own alone); rank 0 evaluates them all. A
+    finished student is kept; a batch job (:mod:`asr_kd.nn.jobs`) trains its share and evaluates none.
     """
     if not cfg.students:
         return {}
     device = xp.device_of(cfg)
     ranks = launch_env()
-    mine = ranks.share(cfg.students)
+    mine = [name for name in ranks.share(cfg.students) if not trained(ws.student(name))]
     train_set, dev_set = xp.frames(cfg, ws, "train", device), xp.frames(cfg, ws, "dev", device)
     classes = xp.num_pdfs(ws)
     best_t = (read_summary(ws, "distill") or {}).get("summary", {}).get("best_temperature")

@@ -176,6 +176,10 @@ class Workspace:
         """Where the report publishes RESULTS.md when the run names no results dir of its config."""
         return self.root / "results"
 
+    def jobs(self, stage: str) -> Path:
+        """The batch jobs that trained stage ``stage``'s models (``jobs.backend=submitit``): scripts, logs."""
+        return self.root / "exp" / "jobs" / stage
+
     def stage(self, name: str) -> Path:
         """Per-stage bookkeeping: ``.done`` marker, ``log.txt``, resolved ``config.yaml``, ``summary.json``."""
         return self.root / "exp" / "stages" / name
