@@ -45,6 +45,7 @@ from asr_kd.evaluation.systems import System, agreement
 from asr_kd.nn.device import dist_context, launch_env
 from asr_kd.nn.frames import Frames, FrameSet, load_unlabeled_frameset
 from asr_kd.nn.inference import load_model
+from asr_kd.nn.model import num_parameters
 from asr_kd.nn.stream import StreamedFrames
 from asr_kd.nn.train import train, trained
 from asr_kd.pipeline import experiment as xp
@@ -313,7 +314,8 @@ def stage_transfer(cfg: DictConfig, ws: Workspace) -> dict:
     biggest = max([pool_frames(train_set.num_frames, s) for s in sizes.values()] +
                   [full_pool.num_frames if wanted is None else wanted])
     pool = draw_pool(full_pool, biggest, tcfg.seed)
-    _ensemble_targets(cfg, ws, pool, "ensemble_unlabeled", temperatures)  # a minute next to the students' hours
+    if not _pool_targets_current(ws, temperatures, pool.num_frames):  # a resumed stage keeps them
+        _ensemble_targets(cfg, ws, pool, "ensemble_unlabeled", temperatures)
     dist_context(device).barrier()
     pool_soft = {t: SoftTargets.load(ws.soft_targets("ensemble_unlabeled", t)) for t in temperatures}
     model_cfg, num_classes = xp.to_object(cfg.model), xp.num_pdfs(ws)
@@ -359,8 +361,11 @@ def stage_transfer(cfg: DictConfig, ws: Workspace) -> dict:
         models[name] = lambda shape=shape, draw=draw, name=name: distill_on_transfer_set(
             shape, student_cfg, dcfg, train_set, train_soft, *arm(draw), dev_set, ws.transfer / name, num_classes,
             device)
+    # Dealt out largest first (a student's step costs about its parameters), so that round-robin shares balance.
+    params = {name: num_parameters(model_cfg if name not in tcfg.curve() else dataclasses.replace(
+        model_cfg, hidden_dim=round(model_cfg.hidden_dim * tcfg.curve()[name][1])), num_classes) for name in models}
     ranks = dist_context(device)
-    for name in launch_env().share(list(models)):
+    for name in launch_env().share(sorted(models, key=lambda n: -params[n])):
         if not trained(ws.transfer / name):  # a finished model is kept (an interrupted stage resumes the others)
             models[name]()
     ranks.barrier()
@@ -391,6 +396,17 @@ def stage_transfer(cfg: DictConfig, ws: Workspace) -> dict:
         xp.write_predictions(ws, name, UNLABELED, ((u, p) for u, p, _ in System(name, files).iter_predictions(
             main_pool, device)))
     return summary
+
+
+def _pool_targets_current(ws: Workspace, temperatures: list[float], num_frames: int) -> bool:
+    """Whether the pool's stored soft targets cover these frames at these temperatures and are newer than every
+    member (an ensemble trained again makes them stale)."""
+    metas = [ws.soft_targets("ensemble_unlabeled", t) / "meta.json" for t in temperatures]
+    if not all(m.exists() for m in metas):
+        return False
+    members = max(p.stat().st_mtime_ns for p in xp.member_paths(ws))
+    return all(json.loads(m.read_text())["num_frames"] == num_frames and m.stat().st_mtime_ns > members
+               for m in metas)
 
 
 def _soft_rows(soft: SoftTargets, rows: torch.Tensor) -> SoftTargets:
