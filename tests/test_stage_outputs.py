@@ -79,6 +79,7 @@ def test_the_distilled_model_is_the_file_of_the_student_dev_chose(ci_experiment_
     _relabel(ws, "dev", {0: 0.2, 1: 0.3, 2: 0.3}, rest=3)
     _relabel(ws, "test", {0: 0.1, 1: 0.1, 2: 0.5}, rest=3)
     shutil.copytree(ws.soft_targets("ensemble", 2.0), ws.soft_targets("ensemble", 5.0))  # only read for its mass
+    shutil.rmtree(ws.distill_sweep)  # the stage keeps finished students: these three are all to be trained
     trained = []
 
     def one_pdf_student(model_cfg, train_cfg, dcfg, train_set, dev_set, soft, teachers, out_dir, num_classes,
