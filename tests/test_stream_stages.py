@@ -12,6 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
+
+from asr_kd.conf.schema import register
+from asr_kd.pipeline.stages import STAGES
+from asr_kd.pipeline.workspace import Workspace
+from features.errors import InputError
 
 REPO = Path(__file__).resolve().parent.parent
 DNN_STAGES = ("baseline", "ensemble", "soft_targets", "distill", "small_data", "students")
@@ -49,3 +55,17 @@ def test_streamed_dnn_stages_give_the_in_memory_run_bit_for_bit(ci_experiment: P
         summaries = [json.loads((root / "exp" / "stages" / stage / "summary.json").read_text())["summary"]
                      for root in (ci_experiment, work)]
         assert summaries[0] == summaries[1], stage
+
+
+@pytest.mark.slow
+def test_a_streamed_training_split_stops_the_transfer_stage_with_a_clear_error(ci_experiment_copy: Path) -> None:
+    """A transfer set with untranscribed audio is held in memory: with the training split streamed, the stage says
+    so and what to do, before it computes anything."""
+    register()
+    with initialize_config_dir(str(REPO / "recipes" / "synth" / "conf"), version_base="1.3"):
+        cfg = compose("ci", overrides=[f"work_dir={ci_experiment_copy}", "data.stream=true", "device=cpu"])
+    ws = Workspace(ci_experiment_copy)
+    before = sorted(p.stat().st_mtime_ns for p in ws.transfer.rglob("model.pt"))
+    with pytest.raises(InputError, match="held in memory"):
+        STAGES["transfer"](cfg, ws)
+    assert sorted(p.stat().st_mtime_ns for p in ws.transfer.rglob("model.pt")) == before  # nothing lost
