@@ -218,3 +218,25 @@ def test_epochs_of_a_given_size_run_on_through_seeded_passes(tmp_path: Path) -> 
     assert all(torch.equal(a, b) for a, b in zip(straight.state_dict().values(), resumed.state_dict().values(),
                                                  strict=True))
     assert len(json.loads((tmp_path / "straight" / "metrics.json").read_text())["epochs"]) == 4
+
+
+def test_your_corpus_takes_an_unlabeled_dir_beside_its_splits(tmp_path: Path) -> None:
+    """corpus=kaldi with corpus.unlabeled_dir: the splits as always, plus data/unlabeled without text; a
+    LibriSpeech part may not be both a split and unlabeled."""
+    from asr_kd.corpus.kaldi_dir import KaldiDirConfig, prepare_kaldi
+    from asr_kd.corpus.librispeech import LibriSpeechConfig, prepare_librispeech
+
+    source = tmp_path / "source"
+    source.mkdir()
+    for split in ("train", "dev", "test"):
+        (tmp_path / split).mkdir()
+        _wav_dir(tmp_path / split, 2, text=True, utt2spk=True).rename(source / split)
+    (tmp_path / "pool").mkdir()
+    pool = _wav_dir(tmp_path / "pool", 3, text=False, utt2spk=False)
+    out = tmp_path / "data"
+    summary = prepare_kaldi(out, KaldiDirConfig(source_dir=str(source), unlabeled_dir=str(pool)))
+    assert set(summary.splits) == {"train", "dev", "test", UNLABELED}
+    assert summary.splits[UNLABELED].utts == 3 and summary.splits[UNLABELED].words == 0
+    assert (out / "train" / "text").exists() and not (out / UNLABELED / "text").exists()
+    with pytest.raises(InputError, match="both a split"):
+        prepare_librispeech(tmp_path / "ls", LibriSpeechConfig(source_dir=str(tmp_path), unlabeled_parts=["dev-clean"]))
