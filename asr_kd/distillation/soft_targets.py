@@ -128,6 +128,11 @@ class SoftTargets:
             out = tuple(t.to(device, non_blocking=True) for t in out)
         return out
 
+    def take(self, rows: torch.Tensor) -> SoftTargets:
+        """The soft targets of frames ``rows`` (a subset of the frames they were computed on, in that order)."""
+        return SoftTargets(self.indices[rows], self.probs[rows], self.mass_kept[rows], self.temperature,
+                           self.num_classes, self.teacher)
+
     @classmethod
     def concat(cls, parts: Sequence[SoftTargets]) -> SoftTargets:
         """The targets of consecutive frame ranges joined in order (ranks that each computed a share)."""

@@ -93,28 +93,18 @@ def distill_on_transfer_set(model_cfg: ModelConfig, train_cfg: TrainConfig, dcfg
                             dev_set: FrameSet, out_dir: Path, num_classes: int,
                             device: str | torch.device = "auto") -> TrainResult:
     """A student distilled (stored targets at ``dcfg.temperature``) on ``labeled`` followed by ``pool``: the soft
-    term on every frame, the hard term on the labeled ones. Each part's soft targets cover it frame for frame."""
+    term on every frame, the hard term on the labeled ones. Each part's soft targets cover it frame for frame (at the
+    same temperature and k: :meth:`SoftTargets.concat` checks)."""
     for name, frames, soft in (("labeled", labeled, labeled_soft), ("pool", pool, pool_soft)):
         if soft.num_frames != frames.num_frames:
             raise ValueError(f"{name} soft targets cover {soft.num_frames} frames, the {name} part has "
                              f"{frames.num_frames}")
-    k = min(labeled_soft.k, pool_soft.k)
-    parts = [_first_k(labeled_soft, k), _first_k(pool_soft, k)]
     transfer = FrameSet.concat([labeled, pool])
     logger.info("transfer set: %d labeled + %d untranscribed frames (%.1fx the labeled)", labeled.num_frames,
                 pool.num_frames, transfer.num_frames / max(1, labeled.num_frames))
     return distill(model_cfg, train_cfg, dataclasses.replace(dcfg, mode="stored"), transfer, dev_set,
-                   SoftTargets.concat(parts), None, out_dir, num_classes, device, data_parallel=False)
-
-
-def _first_k(soft: SoftTargets, k: int) -> SoftTargets:
-    """The k most probable stored classes of each frame, renormalized (soft targets stored with a larger k)."""
-    if soft.k == k:
-        return soft
-    probs = soft.probs[:, :k].float()
-    total = probs.sum(dim=1, keepdim=True)
-    return SoftTargets(soft.indices[:, :k], (probs / total).half(), (soft.mass_kept.float() * total[:, 0]).half(),
-                       soft.temperature, soft.num_classes, soft.teacher)
+                   SoftTargets.concat([labeled_soft, pool_soft]), None, out_dir, num_classes, device,
+                   data_parallel=False)
 
 
 def describe_pool(labeled_frames: int, pool: FrameSet) -> dict:

@@ -310,15 +310,18 @@ def stage_transfer(cfg: DictConfig, ws: Workspace) -> dict:
     temperatures = sorted({1.0, best, *([small_t] if small_t else [])})
     full_pool = _unlabeled_pool(cfg, ws, device)
     wanted = None if tcfg.pool is None else pool_frames(train_set.num_frames, 1.0 + tcfg.pool)
-    sizes = {name: size for name, (size, _) in tcfg.curve().items()}
-    biggest = max([pool_frames(train_set.num_frames, s) for s in sizes.values()] +
-                  [full_pool.num_frames if wanted is None else wanted])
-    pool = draw_pool(full_pool, biggest, tcfg.seed)
+    curve = tcfg.curve()
+    curve_frames = {name: pool_frames(train_set.num_frames, size) for name, (size, _) in curve.items()}
+    pool = draw_pool(full_pool, max([*curve_frames.values(), full_pool.num_frames if wanted is None else wanted]),
+                     tcfg.seed)
     if not _pool_targets_current(ws, temperatures, pool.num_frames):  # a resumed stage keeps them
         _ensemble_targets(cfg, ws, pool, "ensemble_unlabeled", temperatures)
     dist_context(device).barrier()
     pool_soft = {t: SoftTargets.load(ws.soft_targets("ensemble_unlabeled", t)) for t in temperatures}
     model_cfg, num_classes = xp.to_object(cfg.model), xp.num_pdfs(ws)
+    shapes = {name: dataclasses.replace(model_cfg, hidden_dim=round(model_cfg.hidden_dim * width))
+              for name, (_, width) in curve.items()}
+    draws = {name: draw_pool(pool, frames, tcfg.seed) for name, frames in curve_frames.items()}
     student_cfg = xp.with_run_numerics(cfg, ws, xp.student_train_config(cfg))
     if tcfg.train_sized_epochs:
         student_cfg = dataclasses.replace(student_cfg, epoch_frames=train_set.num_frames)
@@ -327,7 +330,7 @@ def stage_transfer(cfg: DictConfig, ws: Workspace) -> dict:
 
     def arm(draw: FrameSet, temperature: float = best) -> tuple[FrameSet, SoftTargets]:
         """A draw of the pool and its frames' soft targets (stored for the whole pool) at ``temperature``."""
-        return draw, _soft_rows(pool_soft[temperature], pool.frame_indices(draw.utt_ids))
+        return draw, pool_soft[temperature].take(pool.frame_indices(draw.utt_ids))
 
     models: dict[str, Callable[[], None]] = {}
     main_pool = draw_pool(pool, wanted, tcfg.seed)
@@ -351,19 +354,16 @@ def stage_transfer(cfg: DictConfig, ws: Workspace) -> dict:
                                     device)
 
         models[xp.SMALL_UNLABELED] = small_model
-    for name, (size, width) in tcfg.curve().items():
+    for name, (size, width) in curve.items():
         if (size, width) == (1.0, 1.0):  # the training set alone at a member's width: the sweep's student at T=best
             models[name] = lambda name=name: shutil.copytree(ws.distill_sweep / f"T{best:g}", ws.transfer / name,
                                                              dirs_exist_ok=True)
-            continue
-        shape = dataclasses.replace(model_cfg, hidden_dim=round(model_cfg.hidden_dim * width))
-        draw = draw_pool(pool, pool_frames(train_set.num_frames, size), tcfg.seed)
-        models[name] = lambda shape=shape, draw=draw, name=name: distill_on_transfer_set(
-            shape, student_cfg, dcfg, train_set, train_soft, *arm(draw), dev_set, ws.transfer / name, num_classes,
-            device)
+        else:
+            models[name] = lambda name=name: distill_on_transfer_set(
+                shapes[name], student_cfg, dcfg, train_set, train_soft, *arm(draws[name]), dev_set, ws.transfer / name,
+                num_classes, device)
     # Dealt out largest first (a student's step costs about its parameters), so that round-robin shares balance.
-    params = {name: num_parameters(model_cfg if name not in tcfg.curve() else dataclasses.replace(
-        model_cfg, hidden_dim=round(model_cfg.hidden_dim * tcfg.curve()[name][1])), num_classes) for name in models}
+    params = {name: num_parameters(shapes.get(name, model_cfg), num_classes) for name in models}
     ranks = dist_context(device)
     for name in launch_env().share(sorted(models, key=lambda n: -params[n])):
         if not trained(ws.transfer / name):  # a finished model is kept (an interrupted stage resumes the others)
@@ -381,12 +381,11 @@ def stage_transfer(cfg: DictConfig, ws: Workspace) -> dict:
         row = xp.evaluate_system(cfg, ws, System(name, [path]), splits=(
             ("train", "dev", "test") if name != xp.SMALL_UNLABELED else ("dev", "test")))
         row["epochs_run"] = len(json.loads((path.parent / "metrics.json").read_text())["epochs"])
-        if name in tcfg.curve():  # agreement with the ensemble on its own transfer set and on dev
-            size, width = tcfg.curve()[name]
-            draw = draw_pool(pool, pool_frames(train_set.num_frames, size), tcfg.seed)
-            on_draw = {u: p for u, p, _ in System(name, [path]).iter_predictions(draw, device)}
-            row.update(size=size, width=width, hidden_dim=round(model_cfg.hidden_dim * width),
-                       unlabeled_frames=draw.num_frames, agreement={
+        if name in curve:  # agreement with the ensemble on its own transfer set and on dev
+            size, width = curve[name]
+            on_draw = {u: p for u, p, _ in System(name, [path]).iter_predictions(draws[name], device)}
+            row.update(size=size, width=width, hidden_dim=shapes[name].hidden_dim,
+                       unlabeled_frames=draws[name].num_frames, agreement={
                            "transfer": agreement({**reference["train"], **{u: ensemble_pool[u] for u in on_draw}},
                                                  {**xp.predictions(ws, name, "train"), **on_draw}),
                            "dev": agreement(reference["dev"], xp.predictions(ws, name, "dev"))})
@@ -407,12 +406,6 @@ def _pool_targets_current(ws: Workspace, temperatures: list[float], num_frames: 
     members = max(p.stat().st_mtime_ns for p in xp.member_paths(ws))
     return all(json.loads(m.read_text())["num_frames"] == num_frames and m.stat().st_mtime_ns > members
                for m in metas)
-
-
-def _soft_rows(soft: SoftTargets, rows: torch.Tensor) -> SoftTargets:
-    """Soft targets of frames ``rows`` of ``soft``."""
-    return SoftTargets(soft.indices[rows], soft.probs[rows], soft.mass_kept[rows], soft.temperature, soft.num_classes,
-                       soft.teacher)
 
 
 def stage_students(cfg: DictConfig, ws: Workspace) -> dict:
