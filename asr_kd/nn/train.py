@@ -349,7 +349,8 @@ class EpochStats:
 def train_one_epoch(trainee: Trainee, optimizer: torch.optim.Optimizer, train_cfg: TrainConfig,
                     batches: Batches, seeds: Sequence[int], lr_factors: Sequence[float], epoch: int,
                     device: torch.device, loss_fn: LossFn | None = None, dist_ctx: DistContext = DistContext(),
-                    desc: str = "train", input_fn: InputFn | None = None) -> EpochStats:
+                    desc: str = "train", input_fn: InputFn | None = None, partly_labeled: bool = False
+                    ) -> EpochStats:
     """One pass over the training frames for every member, each in its own shuffled order, at its own rate.
 
     ``lr_factors[m]`` is member m's newbob factor (0 freezes a stopped member). Optimizer updates are linear in the
@@ -357,6 +358,7 @@ def train_one_epoch(trainee: Trainee, optimizer: torch.optim.Optimizer, train_cf
     share. Under DDP each rank takes a contiguous 1/world share of every global batch and scales its loss so that
     the all-reduced gradient is the gradient of the mean loss over the global batch. ``input_fn`` (augmentation)
     replaces each step's windows, given the global step number (which does not depend on where a run resumed).
+    ``partly_labeled``: some frames have no hard target (:data:`NO_TARGET`); train accuracy is over the others.
     """
     M = trainee.num_members
     params = list(trainee.module.parameters())
@@ -369,8 +371,8 @@ def train_one_epoch(trainee: Trainee, optimizer: torch.optim.Optimizer, train_cf
     scale_members = bool((factors / ref != 1.0).any())
     loss_sum = torch.zeros(M, dtype=torch.float64, device=device)
     correct = torch.zeros(M, dtype=torch.int64, device=device)
-    labeled = torch.zeros(M, dtype=torch.int64, device=device)  # frames with a hard target (a transfer set's
-    frames = 0                                                    # unlabeled frames count in the loss only)
+    labeled = torch.zeros(M, dtype=torch.int64, device=device)  # frames with a hard target, counted only when
+    frames = 0                                                    # some have none (a transfer set's pool frames)
     trainee.module.train()
     synchronize(device)
     t0 = time.perf_counter()
@@ -403,9 +405,12 @@ def train_one_epoch(trainee: Trainee, optimizer: torch.optim.Optimizer, train_cf
             loss_sum += loss_terms.detach().double() * b
             # max's indices are argmax's (the first maximal class), in a third of argmax's time on a CPU
             correct += (z.detach().max(-1).indices == step.y).sum(1)
-            labeled += (step.y != NO_TARGET).sum(1)
+            if partly_labeled:
+                labeled += (step.y != NO_TARGET).sum(1)
             frames += b
     bar.close()
+    if not partly_labeled:
+        labeled += frames
     sums = torch.stack([loss_sum, correct.double(), torch.full_like(loss_sum, frames), labeled.double()])
     dist_ctx.all_reduce_sum(sums)
     synchronize(device)
@@ -504,6 +509,7 @@ def fit(
         raise ValueError("train_cfg.bf16 is undecided: pass the config through asr_kd.nn.train.with_numerics first")
     optimizer = _make_optimizer(train_cfg, list(trainee.module.parameters()), device)
     batches = training_batches(train_set, window_dtype(device, train_cfg.bf16), M, train_cfg.epoch_frames)
+    partly_labeled = train_set.target_range[0] == NO_TARGET  # decided once: no per-step count on a labeled set
     if checkpoint_path.exists():
         progress = load_checkpoint(checkpoint_path, trainee, optimizer, seeds, train_cfg, device, desc, batches.order)
     else:
@@ -515,7 +521,7 @@ def fit(
         active = [s.stopped is None for s in states]
         factors = [s.lr_factor if s.stopped is None else 0.0 for s in states]
         stats = train_one_epoch(trainee, optimizer, train_cfg, batches, seeds, factors, epoch, device, loss_fn,
-                                dist_ctx, desc, input_fn)
+                                dist_ctx, desc, input_fn, partly_labeled)
         dev_loss, dev_acc = compute_validation_loss(trainee, dev_set, train_cfg.eval_batch_size, device, dist_ctx)
         rows = []
         for m in range(M):
