@@ -10,11 +10,15 @@ from asr_kd.pipeline.memory import PeakMemory, process_tree, pss_bytes, tree_byt
 MB = 2**20
 
 
-def test_the_peak_counts_a_child_process_and_its_memory() -> None:
-    """A worker that holds 400 MB for a second raises the tree's peak by about that much; the parent alone never
-    held it."""
+def test_the_peak_counts_a_child_process_and_its_memory(monkeypatch) -> None:
+    """A worker that holds 400 MB for two seconds raises the tree's peak by about that much; the parent alone never
+    held it. The sampler's pacing is set to its interval here: a pytest process that has loaded torch takes tens of
+    milliseconds per sample, and the pacing (tested below) would otherwise sleep through the child's lifetime."""
+    from asr_kd.pipeline import memory
+
+    monkeypatch.setattr(memory, "IDLE_PER_BUSY", 1)
     before = tree_bytes(PeakMemory().pid)
-    child = "import time, numpy; a = numpy.ones(50_000_000); time.sleep(1.0)"  # 400 MB, touched
+    child = "import time, numpy; a = numpy.ones(50_000_000); time.sleep(2.0)"  # 400 MB, touched
     with PeakMemory(interval_s=0.05) as peak:
         subprocess.run([sys.executable, "-c", child], check=True)
     assert peak.bytes is not None and peak.bytes - before > 350 * MB
