@@ -19,7 +19,7 @@ from asr_kd.distillation.distill import (
 )
 from asr_kd.distillation.small_data import SmallDataConfig, run_small_data, select_subset
 from asr_kd.nn.batches import FrameBatch
-from asr_kd.nn.frames import FrameSet
+from asr_kd.nn.frames import NO_TARGET, FrameSet
 from asr_kd.nn.model import ModelConfig
 from asr_kd.distillation.soft_targets import (
     SoftTargetConfig,
@@ -121,6 +121,43 @@ def test_bucket_tail_keeps_precision_when_the_k_classes_hold_nearly_everything()
     far = torch.zeros(B, C)
     far[:, k:] = -500.0
     assert torch.isfinite(distillation_loss(far.requires_grad_(), ind, probs, hard, 1.0, 0.0, mass_kept=mass))
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_one_batch_mixing_doubtful_confident_and_certain_students_matches_float64(temperature):
+    """The three ways the bucket term finds the student's mass off the k classes (full sum minus the k's; the sum
+    over the others for a confident row; a log-sum-exp where those exps underflow) meet in one batch, with the hard
+    term, unlabeled frames and a padded target row (class 0 repeated with weight 0, as a Kaldi posterior archive
+    reads): value and gradient match the float64 loss written out in the log domain."""
+    torch.manual_seed(3)
+    B, C, k = 9, 40, 5
+    ind = torch.stack([torch.randperm(C)[:k] for _ in range(B)])
+    ind[0, 3:] = ind[0, 0] = 0  # padding: class 0 three times, the last two with weight 0
+    ind[0, 1:3] = torch.tensor([7, 9])
+    probs = torch.rand(B, k)
+    probs[0, 3:] = 0.0
+    probs = probs / probs.sum(1, keepdim=True)
+    mass = torch.rand(B) * 0.5 + 0.4
+    hard = torch.randint(0, C, (B,))
+    hard[1::4] = NO_TARGET
+    z = torch.randn(B, C) * 3
+    off_k = torch.ones(B, C, dtype=torch.bool).scatter_(1, ind, False)
+    z[3:6] = torch.where(off_k[3:6], z[3:6] - 12 * temperature, z[3:6])  # confident: 1e-5 of q off the k
+    z[6:] = torch.where(off_k[6:], z[6:] - 150 * temperature, z[6:])  # certain: exp underflows off the k
+    z = z.requires_grad_()
+    z_ref = z.detach().double().requires_grad_()
+    loss = distillation_loss(z, ind, probs, hard, temperature, 0.5, mass_kept=mass, labeled_only=True)
+    lq = torch.log_softmax(z_ref / temperature, 1)
+    log_rest = torch.logsumexp(lq.masked_fill(~off_k, float("-inf")), 1)
+    w = mass.double()[:, None] * probs.double()
+    soft = -((w * lq.gather(1, ind)).sum(1) + (1 - mass.double()) * log_rest).mean()
+    labeled = hard != NO_TARGET
+    nll = -torch.log_softmax(z_ref, 1).gather(1, torch.where(labeled, hard, 0)[:, None])[:, 0]
+    ref = temperature ** 2 * soft + 0.5 * (nll * labeled).sum() / labeled.sum()
+    loss.backward()
+    ref.backward()
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-5)
+    assert torch.allclose(z.grad.double(), z_ref.grad, rtol=1e-4, atol=1e-8)
 
 
 def test_soft_weight_and_hard_weight_terms():

@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from asr_kd.distillation.soft_targets import (
     SoftTargets,
@@ -120,41 +119,105 @@ class DistillConfig:
         return dataclasses.asdict(self)
 
 
-class _SparseSoftCrossEntropy(torch.autograd.Function):
-    """Batch-mean cross-entropy between sparse teacher targets and softmax(z_t), with its gradient in closed form.
+CONFIDENT_REST = 1e-2
+"""A row whose student puts more than 1 - this of its probability on the k target classes has R summed over the
+other classes: the full sum minus the k classes' would keep too few of its digits (R's error is about float32's
+epsilon times the full sum, 1e-5 of R at this bound)."""
+REST_FLOOR = 1e-30
+"""A row whose exp(z/T - max) sums below this off the k classes (a student sure of them to 30 digits and more) has
+log R taken as a log-sum-exp over the other classes: its exps there are subnormal or zero in float32."""
 
-    Row b's targets are the weights ``w_k`` [B, k] on the classes ``idx`` [B, k] plus, with ``w_rest`` [B], the
-    weight of "every other class" (the student's probability R outside the k, the bucket tail). The gradient with
-    respect to z_t is ``q * sum(w) - t``, where q = softmax(z_t) and t puts w_k on the k classes and w_rest x q / R
-    on the others. Autograd over the same formula (log_softmax, scatter, logsumexp, gather) takes about twice as long,
-    and it is the largest part of a student's step beyond a member's (asr_kd.bench, ``distill``).
+
+class _DistillationLoss(torch.autograd.Function):
+    """The whole distillation loss of a batch and its gradient with respect to the logits, in closed form:
+
+        w_soft * mean_b CE(targets_b, softmax(z_b / T)) + w_hard * mean over labeled b of CE(label_b, softmax(z_b)).
+
+    Row b's soft targets are the weights ``w_k`` [B, k] on the classes ``idx`` [B, k] plus, with ``w_rest`` [B],
+    the weight of "every other class" (the student's probability R outside the k: the bucket tail). With
+    q = softmax(z / T) the soft term's gradient with respect to z / T is ``q * sum(w) - t``, where t puts w_k on the
+    k classes and w_rest * q / R on the others; the hard term's with respect to z is ``softmax(z) - onehot``.
+
+    Why one function: the loss is what a student's step spends beyond a member's (``python -m asr_kd.bench
+    distill``). Here everything comes from one exp(z/T - max) per logit (and, for T != 1, one exp(z - max) for the
+    hard term): a handful of passes over the [B, C] logits, where autograd over log_softmax, scatter, logsumexp and
+    cross_entropy makes about three times as many. R is that exp's full sum minus the k classes', or, for a student
+    nearly sure of the k (:data:`CONFIDENT_REST`), its sum over the other classes; rows where even that underflows
+    (:data:`REST_FLOOR`) take log R as a log-sum-exp instead.
     """
 
     @staticmethod
-    def forward(ctx, z_t: torch.Tensor, idx: torch.Tensor, w_k: torch.Tensor,  # type: ignore[override]
-                w_rest: torch.Tensor | None) -> torch.Tensor:
-        log_q = torch.log_softmax(z_t, dim=1)
-        per_row = (w_k * log_q.gather(1, idx)).sum(dim=1)
-        rest = None
+    def forward(ctx, z: torch.Tensor, idx: torch.Tensor, w_k: torch.Tensor,  # type: ignore[override]
+                w_rest: torch.Tensor | None, labels: torch.Tensor, labeled: torch.Tensor | None, temperature: float,
+                w_soft: float, w_hard: float) -> torch.Tensor:
+        B = z.shape[0]
+        zt = z if temperature == 1.0 else z / temperature
+        m = zt.amax(dim=1, keepdim=True)
+        e = torch.sub(zt, m).exp_()  # q, times s
+        s = e.sum(dim=1)
+        log_s = s.log()
+        per_row = (w_k * zt.gather(1, idx).sub_(m).sub_(log_s[:, None])).sum(dim=1)  # sum_k w_k log q_k
+        g = w_soft / (temperature * B)  # through z_t = z / T and the batch mean
+        total = w_k.sum(dim=1)
+        exact_rows, exact_grad, per_rest = None, None, None
         if w_rest is not None:
-            # log R as a logsumexp over the other classes' log q: log1p(-sum q_k) would lose all precision when
-            # the student puts nearly everything on the k classes. ``rest`` becomes log(q / R) off the k.
-            rest = log_q.scatter(1, idx, float("-inf"))
-            log_r = torch.logsumexp(rest, dim=1)
-            per_row = per_row + w_rest * log_r
-            rest.sub_(log_r[:, None])
-        ctx.save_for_backward(log_q, idx, w_k, w_rest, rest)
-        return -per_row.mean()
+            total = total + w_rest
+            classes = idx.sort(dim=1).values  # each class once (a padded row repeats one with weight 0)
+            once = torch.ones_like(classes, dtype=torch.bool)
+            once[:, 1:] = classes[:, 1:] != classes[:, :-1]
+            rest = s - (e.gather(1, classes) * once).sum(dim=1)
+            close = (rest <= CONFIDENT_REST * s).nonzero()[:, 0]
+            if close.numel():
+                rest[close] = e[close].scatter_(1, idx[close], 0.0).sum(dim=1)
+            exact_rows = (rest < REST_FLOOR).nonzero()[:, 0]
+            per_rest = g * w_rest / rest  # off the k classes the target is w_rest * q / R = w_rest * e / rest
+            log_rest = rest.log()
+            if exact_rows.numel():
+                r = torch.sub(zt[exact_rows], m[exact_rows]).scatter_(1, idx[exact_rows], float("-inf"))
+                lse = torch.logsumexp(r, dim=1)
+                log_rest[exact_rows], per_rest[exact_rows] = lse, 0.0
+                exact_grad = r.sub_(lse[:, None]).exp_().mul_((g * w_rest[exact_rows])[:, None])
+            per_row = per_row + w_rest * (log_rest - log_s)
+        per_e = g * total / s  # q * sum(w), per unit of e
+        loss = -w_soft * per_row.mean()
+        hard_e, per_hard_e, hard_idx, hard_w = None, None, None, None
+        if w_hard > 0:
+            if labeled is None:
+                hard_idx, hard_w = labels, torch.full_like(s, w_hard / B)
+            else:
+                hard_idx = torch.where(labeled, labels, 0)
+                hard_w = labeled.to(z.dtype) * (w_hard / labeled.sum().clamp(min=1))
+            if temperature == 1.0:  # the soft term's exp serves the hard term too
+                m1, log_s1 = m, log_s
+                per_e = per_e + hard_w / s
+            else:
+                m1 = z.amax(dim=1, keepdim=True)
+                hard_e = torch.sub(z, m1).exp_()
+                s1 = hard_e.sum(dim=1)
+                log_s1 = s1.log()
+                per_hard_e = hard_w / s1
+            loss = loss + (hard_w * (log_s1 + m1[:, 0] - z.gather(1, hard_idx[:, None])[:, 0])).sum()
+        # The k classes are not "rest": their entries are written afresh (e_k * per_e), not corrected, because
+        # per_rest is huge for a confident student and adding then subtracting it would cancel every digit.
+        at_idx = e.gather(1, idx).mul_(per_e[:, None])
+        per_off = per_e if per_rest is None else per_e - per_rest
+        ctx.save_for_backward(e, per_off, idx, at_idx, -g * w_k, exact_rows, exact_grad, hard_e, per_hard_e,
+                              hard_idx, hard_w)
+        return loss
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):  # type: ignore[override]
-        log_q, idx, w_k, w_rest, rest = ctx.saved_tensors
-        total = w_k.sum(dim=1) if w_rest is None else w_k.sum(dim=1) + w_rest
-        grad = log_q.exp().mul_(total[:, None])
-        if rest is not None:
-            grad.sub_(rest.exp_().mul_(w_rest[:, None]))
-        grad.scatter_add_(1, idx, -w_k)
-        return grad.mul_(grad_out / log_q.shape[0]), None, None, None
+        (e, per_off, idx, at_idx, target_grad, exact_rows, exact_grad, hard_e, per_hard_e, hard_idx,
+         hard_w) = ctx.saved_tensors
+        grad = e * per_off[:, None]
+        grad.scatter_(1, idx, at_idx).scatter_add_(1, idx, target_grad)
+        if exact_grad is not None:
+            grad.index_add_(0, exact_rows, exact_grad, alpha=-1.0)
+        if hard_e is not None:
+            grad.addcmul_(hard_e, per_hard_e[:, None])
+        if hard_idx is not None:
+            grad.scatter_add_(1, hard_idx[:, None], -hard_w[:, None])
+        return grad.mul_(grad_out), None, None, None, None, None, None, None, None
 
 
 def distillation_loss(
@@ -187,20 +250,14 @@ def distillation_loss(
     z = student_logits.float()
     probs = soft_probs.float()
     if mass_kept is None or soft_idx.shape[1] >= z.shape[1]:
-        soft_ce = _SparseSoftCrossEntropy.apply(z / temperature, soft_idx, probs, None)
+        w_k, w_rest = probs, None
     else:
         m = mass_kept.float().clamp(0.0, 1.0)
-        soft_ce = _SparseSoftCrossEntropy.apply(z / temperature, soft_idx, m[:, None] * probs, 1.0 - m)
+        w_k, w_rest = m[:, None] * probs, 1.0 - m
     w_soft = temperature ** 2 if soft_weight is None else soft_weight
-    loss = w_soft * soft_ce
-    if hard_weight > 0 and labeled_only:
-        labeled = hard_targets != NO_TARGET
-        per_frame = F.cross_entropy(z, torch.where(labeled, hard_targets, 0), reduction="none")
-        hard = torch.where(labeled, per_frame, 0.0).sum() / labeled.sum().clamp(min=1)
-        loss = loss + hard_weight * hard
-    elif hard_weight > 0:
-        loss = loss + hard_weight * F.cross_entropy(z, hard_targets)
-    return loss
+    labeled = hard_targets != NO_TARGET if labeled_only and hard_weight > 0 else None
+    return _DistillationLoss.apply(z, soft_idx, w_k, w_rest, hard_targets, labeled, float(temperature),
+                                   float(w_soft), float(hard_weight))
 
 
 def _truncate(ind: torch.Tensor, prob: torch.Tensor, mass: torch.Tensor, k: int | None

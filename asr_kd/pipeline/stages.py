@@ -369,6 +369,12 @@ def stage_transfer(cfg: DictConfig, ws: Workspace) -> dict:
         if not trained(ws.transfer / name):  # a finished model is kept (an interrupted stage resumes the others)
             models[name]()
     ranks.barrier()
+    # The report's agreement on the transfer set: these systems' arg-max on the pool, shared out over the ranks.
+    for name in launch_env().share(["baseline", "distilled", xp.UNLABELED_STUDENT]):
+        files = xp.system_paths(ws, [])[name] if name != xp.UNLABELED_STUDENT else [ws.transfer / name / "model.pt"]
+        xp.write_predictions(ws, name, UNLABELED, ((u, p) for u, p, _ in System(name, files).iter_predictions(
+            main_pool, device)))
+    ranks.barrier()
     if not ranks.is_main:
         return {}
     ensemble_pool = dict(xp.stored_top_class(ws.soft_targets("ensemble_unlabeled", 1.0), pool))
@@ -390,10 +396,6 @@ def stage_transfer(cfg: DictConfig, ws: Workspace) -> dict:
                                                  {**xp.predictions(ws, name, "train"), **on_draw}),
                            "dev": agreement(reference["dev"], xp.predictions(ws, name, "dev"))})
         summary["models"][name] = row
-    for name in ("baseline", "distilled", xp.UNLABELED_STUDENT):  # the report's agreement on the transfer set
-        files = xp.system_paths(ws, [])[name] if name != xp.UNLABELED_STUDENT else [ws.transfer / name / "model.pt"]
-        xp.write_predictions(ws, name, UNLABELED, ((u, p) for u, p, _ in System(name, files).iter_predictions(
-            main_pool, device)))
     return summary
 
 
