@@ -80,4 +80,5 @@ def test_timing_is_the_best_repeat_after_a_warm_up_until_the_minimum_time() -> N
 
     best = cost._seconds(work, torch.device("cpu"), min_seconds=0.05)
     assert len(calls) >= 6  # the warm-up, then repeats until 0.05 s were spent
-    assert 0.01 <= best <= min(b - a for a, b in zip(calls[1:], calls[2:]))
+    # a repeat's own timer sits inside the gap between two calls but not exactly on it: microseconds either way
+    assert 0.01 <= best <= min(b - a for a, b in zip(calls[1:], calls[2:])) + 5e-4
